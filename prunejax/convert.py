@@ -1,0 +1,55 @@
+"""`prunejax convert SRC --out DIR`: an HF directory or a Llama GGUF becomes a MODEL_DIR."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+from prunejax import hf
+from prunejax.config import LlamaConfig
+from prunejax.hf import Params
+
+
+def load_any(src: str) -> tuple[LlamaConfig, Params]:
+    """(cfg, params) from an HF directory, a MODEL_DIR or a `.gguf` file."""
+    if src.endswith(".gguf"):
+        from prunejax.gguf_import import load_gguf
+
+        return load_gguf(src)
+    return hf.load(src)
+
+
+def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool = False) -> str:
+    """Write `src` as a MODEL_DIR at `out_dir`, tokenizer included; `dtype` casts the weights."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg, params = load_any(src)
+    if dtype is not None:
+        params = jax.tree.map(lambda x: x.astype(jnp.dtype(hf.DTYPES[dtype])), params)
+    provenance = {"source": os.path.abspath(src), "stage": "convert"}
+    if src.endswith(".gguf"):
+        from prunejax.gguf_import import save_gguf_tokenizer
+
+        with tempfile.TemporaryDirectory() as tok_dir:
+            save_gguf_tokenizer(src, tok_dir)
+            return hf.save(out_dir, cfg, params, tokenizer_dir=tok_dir, provenance=provenance, overwrite=overwrite)
+    return hf.save(out_dir, cfg, params, tokenizer_dir=src, provenance=provenance, overwrite=overwrite)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="prunejax convert", description=__doc__)
+    parser.add_argument("src", help="HF directory (safetensors) or a Llama .gguf file")
+    parser.add_argument("--out", required=True, help="MODEL_DIR to write")
+    parser.add_argument("--dtype", choices=sorted(hf.DTYPES), help="cast weights (default: as read)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    args = parser.parse_args(argv)
+    out = convert(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    cfg = hf.load_config(out)
+    print(
+        f"wrote {out}: {cfg.num_params():,} parameters, {cfg.num_hidden_layers} layers, "
+        f"hidden {cfg.hidden_size}, FFN {cfg.intermediate_size}, "
+        f"{cfg.num_attention_heads}/{cfg.num_key_value_heads} heads"
+    )
+    return 0

@@ -1,0 +1,229 @@
+"""Llama-3 as Flax NNX modules, exposed as pure functions over plain parameter dicts.
+
+Legend for array suffixes and einsums:
+  B batch   L query length   S key length   D embed (hidden)   V vocab
+  N q-heads K kv-heads       G q-heads per kv-head (N = K*G)   H head-dim   F mlp (FFN)
+
+Params are nested dicts whose paths mirror Hugging Face names:
+  embed_tokens [V,D]; layers/<i>/self_attn/{q_proj [D,N,H], k_proj [D,K,H], v_proj [D,K,H],
+  o_proj [N,H,D]}; layers/<i>/mlp/{gate_proj [D,F], up_proj [D,F], down_proj [F,D]};
+  layers/<i>/{input_layernorm, post_attention_layernorm} [D]; norm [D]; lm_head [D,V] (untied only).
+NNX objects never leave this module: callers see `(cfg, params)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prunejax.config import LlamaConfig
+
+Params = dict[str, Any]
+INIT_STD = 0.02
+
+
+def _trunc_normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    return INIT_STD * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, dtype)
+
+
+# ---- RoPE ----------------------------------------------------------------------------------
+def rope_inv_freq(cfg: LlamaConfig) -> jax.Array:
+    """Inverse frequencies [H/2] with HF's default, linear and llama3 rules."""
+    h = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    rs = cfg.rope_scaling
+    if rs.rope_type == "linear":
+        return inv_freq / rs.factor
+    if rs.rope_type == "llama3":
+        # Long wavelengths are slowed by `factor`, short ones kept, the band between interpolated.
+        old = rs.original_max_position_embeddings
+        wavelen = 2 * math.pi / inv_freq
+        slow = jnp.where(wavelen > old / rs.low_freq_factor, inv_freq / rs.factor, inv_freq)
+        smooth = (old / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor)
+        blended = (1 - smooth) * slow / rs.factor + smooth * slow
+        medium = (wavelen >= old / rs.high_freq_factor) & (wavelen <= old / rs.low_freq_factor)
+        return jnp.where(medium, blended, slow)
+    return inv_freq
+
+
+def rope_tables(cfg: LlamaConfig, positions_L: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos/sin [L,H] in HF's `rotate_half` layout (frequencies repeated over the two halves)."""
+    angles = positions_L.astype(jnp.float32)[:, None] * rope_inv_freq(cfg)[None, :]
+    angles_LH = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles_LH), jnp.sin(angles_LH)
+
+
+def apply_rope(x_BLNH: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array) -> jax.Array:
+    x1, x2 = jnp.split(x_BLNH.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    out = x_BLNH.astype(jnp.float32) * cos_LH[:, None, :] + rotated * sin_LH[:, None, :]
+    return out.astype(x_BLNH.dtype)
+
+
+def rms_norm(x_BLD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
+    x = x_BLD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+    return weight_D.astype(x_BLD.dtype) * x.astype(x_BLD.dtype)
+
+
+# ---- modules -------------------------------------------------------------------------------
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, dtype: Any, rngs: nnx.Rngs):
+        d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nnx.Param(_trunc_normal(rngs, (d, n, h), dtype))
+        self.k_proj = nnx.Param(_trunc_normal(rngs, (d, k, h), dtype))
+        self.v_proj = nnx.Param(_trunc_normal(rngs, (d, k, h), dtype))
+        self.o_proj = nnx.Param(_trunc_normal(rngs, (n, h, d), dtype))
+
+    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array) -> jax.Array:
+        dt = x_BLD.dtype
+        q_BLNH = jnp.einsum("BLD,DNH->BLNH", x_BLD, self.q_proj[...].astype(dt))
+        k_BSKH = jnp.einsum("BSD,DKH->BSKH", x_BLD, self.k_proj[...].astype(dt))
+        v_BSKH = jnp.einsum("BSD,DKH->BSKH", x_BLD, self.v_proj[...].astype(dt))
+        q_BLNH = apply_rope(q_BLNH, cos_LH, sin_LH)
+        k_BSKH = apply_rope(k_BSKH, cos_LH, sin_LH)
+        b, length, n, h = q_BLNH.shape
+        kv = k_BSKH.shape[2]
+        q_BLKGH = q_BLNH.reshape(b, length, kv, n // kv, h)
+        logits_BKGLS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH).astype(jnp.float32)
+        logits_BKGLS = logits_BKGLS * (1.0 / math.sqrt(h))
+        causal_LS = jnp.tril(jnp.ones((length, length), dtype=bool))
+        logits_BKGLS = jnp.where(causal_LS, logits_BKGLS, jnp.finfo(jnp.float32).min)
+        probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(dt)
+        out_BLKGH = jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS, v_BSKH)
+        out_BLNH = out_BLKGH.reshape(b, length, n, h)
+        return jnp.einsum("BLNH,NHD->BLD", out_BLNH, self.o_proj[...].astype(dt))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, dtype: Any, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nnx.Param(_trunc_normal(rngs, (d, f), dtype))
+        self.up_proj = nnx.Param(_trunc_normal(rngs, (d, f), dtype))
+        self.down_proj = nnx.Param(_trunc_normal(rngs, (f, d), dtype))
+
+    def hidden(self, x_BLD: jax.Array) -> jax.Array:
+        """The input of `down_proj` [B,L,F] (what FFN-neuron importance is measured on)."""
+        dt = x_BLD.dtype
+        gate_BLF = jnp.einsum("BLD,DF->BLF", x_BLD, self.gate_proj[...].astype(dt))
+        up_BLF = jnp.einsum("BLD,DF->BLF", x_BLD, self.up_proj[...].astype(dt))
+        return jax.nn.silu(gate_BLF) * up_BLF
+
+    def __call__(self, x_BLD: jax.Array) -> jax.Array:
+        h_BLF = self.hidden(x_BLD)
+        return jnp.einsum("BLF,FD->BLD", h_BLF, self.down_proj[...].astype(x_BLD.dtype))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, dtype: Any, rngs: nnx.Rngs):
+        self.eps = cfg.rms_norm_eps
+        self.input_layernorm = nnx.Param(jnp.ones((cfg.hidden_size,), dtype))
+        self.self_attn = Attention(cfg, dtype, rngs)
+        self.post_attention_layernorm = nnx.Param(jnp.ones((cfg.hidden_size,), dtype))
+        self.mlp = MLP(cfg, dtype, rngs)
+
+    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array) -> jax.Array:
+        h_BLD = x_BLD + self.self_attn(rms_norm(x_BLD, self.input_layernorm[...], self.eps), cos_LH, sin_LH)
+        return h_BLD + self.mlp(rms_norm(h_BLD, self.post_attention_layernorm[...], self.eps))
+
+
+class Llama(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs, dtype: Any = jnp.float32):
+        self.cfg = cfg
+        self.embed_tokens = nnx.Param(_trunc_normal(rngs, (cfg.vocab_size, cfg.hidden_size), dtype))
+        self.layers = nnx.List([DecoderLayer(cfg, dtype, rngs) for _ in range(cfg.num_hidden_layers)])
+        self.norm = nnx.Param(jnp.ones((cfg.hidden_size,), dtype))
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nnx.Param(_trunc_normal(rngs, (cfg.hidden_size, cfg.vocab_size), dtype))
+
+    def embed(self, tokens_BL: jax.Array, dtype: Any) -> jax.Array:
+        return jnp.take(self.embed_tokens[...], tokens_BL, axis=0).astype(dtype)
+
+    def logits(self, x_BLD: jax.Array) -> jax.Array:
+        x_BLD = rms_norm(x_BLD, self.norm[...], self.cfg.rms_norm_eps)
+        if self.cfg.tie_word_embeddings:
+            return jnp.einsum("BLD,VD->BLV", x_BLD, self.embed_tokens[...].astype(x_BLD.dtype))
+        return jnp.einsum("BLD,DV->BLV", x_BLD, self.lm_head[...].astype(x_BLD.dtype))
+
+    def __call__(self, tokens_BL: jax.Array, dtype: Any = jnp.float32, remat: bool = False) -> jax.Array:
+        cos_LH, sin_LH = rope_tables(self.cfg, jnp.arange(tokens_BL.shape[1]))
+        x_BLD = self.embed(tokens_BL, dtype)
+        step = nnx.remat(DecoderLayer.__call__) if remat else DecoderLayer.__call__
+        for layer in self.layers:
+            x_BLD = step(layer, x_BLD, cos_LH, sin_LH)
+        return self.logits(x_BLD).astype(jnp.float32)
+
+
+# ---- pure interface ------------------------------------------------------------------------
+def _to_pure(tree: Any) -> Any:
+    """nnx's pure dict uses int keys for list items; params use HF's string indices."""
+    if isinstance(tree, dict):
+        return {str(k): _to_pure(v) for k, v in tree.items()}
+    return tree
+
+
+def _from_pure(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {(int(k) if k.isdigit() else k): _from_pure(v) for k, v in tree.items()}
+    return tree
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton(cfg: LlamaConfig, module: str) -> tuple[nnx.GraphDef, nnx.State]:
+    if module == "layer":
+        abstract = nnx.eval_shape(lambda: DecoderLayer(cfg, jnp.float32, nnx.Rngs(0)))
+    else:
+        abstract = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+    return nnx.split(abstract)
+
+
+def _merge(cfg: LlamaConfig, params: Params, module: str) -> Any:
+    graphdef, state = _skeleton(cfg, module)
+    state = jax.tree.map(lambda x: x, state)  # a fresh copy: replace_by_pure_dict writes in place
+    nnx.replace_by_pure_dict(state, _from_pure(params))
+    return nnx.merge(graphdef, state)
+
+
+def init_params(cfg: LlamaConfig, key: jax.Array, dtype: Any = jnp.float32) -> Params:
+    """Random parameters: truncated normal (std 0.02) matrices, unit norms."""
+    model = Llama(cfg, nnx.Rngs(params=key), dtype)
+    return _to_pure(nnx.split(model)[1].to_pure_dict())
+
+
+def forward(
+    cfg: LlamaConfig, params: Params, tokens_BL: jax.Array, *, dtype: Any = jnp.float32, remat: bool = False
+) -> jax.Array:
+    """Logits [B,L,V] in float32 for int32 tokens [B,L]; `dtype` is the compute dtype."""
+    return _merge(cfg, params, "model")(tokens_BL, dtype, remat)
+
+
+def embed(cfg: LlamaConfig, params: Params, tokens_BL: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    return jnp.take(params["embed_tokens"], tokens_BL, axis=0).astype(dtype)
+
+
+def layer_forward(
+    cfg: LlamaConfig, layer_params: Params, x_BLD: jax.Array, positions_L: jax.Array | None = None
+) -> jax.Array:
+    """One decoder layer on hidden states [B,L,D] (for layer-sequential calibration)."""
+    if positions_L is None:
+        positions_L = jnp.arange(x_BLD.shape[1])
+    cos_LH, sin_LH = rope_tables(cfg, positions_L)
+    return _merge(cfg, layer_params, "layer")(x_BLD, cos_LH, sin_LH)
+
+
+def layer_mlp_hidden(cfg: LlamaConfig, layer_params: Params, x_BLD: jax.Array) -> jax.Array:
+    """Input of `down_proj` [B,L,F] for hidden states [B,L,D] entering the layer's MLP norm."""
+    layer = _merge(cfg, layer_params, "layer")
+    return layer.mlp.hidden(rms_norm(x_BLD, layer.post_attention_layernorm[...], cfg.rms_norm_eps))
+
+
+def head(cfg: LlamaConfig, params: Params, x_BLD: jax.Array) -> jax.Array:
+    """Final norm and LM head: logits [B,L,V] in float32 from the last hidden states."""
+    x_BLD = rms_norm(x_BLD, params["norm"], cfg.rms_norm_eps)
+    w_DV = params["embed_tokens"].T if cfg.tie_word_embeddings else params["lm_head"]
+    return jnp.einsum("BLD,DV->BLV", x_BLD, w_DV.astype(x_BLD.dtype)).astype(jnp.float32)
