@@ -1,0 +1,1 @@
+"""Token data: DATA_DIR storage (`store`), preparation from text, and the grain input pipeline."""
