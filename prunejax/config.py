@@ -130,7 +130,11 @@ class LlamaConfig:
         params = d.pop("rope_parameters", None)
         if params:
             params = dict(params)
-            d.setdefault("rope_theta", params.pop("rope_theta", 10000.0))
+            theta = params.pop("rope_theta", None)
+            if theta is not None and d.get("rope_theta", theta) != theta:
+                raise ConfigError(f"rope_theta {d['rope_theta']} contradicts rope_parameters.rope_theta {theta}")
+            if theta is not None:
+                d["rope_theta"] = theta
             if rope is None and params.get("rope_type", "default") != "default":
                 rope = params
         dtype = d.pop("dtype", None)

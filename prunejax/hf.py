@@ -290,6 +290,19 @@ def _write_sharded(out_dir: str, tensors: list[tuple[str, np.ndarray]], base: st
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
+def _default_permissions(root: str) -> None:
+    """mkdtemp and some writers create private (0700/0600) entries; published outputs get the
+    permissions a plain mkdir/open would have given under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for base, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(base, name), 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(base, name), 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary sibling of `out_dir` that replaces it only once the block completes, so a
@@ -301,6 +314,7 @@ def atomic_dir(out_dir: str, overwrite: bool = False) -> Iterator[str]:
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
     try:
         yield tmp
+        _default_permissions(tmp)
         if os.path.exists(out_dir):
             old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-")
             os.replace(out_dir, os.path.join(old, "x"))

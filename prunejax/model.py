@@ -192,7 +192,7 @@ def _merge(cfg: LlamaConfig, params: Params, module: str) -> Any:
 def init_params(cfg: LlamaConfig, key: jax.Array, dtype: Any = jnp.float32) -> Params:
     """Random parameters: truncated normal (std 0.02) matrices, unit norms."""
     model = Llama(cfg, nnx.Rngs(params=key), dtype)
-    return _to_pure(nnx.split(model)[1].to_pure_dict())
+    return _to_pure(nnx.to_pure_dict(nnx.split(model)[1]))
 
 
 def forward(

@@ -6,3 +6,44 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402  (environment first, then anything that may import jax)
+
+TINY_HF = dict(
+    vocab_size=211,
+    hidden_size=48,
+    intermediate_size=72,
+    num_hidden_layers=2,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=128,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+)
+
+
+@pytest.fixture
+def make_hf_model(tmp_path):
+    """Save a random tiny transformers Llama (float32) to a temp dir: returns (dir, torch model)."""
+    import torch
+    import transformers
+
+    counter = iter(range(1000))
+
+    def make(dtype=None, **overrides):
+        cfg = transformers.LlamaConfig(**{**TINY_HF, **overrides})
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(cfg).eval()
+        with torch.no_grad():  # HF initializes norms to ones; randomize so norm weights are tested too
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.uniform_(0.5, 1.5)
+        path = tmp_path / f"hf{next(counter)}"
+        if dtype is not None:
+            model = model.to(getattr(torch, dtype))
+        model.save_pretrained(path)
+        return str(path), model
+
+    return make

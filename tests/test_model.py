@@ -1,0 +1,81 @@
+"""Model invariants. Tolerance policy (float32): 1e-5 absolute for single ops, 1e-4 relative to
+the largest logit for whole models; bfloat16 compute is compared loosely, only as a smoke check."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prunejax import model
+from prunejax.config import TINY, RopeScaling
+
+
+@pytest.fixture(scope="module")
+def params():
+    return model.init_params(TINY, jax.random.key(0))
+
+
+def tokens(shape, seed=0):
+    return jnp.asarray(np.random.RandomState(seed).randint(0, TINY.vocab_size, shape), jnp.int32)
+
+
+def test_shapes_and_dtype(params):
+    logits = model.forward(TINY, params, tokens((2, 7)))
+    assert logits.shape == (2, 7, TINY.vocab_size) and logits.dtype == jnp.float32
+    assert params["layers"]["0"]["self_attn"]["q_proj"].shape == (64, 4, 16)
+    assert params["layers"]["0"]["self_attn"]["o_proj"].shape == (4, 16, 64)
+
+
+def test_causal(params):
+    t = tokens((1, 12))
+    changed = t.at[0, 8].set((t[0, 8] + 1) % TINY.vocab_size)
+    a, b = model.forward(TINY, params, t), model.forward(TINY, params, changed)
+    np.testing.assert_allclose(a[0, :8], b[0, :8], atol=1e-5)
+    assert np.abs(a[0, 8:] - b[0, 8:]).max() > 1e-3
+
+
+def test_jit_equals_eager_and_remat(params):
+    t = tokens((2, 9))
+    eager = model.forward(TINY, params, t)
+    jitted = jax.jit(lambda p, x: model.forward(TINY, p, x))(params, t)
+    remat = jax.jit(lambda p, x: model.forward(TINY, p, x, remat=True))(params, t)
+    np.testing.assert_allclose(jitted, eager, atol=1e-5)
+    np.testing.assert_allclose(remat, eager, atol=1e-5)
+
+
+def test_layerwise_pieces_compose_to_forward(params):
+    t = tokens((2, 6))
+    x = model.embed(TINY, params, t)
+    for i in range(TINY.num_hidden_layers):
+        x = model.layer_forward(TINY, params["layers"][str(i)], x)
+    np.testing.assert_allclose(model.head(TINY, params, x), model.forward(TINY, params, t), atol=1e-5)
+
+
+def test_bf16_compute_close(params):
+    t = tokens((1, 8))
+    full = model.forward(TINY, params, t)
+    half = model.forward(TINY, params, t, dtype=jnp.bfloat16)
+    assert half.dtype == jnp.float32
+    assert np.abs(half - full).max() < 0.05 * np.abs(full).max() + 0.05
+
+
+def test_rope_rotation_is_relative():
+    """q·k after RoPE depends on positions only through their difference."""
+    rng = np.random.RandomState(0)
+    q, k = jnp.asarray(rng.randn(1, 1, 1, 16), jnp.float32), jnp.asarray(rng.randn(1, 1, 1, 16), jnp.float32)
+
+    def score(pq, pk):
+        cq, sq = model.rope_tables(TINY, jnp.array([pq]))
+        ck, sk = model.rope_tables(TINY, jnp.array([pk]))
+        return float(jnp.sum(model.apply_rope(q, cq, sq) * model.apply_rope(k, ck, sk)))
+
+    assert score(5, 2) == pytest.approx(score(13, 10), abs=1e-5)
+    assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)
+
+
+def test_llama3_scaling_keeps_high_and_slows_low_frequencies():
+    cfg = TINY.replace(rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64))
+    base, scaled = np.asarray(model.rope_inv_freq(TINY)), np.asarray(model.rope_inv_freq(cfg))
+    wavelen = 2 * np.pi / base
+    assert np.allclose(scaled[wavelen < 64 / 4], base[wavelen < 64 / 4])
+    assert np.allclose(scaled[wavelen > 64], base[wavelen > 64] / 8)
