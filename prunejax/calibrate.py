@@ -1,0 +1,259 @@
+"""Calibration: per-layer statistics as values from jitted functions, and a layer-sequential driver.
+
+`layer_statistics` runs one decoder layer on a batch of hidden states and returns its output with
+float32 sums of what pruning methods need; `sequential` is a plain Python loop over the layers in
+which layer i's statistics are taken on the outputs of the (already pruned) layers before it.
+No hooks, no in-place writes: a method gets statistics and returns new layer parameters.
+
+Statistics (all sums over the calibration tokens of one layer; "inputs" are the four distinct
+projection inputs: `attn` = input RMSNorm output (q/k/v), `o` = attention output per head
+(o_proj), `mlp` = post-attention RMSNorm output (gate/up), `down` = SiLU(gate)*up (down_proj)):
+  hessian   XᵀX per input [I,I]                               (SparseGPT)
+  sq_norm   Σ x_j² per input column [I]                       (Wanda: ‖X_j‖₂ = sqrt)
+  cosine    Σ over tokens of cos(h_in, h_out), and `tokens`   (ShortGPT block influence)
+  act       Minitron activation importance per hidden channel (both RMSNorm outputs), FFN neuron
+            (`down` input) and q-head (L2 of its attention output): for every sequence the mean
+            over positions of |a|, then the sum over sequences of its square (sqrt of the total is
+            the L2 over the batch: Minitron's (batch=L2, sequence=mean) reduction)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from prunejax.config import LlamaConfig
+from prunejax.data.store import DataError, TokenStore
+from prunejax.model import apply_rope, embed, head, rms_norm, rope_tables
+
+Params = dict[str, Any]
+Stats = dict[str, Any]
+STATS = ("hessian", "sq_norm", "cosine", "act")
+INPUTS = ("attn", "o", "mlp", "down")
+DEFAULT_SAMPLES = 128
+DEFAULT_SEQ_LEN = 2048
+
+
+class CalibrationError(ValueError):
+    """Calibration data that is too short, or statistics that are not finite."""
+
+
+def calibration_tokens(data_dir: str, samples: int = DEFAULT_SAMPLES, seq_len: int = DEFAULT_SEQ_LEN) -> np.ndarray:
+    """The first samples*seq_len tokens of a DATA_DIR's train split as [N, L] int32."""
+    if samples < 1 or seq_len < 2:
+        raise CalibrationError(f"need at least 1 sample of at least 2 tokens, got {samples} x {seq_len}")
+    store = TokenStore(data_dir)
+    need = samples * seq_len
+    have = store.num_tokens("train")
+    if have < need:
+        raise CalibrationError(
+            f"{data_dir}: calibration needs {samples} x {seq_len} = {need:,} tokens, the train split has {have:,}"
+        )
+    try:
+        return store.read("train", 0, need).reshape(samples, seq_len)
+    except DataError as e:
+        raise CalibrationError(str(e)) from e
+
+
+def layer_taps(cfg: LlamaConfig, lp: Params, x_BLD: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One decoder layer (same math as `prunejax.model`), returning its output and its four projection inputs."""
+    cos_LH, sin_LH = rope_tables(cfg, jnp.arange(x_BLD.shape[1]))
+    attn, mlp = lp["self_attn"], lp["mlp"]
+    a_BLD = rms_norm(x_BLD, lp["input_layernorm"], cfg.rms_norm_eps)
+    q_BLNH = apply_rope(jnp.einsum("BLD,DNH->BLNH", a_BLD, attn["q_proj"]), cos_LH, sin_LH)
+    k_BSKH = apply_rope(jnp.einsum("BSD,DKH->BSKH", a_BLD, attn["k_proj"]), cos_LH, sin_LH)
+    v_BSKH = jnp.einsum("BSD,DKH->BSKH", a_BLD, attn["v_proj"])
+    b, length, n, h = q_BLNH.shape
+    k = k_BSKH.shape[2]
+    q_BLKGH = q_BLNH.reshape(b, length, k, n // k, h)
+    logits_BKGLS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH) / math.sqrt(h)
+    causal_LS = jnp.tril(jnp.ones((length, length), dtype=bool))
+    probs_BKGLS = jax.nn.softmax(jnp.where(causal_LS, logits_BKGLS, jnp.finfo(jnp.float32).min), axis=-1)
+    o_BLNH = jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS, v_BSKH).reshape(b, length, n, h)
+    h_BLD = x_BLD + jnp.einsum("BLNH,NHD->BLD", o_BLNH, attn["o_proj"])
+    m_BLD = rms_norm(h_BLD, lp["post_attention_layernorm"], cfg.rms_norm_eps)
+    gate_BLF = jnp.einsum("BLD,DF->BLF", m_BLD, mlp["gate_proj"])
+    f_BLF = jax.nn.silu(gate_BLF) * jnp.einsum("BLD,DF->BLF", m_BLD, mlp["up_proj"])
+    y_BLD = h_BLD + jnp.einsum("BLF,FD->BLD", f_BLF, mlp["down_proj"])
+    return y_BLD, {"attn": a_BLD, "o": o_BLNH, "mlp": m_BLD, "down": f_BLF}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "stats"))
+def layer_statistics(cfg: LlamaConfig, lp: Params, x_BLD: jax.Array, stats: tuple[str, ...]) -> tuple[jax.Array, Stats]:
+    """Layer output [B,L,D] and the float32 sums named in `stats` over this batch (see module doc)."""
+    lp = jax.tree.map(lambda w: w.astype(jnp.float32), lp)
+    x_BLD = x_BLD.astype(jnp.float32)
+    y_BLD, taps = layer_taps(cfg, lp, x_BLD)
+    flat = {name: t.reshape(-1, math.prod(t.shape[2:])) for name, t in taps.items()}
+    out: Stats = {"tokens": jnp.float32(x_BLD.shape[0] * x_BLD.shape[1])}
+    if "hessian" in stats:
+        out["hessian"] = {name: jnp.einsum("TI,TJ->IJ", x, x) for name, x in flat.items()}
+    if "sq_norm" in stats:
+        out["sq_norm"] = {name: jnp.sum(x * x, axis=0) for name, x in flat.items()}
+    if "cosine" in stats:
+        num_BL = jnp.sum(x_BLD * y_BLD, axis=-1)
+        den_BL = jnp.linalg.norm(x_BLD, axis=-1) * jnp.linalg.norm(y_BLD, axis=-1)
+        out["cosine"] = jnp.sum(num_BL / jnp.maximum(den_BL, 1e-12))
+    if "act" in stats:
+
+        def per_sample(a_BL_: jax.Array) -> jax.Array:  # mean over positions, square, sum over samples
+            return jnp.sum(jnp.mean(jnp.abs(a_BL_), axis=1) ** 2, axis=0)
+
+        out["act"] = {
+            "embed": per_sample(taps["attn"]) + per_sample(taps["mlp"]),
+            "mlp": per_sample(taps["down"]),
+            "heads": per_sample(jnp.linalg.norm(taps["o"], axis=-1)),
+        }
+    return y_BLD, out
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def layer_apply(cfg: LlamaConfig, lp: Params, x_BLD: jax.Array) -> jax.Array:
+    return layer_taps(cfg, jax.tree.map(lambda w: w.astype(jnp.float32), lp), x_BLD.astype(jnp.float32))[0]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _embed(cfg: LlamaConfig, params: Params, tokens_BL: jax.Array) -> jax.Array:
+    return embed(cfg, params, tokens_BL, jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def head_loss(cfg: LlamaConfig, head_params: Params, x_BLD: jax.Array, tokens_BL: jax.Array) -> jax.Array:
+    """Summed next-token cross-entropy (float32) of the final hidden states; `head_params` has norm/embeddings."""
+    head_params = jax.tree.map(lambda w: w.astype(jnp.float32), head_params)
+    logits_BLV = head(cfg, head_params, x_BLD.astype(jnp.float32))[:, :-1]
+    logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
+    return -jnp.sum(jnp.take_along_axis(logp_BLV, tokens_BL[:, 1:, None], axis=-1))
+
+
+def _head_params(params: Params) -> Params:
+    return {k: v for k, v in params.items() if k != "layers"}
+
+
+def _batches(n: int, batch_size: int) -> list[slice]:
+    if batch_size < 1:
+        raise CalibrationError(f"batch size must be positive, got {batch_size}")
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def _place(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """A batch on the devices: sharded over the mesh's batch axes when it divides them."""
+    if mesh is None:
+        return jnp.asarray(x)
+    from prunejax.sharding import BATCH_AXES, batch_sharding
+
+    if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+        return jnp.asarray(x)
+    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+
+
+def check_finite(stats: Stats, where: str) -> None:
+    """Raise CalibrationError naming the first statistic holding NaN or Inf."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(stats):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            name = "/".join(str(getattr(p, "key", p)) for p in path)
+            raise CalibrationError(f"{where}: statistic {name} holds NaN or Inf (the model or the data is broken)")
+
+
+def embed_tokens(cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Hidden states entering layer 0, [N,L,D] float32 on the host."""
+    return np.concatenate(
+        [np.asarray(_embed(cfg, params, jnp.asarray(tokens_NL[s]))) for s in _batches(len(tokens_NL), batch_size)]
+    )
+
+
+PruneLayer = Callable[[str, Params, Stats], Params]
+
+
+def sequential(
+    cfg: LlamaConfig,
+    params: Params,
+    tokens_NL: np.ndarray,
+    stats: Sequence[str],
+    prune_layer: PruneLayer | None = None,
+    *,
+    batch_size: int = 8,
+    mesh: Mesh | None = None,
+) -> tuple[Params, dict[str, Stats]]:
+    """Run the layers in order on calibration tokens [N,L]; for each, sum `stats` over all batches
+    (inputs come from the layers already pruned), then let `prune_layer(key, layer_params, stats)`
+    return its replacement. Returns (params with the new layers, per-layer statistics on the host)."""
+    unknown = sorted(set(stats) - set(STATS))
+    if unknown:
+        raise CalibrationError(f"unknown statistic(s) {', '.join(unknown)}; valid: {', '.join(STATS)}")
+    stats = tuple(sorted(stats))
+    x_NLD = embed_tokens(cfg, params, tokens_NL, batch_size)
+    check_finite({"embeddings": x_NLD}, "calibration inputs")
+    new_layers: Params = {}
+    all_stats: dict[str, Stats] = {}
+    for key in sorted(params["layers"], key=int):
+        lp = params["layers"][key]
+        total: Stats | None = None
+        y_NLD = np.empty_like(x_NLD)
+        for s in _batches(len(x_NLD), batch_size):
+            y_BLD, part = layer_statistics(cfg, lp, _place(x_NLD[s], mesh), stats)
+            y_NLD[s] = np.asarray(y_BLD)
+            total = part if total is None else jax.tree.map(jnp.add, total, part)
+        total = jax.tree.map(np.asarray, total)
+        check_finite(total, f"layer {key}")
+        all_stats[key] = total
+        if prune_layer is not None:
+            lp = prune_layer(key, lp, total)
+            for s in _batches(len(x_NLD), batch_size):
+                y_NLD[s] = np.asarray(layer_apply(cfg, lp, _place(x_NLD[s], mesh)))
+            check_finite({"outputs": y_NLD}, f"layer {key} after pruning")
+        new_layers[key] = lp
+        x_NLD = y_NLD
+    return {**params, "layers": new_layers}, all_stats
+
+
+def lm_loss(cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, *, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy of a model on tokens [N,L] (the layers run one at a time)."""
+    total = 0.0
+    for s in _batches(len(tokens_NL), batch_size):
+        x = _embed(cfg, params, jnp.asarray(tokens_NL[s]))
+        for key in sorted(params["layers"], key=int):
+            x = layer_apply(cfg, params["layers"][key], x)
+        total += float(head_loss(cfg, _head_params(params), x, jnp.asarray(tokens_NL[s])))
+    return total / (tokens_NL.shape[0] * (tokens_NL.shape[1] - 1))
+
+
+def block_removal_losses(
+    cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, block: int, *, batch_size: int = 8
+) -> tuple[np.ndarray, float]:
+    """(mean calibration LM loss after removing layers [s, s+block) for every start s, dense loss).
+
+    The dense prefix h_s is advanced one layer per candidate, so candidate s costs only the
+    n - s - block layers after the gap (plus `block` layers once for the dense loss)."""
+    keys = sorted(params["layers"], key=int)
+    n = len(keys)
+    if not 0 < block < n:
+        raise CalibrationError(f"cannot remove a block of {block} layers from {n}")
+    sums = np.zeros(n - block + 1)
+    dense = 0.0
+    head_params = _head_params(params)
+    for s in _batches(len(tokens_NL), batch_size):
+        tokens = jnp.asarray(tokens_NL[s])
+        h = _embed(cfg, params, tokens)
+        for start in range(n - block + 1):
+            x = h
+            for key in keys[start + block :]:
+                x = layer_apply(cfg, params["layers"][key], x)
+            sums[start] += float(head_loss(cfg, head_params, x, tokens))
+            if start < n - block:
+                h = layer_apply(cfg, params["layers"][keys[start]], h)
+        for key in keys[n - block :]:
+            h = layer_apply(cfg, params["layers"][key], h)
+        dense += float(head_loss(cfg, head_params, h, tokens))
+    count = tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)
+    losses, dense = sums / count, dense / count
+    if not (np.all(np.isfinite(losses)) and np.isfinite(dense)):
+        raise CalibrationError("block-removal losses hold NaN or Inf (the model or the data is broken)")
+    return losses, dense

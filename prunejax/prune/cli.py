@@ -1,0 +1,155 @@
+"""`prunejax prune`: prune a MODEL_DIR (or HF dir / GGUF) with one method and write a MODEL_DIR.
+
+  prunejax prune --model SRC --method M (--ratio R | --target hidden=..,ffn=..,layers=..,heads=..)
+                 [--pattern N:M] --calib DATA_DIR [--calib-samples N] [--calib-seq-len L]
+                 --out MODEL_DIR [--overwrite]
+
+Calibration reads the first N x L tokens of the DATA_DIR's train split. Everything is validated
+before any work that writes; the MODEL_DIR appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prunejax import calibrate, hf
+from prunejax.config import LlamaConfig
+from prunejax.data.store import TokenStore
+from prunejax.prune.masks import PruneError, parse_pattern
+from prunejax.prune.registry import METHODS, NO_CALIBRATION, get_method
+from prunejax.prune.result import PruneResult
+from prunejax.prune.shapes import parse_target
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="prunejax prune", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--model", required=True, help="MODEL_DIR, HF directory or .gguf file to prune")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(sorted(METHODS))}")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, help="fraction of projection weights to remove, in (0, 1)")
+    how.add_argument("--target", help="explicit shape, e.g. hidden=3072,ffn=9216 or layers=16")
+    p.add_argument("--pattern", help="N:M sparsity along the input axis, e.g. 2:4 (sparse methods)")
+    p.add_argument("--calib", help="DATA_DIR whose train split calibrates (not needed by magnitude)")
+    p.add_argument("--calib-samples", type=int, default=calibrate.DEFAULT_SAMPLES, help="calibration sequences")
+    p.add_argument("--calib-seq-len", type=int, default=calibrate.DEFAULT_SEQ_LEN, help="tokens per sequence")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per calibration batch")
+    p.add_argument("--out", required=True, help="MODEL_DIR to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    return p.parse_args(argv)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Validated method options, before anything heavy is loaded."""
+    get_method(args.method)
+    pattern = parse_pattern(args.pattern)
+    target = parse_target(args.target) if args.target is not None else None
+    if args.ratio is not None and not 0.0 < args.ratio < 1.0:
+        raise PruneError(f"--ratio must be in (0, 1), got {args.ratio}")
+    if args.batch_size < 1:
+        raise PruneError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.calib is None and args.method not in NO_CALIBRATION:
+        raise PruneError(f"{args.method} needs calibration data: give --calib DATA_DIR")
+    if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists and is not empty (pass --overwrite)")
+    return {"ratio": args.ratio, "target": target, "pattern": pattern, "batch_size": args.batch_size}
+
+
+def load_calibration(data_dir: str, cfg: LlamaConfig, samples: int, seq_len: int) -> tuple[np.ndarray, str]:
+    """Calibration tokens [N, L] and the DATA_DIR fingerprint; token ids must fit the model's vocabulary."""
+    tokens = calibrate.calibration_tokens(data_dir, samples, seq_len)
+    if tokens.max() >= cfg.vocab_size:
+        raise calibrate.CalibrationError(
+            f"{data_dir}: token id {int(tokens.max())} is outside the model's vocabulary of {cfg.vocab_size}"
+        )
+    return tokens, TokenStore(data_dir).fingerprint
+
+
+def summary(parent: LlamaConfig, result: PruneResult) -> str:
+    """A per-layer table for the terminal."""
+    r, cfg = result.report, result.cfg
+    lines = [
+        f"method {r['method']}: requested ratio {r.get('requested_ratio')}, realized {r['realized_ratio']:.4f}",
+        f"shape: layers {parent.num_hidden_layers}->{cfg.num_hidden_layers}, hidden {parent.hidden_size}->"
+        f"{cfg.hidden_size}, ffn {parent.intermediate_size}->{cfg.intermediate_size}, heads "
+        f"{parent.num_attention_heads}/{parent.num_key_value_heads}->{cfg.num_attention_heads}/{cfg.num_key_value_heads}",
+        f"parameters {parent.num_params():,} -> {cfg.num_params():,}",
+    ]
+    if "per_layer" in r:
+        lines.append("layer  sparsity")
+        lines += [f"{k:>5}  {v:.4f}" for k, v in sorted(r["per_layer"].items(), key=lambda kv: int(kv[0]))]
+    if "removed_layers" in r:
+        lines.append(f"removed layers {r['removed_layers']}")
+        scores = r.get("block_influence") or r.get("block_losses") or {}
+        name = "block influence" if "block_influence" in r else "loss without block starting here"
+        lines += [f"{k:>5}  {name} {v:.4f}" for k, v in sorted(scores.items(), key=lambda kv: int(kv[0]))]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> PruneResult:
+    options = _options(args)
+    from prunejax.convert import load_any
+
+    cfg, params = load_any(args.model)
+    tokens, fingerprint = (None, None)
+    if args.calib is not None:
+        tokens, fingerprint = load_calibration(args.calib, cfg, args.calib_samples, args.calib_seq_len)
+    t0 = time.time()
+    result = get_method(args.method)(cfg, params, tokens, **options)
+    seconds = time.time() - t0
+    requested = options["ratio"] if options["ratio"] is not None else None
+    result.report["requested_ratio"] = requested
+    dtype = hf.DTYPES[cfg.torch_dtype]
+    out_params = jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), result.params)
+    parent_provenance = hf.load_provenance(args.model) if os.path.isdir(args.model) else {}
+    provenance = {
+        "stage": "prune",
+        "parent": os.path.abspath(args.model),
+        "parent_provenance": parent_provenance,
+        "method": args.method,
+        "options": {
+            "pattern": args.pattern,
+            "target": args.target,
+            "calib_samples": args.calib_samples if tokens is not None else None,
+            "calib_seq_len": args.calib_seq_len if tokens is not None else None,
+            "batch_size": args.batch_size,
+        },
+        "requested_ratio": requested,
+        "realized_ratio": result.report["realized_ratio"],
+        "calibration": {"data_dir": os.path.abspath(args.calib), "fingerprint": fingerprint} if args.calib else None,
+        "seconds": round(seconds, 1),
+        "report": result.report,
+    }
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tokenizer_dir = args.model if os.path.isdir(args.model) else None
+        if args.model.endswith(".gguf"):
+            from prunejax.gguf_import import save_gguf_tokenizer
+
+            save_gguf_tokenizer(args.model, tok_dir)
+            tokenizer_dir = tok_dir
+        hf.save(
+            args.out,
+            result.cfg,
+            out_params,
+            result.masks,
+            tokenizer_dir=tokenizer_dir,
+            provenance=provenance,
+            overwrite=args.overwrite,
+        )
+    print(summary(cfg, result))
+    print(f"wrote {args.out} in {seconds:.1f}s of pruning")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    run(parse_args(argv))
+    return 0

@@ -1,0 +1,172 @@
+"""Shared mask code for sparse pruning: lowest-k per group, N:M along the input axis, exact counts.
+
+Every sparse method is "score -> mask -> apply" on top of these functions. Conventions:
+  * a mask is boolean, True = kept, shaped like the weight it masks;
+  * projection kernels are viewed as matrices W_OI (output rows, input columns): Flax kernels are
+    (in..., out...), so `as_rows` flattens the input axes and transposes; `from_rows` undoes it;
+  * tie-breaking: among equal scores the one at the lower flat index is pruned first (a stable
+    ascending sort), so masks are deterministic and the pruned count is exact even for constant
+    scores;
+  * N:M keeps the N highest-scoring of every M consecutive *input* weights of each output row.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prunejax.hf import get_path, leaf_paths, set_path
+
+Params = dict[str, Any]
+
+# Decoder-layer projections and how many leading axes of their kernel are input (reduction) axes.
+PROJECTIONS: dict[str, tuple[str, int]] = {
+    "q_proj": ("self_attn", 1),
+    "k_proj": ("self_attn", 1),
+    "v_proj": ("self_attn", 1),
+    "o_proj": ("self_attn", 2),
+    "gate_proj": ("mlp", 1),
+    "up_proj": ("mlp", 1),
+    "down_proj": ("mlp", 1),
+}
+
+
+class PruneError(ValueError):
+    """A pruning request that cannot be honoured (bad ratio, pattern, target or statistics)."""
+
+
+def parse_pattern(pattern: str | None) -> tuple[int, int] | None:
+    """'2:4' -> (2, 4); None stays None (unstructured)."""
+    if pattern is None:
+        return None
+    try:
+        n_str, m_str = pattern.split(":")
+        n, m = int(n_str), int(m_str)
+    except ValueError:
+        raise PruneError(f"pattern {pattern!r} is not of the form N:M (e.g. 2:4)") from None
+    if not 0 < n < m:
+        raise PruneError(f"pattern {pattern!r} needs 0 < N < M")
+    return n, m
+
+
+def check_ratio(ratio: float, pattern: tuple[int, int] | None = None) -> float:
+    """A sparse ratio in (0, 1) that agrees with the N:M pattern (2:4 means exactly 0.5)."""
+    if not 0.0 < ratio < 1.0:
+        raise PruneError(f"pruning ratio must be in (0, 1), got {ratio}")
+    if pattern is not None:
+        n, m = pattern
+        implied = 1.0 - n / m
+        if not math.isclose(ratio, implied, abs_tol=1e-9):
+            raise PruneError(f"pattern {n}:{m} prunes {implied:g} of the weights, but the ratio asked is {ratio:g}")
+    return ratio
+
+
+def as_rows(name: str, w: jax.Array) -> jax.Array:
+    """Kernel (in..., out...) -> W_OI: output rows, flattened input columns."""
+    n_in = PROJECTIONS[name][1]
+    i = math.prod(w.shape[:n_in])
+    return w.reshape(i, -1).T
+
+
+def from_rows(name: str, w_OI: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of `as_rows` for a kernel of `shape`."""
+    n_in = PROJECTIONS[name][1]
+    return w_OI.T.reshape(shape[:n_in] + shape[n_in:])
+
+
+def prune_lowest(scores_GS: jax.Array, n_prune: int | jax.Array) -> jax.Array:
+    """Mask [G,S] pruning exactly `n_prune` lowest scores in every group (row); ties: lower index first.
+    `n_prune` may be a traced integer (SparseGPT picks a count per block inside jit)."""
+    g, s = scores_GS.shape
+    if isinstance(n_prune, int) and not 0 <= n_prune <= s:
+        raise PruneError(f"cannot prune {n_prune} of {s} weights per group")
+    order_GS = jnp.argsort(scores_GS, axis=-1, stable=True)
+    rank_GS = jnp.zeros((g, s), jnp.int32).at[jnp.arange(g)[:, None], order_GS].set(jnp.arange(s)[None, :])
+    return rank_GS >= n_prune
+
+
+def count_to_prune(size: int, ratio: float) -> int:
+    """The exact number of weights a ratio removes from `size` (round half to even, as Python does)."""
+    return int(round(size * ratio))
+
+
+def row_mask(scores_OI: jax.Array, ratio: float) -> jax.Array:
+    """Unstructured, compared within each output row (Wanda): every row loses the same count."""
+    return prune_lowest(scores_OI, count_to_prune(scores_OI.shape[1], ratio))
+
+
+def matrix_mask(scores_OI: jax.Array, ratio: float) -> jax.Array:
+    """Unstructured, compared over the whole matrix (magnitude pruning, SparseGPT blocks)."""
+    flat = scores_OI.reshape(1, -1)
+    return prune_lowest(flat, count_to_prune(flat.shape[1], ratio)).reshape(scores_OI.shape)
+
+
+def nm_mask(scores_OI: jax.Array, n: int, m: int) -> jax.Array:
+    """Keep the N best of every M consecutive input weights of each output row."""
+    o, i = scores_OI.shape
+    if i % m:
+        raise PruneError(f"N:M pattern {n}:{m} does not divide the input dimension {i}")
+    groups = scores_OI.reshape(o * i // m, m)
+    return prune_lowest(groups, m - n).reshape(o, i)
+
+
+def mask_for(scores_OI: jax.Array, ratio: float, pattern: tuple[int, int] | None, per_row: bool) -> jax.Array:
+    """N:M when a pattern is given, else unstructured per row or per matrix."""
+    if pattern is not None:
+        return nm_mask(scores_OI, *pattern)
+    return row_mask(scores_OI, ratio) if per_row else matrix_mask(scores_OI, ratio)
+
+
+def check_pattern_fits(params: Params, pattern: tuple[int, int] | None) -> None:
+    """Every projection's input dimension must be a multiple of M; says which one is not."""
+    if pattern is None:
+        return
+    for path, w in projection_leaves(params):
+        i = math.prod(w.shape[: PROJECTIONS[path[-1]][1]])
+        if i % pattern[1]:
+            raise PruneError(
+                f"N:M pattern {pattern[0]}:{pattern[1]} does not divide the input dimension {i} of {'/'.join(path)}"
+            )
+
+
+def projection_leaves(params: Params) -> list[tuple[tuple[str, ...], jax.Array]]:
+    """(path, kernel) of the seven projections of every decoder layer, in layer order."""
+    out = []
+    for i in sorted(params["layers"], key=int):
+        for name, (block, _) in PROJECTIONS.items():
+            out.append((("layers", i, block, name), params["layers"][i][block][name]))
+    return out
+
+
+def apply_masks(params: Params, masks: Params) -> Params:
+    """Params with masked-out weights set to zero; leaves without a mask are shared, not copied."""
+    out = jax.tree.map(lambda x: x, params)
+    for path, m in leaf_paths(masks):
+        w = get_path(params, path)
+        set_path(out, path, jnp.where(m, w, jnp.zeros((), w.dtype)))
+    return out
+
+
+def sparsity_report(masks: Params) -> dict[str, Any]:
+    """Pruned fraction of all masked weights and per layer."""
+    per_layer: dict[str, float] = {}
+    pruned = total = 0
+    for i, layer in masks.get("layers", {}).items():
+        lp = lt = 0
+        for _, m in leaf_paths(layer):
+            m = np.asarray(m)
+            lp += int(m.size - m.sum())
+            lt += m.size
+        per_layer[i] = lp / max(lt, 1)
+        pruned += lp
+        total += lt
+    return {
+        "sparsity": pruned / max(total, 1),
+        "pruned_weights": pruned,
+        "masked_weights": total,
+        "per_layer": per_layer,
+    }

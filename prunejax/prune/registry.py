@@ -1,0 +1,49 @@
+"""The pruning methods by name: a plain dict that grep can follow.
+
+Every method is `fn(cfg, params, tokens_NL, *, ratio=None, target=None, pattern=None, batch_size=8)
+-> PruneResult`; calibration tokens [N, L] may be None for methods that need none (magnitude).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from prunejax.config import LlamaConfig
+from prunejax.prune.depth import minitron_depth, shortgpt
+from prunejax.prune.masks import PruneError
+from prunejax.prune.result import PruneResult
+from prunejax.prune.sparse import magnitude, sparsegpt, wanda
+from prunejax.prune.width import minitron_width
+
+Method = Callable[..., PruneResult]
+
+METHODS: dict[str, Method] = {
+    "magnitude": magnitude,
+    "wanda": wanda,
+    "sparsegpt": sparsegpt,
+    "minitron-depth": minitron_depth,
+    "shortgpt": shortgpt,
+    "minitron-width": minitron_width,
+}
+# Methods whose scores ignore the calibration data.
+NO_CALIBRATION = frozenset({"magnitude"})
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise PruneError(f"unknown pruning method {name!r}; valid methods: {', '.join(sorted(METHODS))}") from None
+
+
+def prune(
+    cfg: LlamaConfig, params: dict[str, Any], method: str, tokens_NL: np.ndarray | None = None, **options: Any
+) -> PruneResult:
+    """Run a method by name (options: ratio, target, pattern, batch_size)."""
+    fn = get_method(method)
+    if tokens_NL is None and method not in NO_CALIBRATION:
+        raise PruneError(f"{method} needs calibration tokens")
+    return fn(cfg, params, tokens_NL, **options)

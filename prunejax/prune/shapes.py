@@ -1,0 +1,161 @@
+"""Target shapes: from a pruning ratio by a documented rule, from the paper's presets, or explicit.
+
+"Pruning ratio" is the fraction of the decoder layers' seven projection weights removed or
+zeroed (`LlamaConfig.linear_params`); embeddings, norms and the LM head are not counted.
+
+Rules for a ratio r:
+  * depth: keep round(n_layers * (1 - r)) layers (at least 1); every layer holds the same number of
+    projection weights, so this is the closest realizable ratio.
+  * width (heads kept): hidden and FFN sizes are multiples of `multiple` (default: the largest power
+    of two <= 128 dividing both, i.e. hardware-friendly); among all pairs, those whose realized ratio
+    is within 0.005 of the closest one are candidates, and the pair whose kept fractions of hidden
+    and FFN are most alike wins (then the larger hidden size). Balanced cuts are the neutral choice;
+    the paper's own shapes are presets below, and `--target` overrides everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from prunejax.config import LLAMA_3_1_8B, LlamaConfig
+from prunejax.prune.masks import PruneError
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """An explicit target architecture; None keeps the parent's size on that axis. `heads` counts q-heads."""
+
+    hidden: int | None = None
+    ffn: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in dataclasses.astuple(self))
+
+
+TARGET_KEYS = tuple(f.name for f in dataclasses.fields(Target))
+
+
+def architecture(cfg: LlamaConfig) -> tuple[int, ...]:
+    """What identifies a parent for the presets (dtype, token ids and RoPE do not matter here)."""
+    return (
+        cfg.vocab_size,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+    )
+
+
+# Published shapes at a ratio: (parent architecture, method, ratio) -> target.
+PRESETS: dict[tuple[tuple[int, ...], str, float], Target] = {
+    (architecture(LLAMA_3_1_8B), "minitron-depth", 0.5): Target(layers=16),
+    (architecture(LLAMA_3_1_8B), "shortgpt", 0.5): Target(layers=16),
+    (architecture(LLAMA_3_1_8B), "minitron-width", 0.5): Target(hidden=3072, ffn=9216),
+    (architecture(LLAMA_3_1_8B), "sheared", 0.5): Target(hidden=3456, ffn=7808),
+}
+
+
+def parse_target(spec: str) -> Target:
+    """'hidden=3072,ffn=9216' -> Target; unknown keys and non-positive sizes are errors."""
+    values: dict[str, int] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in TARGET_KEYS:
+            raise PruneError(f"target {spec!r}: expected KEY=INT items with KEY among {', '.join(TARGET_KEYS)}")
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise PruneError(f"target {spec!r}: {key} must be an integer, got {value!r}") from None
+        if values[key] < 1:
+            raise PruneError(f"target {spec!r}: {key} must be positive")
+    if not values:
+        raise PruneError(f"target {spec!r} names no size")
+    return Target(**values)
+
+
+def apply_target(cfg: LlamaConfig, target: Target) -> LlamaConfig:
+    """The config of the target shape; a target larger than the model, or heads that break GQA, are errors."""
+    sizes = {
+        "hidden": ("hidden_size", target.hidden),
+        "ffn": ("intermediate_size", target.ffn),
+        "layers": ("num_hidden_layers", target.layers),
+        "heads": ("num_attention_heads", target.heads),
+    }
+    changes: dict[str, Any] = {}
+    for key, (field, value) in sizes.items():
+        if value is None:
+            continue
+        if value > getattr(cfg, field):
+            raise PruneError(f"target {key}={value} is larger than the model's {field}={getattr(cfg, field)}")
+        changes[field] = value
+    if target.heads is not None:
+        group = cfg.num_attention_heads // cfg.num_key_value_heads
+        if target.heads % group:
+            raise PruneError(
+                f"target heads={target.heads} must be a multiple of the GQA group size {group} "
+                f"({cfg.num_attention_heads} q-heads / {cfg.num_key_value_heads} kv-heads)"
+            )
+        changes["num_key_value_heads"] = target.heads // group
+    return cfg.replace(**changes)
+
+
+def linear_ratio(parent: LlamaConfig, child: LlamaConfig) -> float:
+    """Fraction of the parent's projection weights the child no longer has."""
+    return 1.0 - child.linear_params() / parent.linear_params()
+
+
+def depth_target(cfg: LlamaConfig, ratio: float) -> Target:
+    keep = max(1, round(cfg.num_hidden_layers * (1.0 - ratio)))
+    if keep >= cfg.num_hidden_layers:
+        raise PruneError(f"ratio {ratio} removes no layer of a {cfg.num_hidden_layers}-layer model")
+    return Target(layers=keep)
+
+
+def default_multiple(cfg: LlamaConfig) -> int:
+    for m in (128, 64, 32, 16, 8, 4, 2):
+        if cfg.hidden_size % m == 0 and cfg.intermediate_size % m == 0:
+            return m
+    return 1
+
+
+def width_target(cfg: LlamaConfig, ratio: float, multiple: int | None = None, tolerance: float = 0.005) -> Target:
+    """Hidden/FFN sizes (heads kept) whose realized ratio is closest to `ratio`, by the module rule."""
+    m = multiple or default_multiple(cfg)
+    candidates = []
+    for hidden in range(m, cfg.hidden_size + 1, m):
+        for ffn in range(m, cfg.intermediate_size + 1, m):
+            child = cfg.replace(hidden_size=hidden, intermediate_size=ffn)
+            err = abs(linear_ratio(cfg, child) - ratio)
+            balance = abs(hidden / cfg.hidden_size - ffn / cfg.intermediate_size)
+            candidates.append((err, balance, -hidden, ffn))
+    best = min(c[0] for c in candidates)
+    if best > 0.05:
+        raise PruneError(f"no hidden/FFN shape in multiples of {m} comes within 0.05 of ratio {ratio}")
+    _, _, neg_hidden, ffn = min((c for c in candidates if c[0] <= best + tolerance), key=lambda c: (c[1], c[2]))
+    return Target(hidden=-neg_hidden, ffn=ffn)
+
+
+def resolve_target(
+    cfg: LlamaConfig, method: str, family: str, ratio: float | None, target: Target | None
+) -> tuple[Target, str]:
+    """The target for a structured method and how it was chosen ('explicit', 'preset' or 'rule')."""
+    if target is not None and ratio is not None:
+        raise PruneError("give either a ratio or a target, not both")
+    if target is not None:
+        apply_target(cfg, target)  # validates
+        return target, "explicit"
+    if ratio is None:
+        raise PruneError("give a ratio or a target")
+    if not 0.0 < ratio < 1.0:
+        raise PruneError(f"pruning ratio must be in (0, 1), got {ratio}")
+    preset = PRESETS.get((architecture(cfg), method, ratio))
+    if preset is not None:
+        return preset, "preset"
+    return (depth_target(cfg, ratio) if family == "depth" else width_target(cfg, ratio)), "rule"

@@ -1,0 +1,243 @@
+"""Sparse (weight-level) pruning: magnitude, Wanda and SparseGPT, unstructured or N:M.
+
+Each is score -> mask -> apply on the shared code in `masks`. Only the seven projections of every
+decoder layer are pruned; embeddings, norms and the LM head are untouched and get no mask.
+  magnitude  |W|, compared over each whole matrix (N:M: within each group of M inputs)
+  wanda      |W_ij| * ‖X_j‖₂, compared within each output row i; layer-sequential
+  sparsegpt  OBS with H = XᵀX, dampening 0.01·mean(diag H), columns in blocks of 128, the mask chosen
+             per block (N:M: per group of M columns) from w²/[H⁻¹]_jj², the error of every pruned
+             weight compensated into the not-yet-processed columns of its row; layer-sequential
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prunejax import calibrate
+from prunejax.config import LlamaConfig
+from prunejax.prune.masks import (
+    PROJECTIONS,
+    PruneError,
+    as_rows,
+    check_pattern_fits,
+    check_ratio,
+    count_to_prune,
+    from_rows,
+    mask_for,
+    prune_lowest,
+)
+from prunejax.prune.result import PruneResult, sparse_result
+
+Params = dict[str, Any]
+# Which calibration input (see `prunejax.calibrate`) each projection reads.
+INPUT_OF = {
+    "q_proj": "attn",
+    "k_proj": "attn",
+    "v_proj": "attn",
+    "o_proj": "o",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "down",
+}
+BLOCK_SIZE = 128
+DAMP = 0.01
+
+
+def check_sparse_request(ratio: float | None, target: Any, pattern: tuple[int, int] | None) -> float:
+    """Sparse methods take a ratio (implied by an N:M pattern when omitted), never a target shape."""
+    if target is not None:
+        raise PruneError("sparse methods keep every shape; give --ratio (and --pattern), not --target")
+    if ratio is None:
+        if pattern is None:
+            raise PruneError("give a pruning ratio (or an N:M pattern)")
+        ratio = 1.0 - pattern[0] / pattern[1]
+    check_ratio(ratio, pattern)
+    return ratio
+
+
+def _prune_layer_with(lp: Params, prune_matrix: Any) -> tuple[Params, Params]:
+    """Apply `prune_matrix(name, W_OI) -> (W_OI, mask_OI)` to the layer's seven projections."""
+    new_lp = jax.tree.map(lambda x: x, lp)
+    masks: Params = {}
+    for name, (block, _) in PROJECTIONS.items():
+        w = lp[block][name]
+        w_OI, mask_OI = prune_matrix(name, as_rows(name, w.astype(jnp.float32)))
+        new_lp[block][name] = from_rows(name, w_OI, w.shape).astype(w.dtype)
+        masks.setdefault(block, {})[name] = from_rows(name, mask_OI, w.shape)
+    return new_lp, masks
+
+
+def magnitude(
+    cfg: LlamaConfig,
+    params: Params,
+    tokens_NL: np.ndarray | None = None,
+    *,
+    ratio: float | None = None,
+    pattern: tuple[int, int] | None = None,
+    target: Any = None,
+    batch_size: int = 8,
+) -> PruneResult:
+    """Prune the smallest |W| (no calibration data needed)."""
+    ratio = check_sparse_request(ratio, target, pattern)
+    check_pattern_fits(params, pattern)
+
+    def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mask = mask_for(jnp.abs(w_OI), ratio, pattern, per_row=False)
+        return jnp.where(mask, w_OI, 0.0), mask
+
+    layers, masks = {}, {}
+    for key, lp in params["layers"].items():
+        layers[key], masks[key] = _prune_layer_with(lp, prune_matrix)
+    return sparse_result(
+        cfg, {**params, "layers": layers}, {"layers": masks}, {"method": "magnitude", "comparison": "per matrix"}
+    )
+
+
+def wanda_scores(w_OI: jax.Array, sq_norm_I: jax.Array) -> jax.Array:
+    """|W_ij| · ‖X_j‖₂ from the summed squares of input column j."""
+    return jnp.abs(w_OI) * jnp.sqrt(sq_norm_I)[None, :]
+
+
+def wanda(
+    cfg: LlamaConfig,
+    params: Params,
+    tokens_NL: np.ndarray,
+    *,
+    ratio: float | None = None,
+    pattern: tuple[int, int] | None = None,
+    target: Any = None,
+    batch_size: int = 8,
+) -> PruneResult:
+    """Wanda: layer-sequential, scores compared within each output row."""
+    ratio = check_sparse_request(ratio, target, pattern)
+    check_pattern_fits(params, pattern)
+    masks: Params = {}
+
+    def prune_layer(key: str, lp: Params, stats: calibrate.Stats) -> Params:
+        def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
+            mask = mask_for(wanda_scores(w_OI, jnp.asarray(stats["sq_norm"][INPUT_OF[name]])), ratio, pattern, True)
+            return jnp.where(mask, w_OI, 0.0), mask
+
+        new_lp, masks[key] = _prune_layer_with(lp, prune_matrix)
+        return new_lp
+
+    new_params, _ = calibrate.sequential(cfg, params, tokens_NL, ("sq_norm",), prune_layer, batch_size=batch_size)
+    return sparse_result(cfg, new_params, {"layers": masks}, {"method": "wanda", "comparison": "per output row"})
+
+
+# ---- SparseGPT ---------------------------------------------------------------------------
+def inverse_hessian_factor(h_II: jax.Array, damp: float = DAMP) -> tuple[jax.Array, jax.Array]:
+    """(upper Cholesky factor U of (H + λI)⁻¹ with λ = damp·mean(diag H), dead-input flags [I]).
+    Inputs that never fire (H_jj = 0) get H_jj = 1 and their weights are zeroed by the caller."""
+    h_II = jnp.asarray(h_II, jnp.float32)
+    dead_I = jnp.diag(h_II) == 0
+    h_II = h_II + jnp.diag(dead_I.astype(jnp.float32))
+    h_II = h_II + damp * jnp.mean(jnp.diag(h_II)) * jnp.eye(h_II.shape[0], dtype=jnp.float32)
+    chol = jnp.linalg.cholesky(h_II)
+    hinv = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(h_II.shape[0], dtype=jnp.float32))
+    upper = jnp.linalg.cholesky(hinv).T
+    return upper, dead_I
+
+
+@functools.partial(jax.jit, static_argnames=("pattern",))
+def _sparsegpt_block(
+    w_OC: jax.Array, u_CC: jax.Array, n_prune: jax.Array, pattern: tuple[int, int] | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One block of C columns: (pruned and compensated W, mask, per-column errors E = (w - q)/U_jj)."""
+    o, c = w_OC.shape
+    d_C = jnp.diag(u_CC)
+
+    def column(j: jax.Array, w: jax.Array, err: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        w_j = w[:, j]
+        q_j = jnp.where(mask[:, j], w_j, 0.0)
+        e_j = (w_j - q_j) / d_C[j]
+        # U is upper triangular: row j is zero left of j, so only columns >= j move.
+        w = (w - e_j[:, None] * u_CC[j][None, :]).at[:, j].set(q_j)
+        return w, err.at[:, j].set(e_j)
+
+    err = jnp.zeros_like(w_OC)
+    if pattern is None:
+        mask = prune_lowest(((w_OC / d_C[None, :]) ** 2).reshape(1, -1), n_prune).reshape(o, c)
+        w, err = jax.lax.fori_loop(0, c, lambda j, s: column(j, *s, mask), (w_OC, err))
+        return w, mask, err
+    n, m = pattern
+
+    def group(g: jax.Array, state: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        w, err, mask = state
+        start = g * m
+        w_Om = jax.lax.dynamic_slice_in_dim(w, start, m, axis=1)
+        d_m = jax.lax.dynamic_slice_in_dim(d_C, start, m)
+        mask = jax.lax.dynamic_update_slice_in_dim(mask, prune_lowest((w_Om / d_m[None, :]) ** 2, m - n), start, 1)
+        for t in range(m):
+            w, err = column(start + t, w, err, mask)
+        return w, err, mask
+
+    w, err, mask = jax.lax.fori_loop(0, c // m, group, (w_OC, err, jnp.ones((o, c), bool)))
+    return w, mask, err
+
+
+def sparsegpt_matrix(
+    w_OI: jax.Array,
+    h_II: jax.Array,
+    ratio: float,
+    pattern: tuple[int, int] | None = None,
+    block_size: int = BLOCK_SIZE,
+    damp: float = DAMP,
+    factor: tuple[jax.Array, jax.Array] | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """SparseGPT on one weight matrix W_OI with Hessian H = XᵀX: (new W, mask). Unstructured masks
+    prune exactly round(ratio·O·I) weights (block counts by cumulative rounding)."""
+    o, i = w_OI.shape
+    if pattern is not None and block_size % pattern[1]:
+        raise PruneError(f"block size {block_size} must be a multiple of M={pattern[1]}")
+    u_II, dead_I = factor if factor is not None else inverse_hessian_factor(h_II, damp)
+    if not bool(jnp.all(jnp.isfinite(u_II))):
+        raise PruneError("SparseGPT: the damped Hessian is not positive definite (calibration statistics broken?)")
+    w = jnp.where(dead_I[None, :], 0.0, w_OI.astype(jnp.float32))
+    masks = []
+    for c0 in range(0, i, block_size):
+        c1 = min(c0 + block_size, i)
+        n_prune = count_to_prune(o * c1, ratio) - count_to_prune(o * c0, ratio)
+        w_blk, m_blk, err = _sparsegpt_block(w[:, c0:c1], u_II[c0:c1, c0:c1], jnp.int32(n_prune), pattern)
+        masks.append(m_blk)
+        w = w.at[:, c0:c1].set(w_blk)
+        if c1 < i:  # lazy batch update of the columns right of the block
+            w = w.at[:, c1:].add(-err @ u_II[c0:c1, c1:])
+    return w, jnp.concatenate(masks, axis=1)
+
+
+def sparsegpt(
+    cfg: LlamaConfig,
+    params: Params,
+    tokens_NL: np.ndarray,
+    *,
+    ratio: float | None = None,
+    pattern: tuple[int, int] | None = None,
+    target: Any = None,
+    batch_size: int = 8,
+    block_size: int = BLOCK_SIZE,
+    damp: float = DAMP,
+) -> PruneResult:
+    """SparseGPT: layer-sequential OBS pruning with error compensation."""
+    ratio = check_sparse_request(ratio, target, pattern)
+    check_pattern_fits(params, pattern)
+    masks: Params = {}
+
+    def prune_layer(key: str, lp: Params, stats: calibrate.Stats) -> Params:
+        factors = {x: inverse_hessian_factor(jnp.asarray(h), damp) for x, h in stats["hessian"].items()}
+
+        def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
+            f = factors[INPUT_OF[name]]
+            return sparsegpt_matrix(w_OI, None, ratio, pattern, block_size, damp, factor=f)
+
+        new_lp, masks[key] = _prune_layer_with(lp, prune_matrix)
+        return new_lp
+
+    new_params, _ = calibrate.sequential(cfg, params, tokens_NL, ("hessian",), prune_layer, batch_size=batch_size)
+    report = {"method": "sparsegpt", "block_size": block_size, "damp": damp}
+    return sparse_result(cfg, new_params, {"layers": masks}, report)
