@@ -1,0 +1,1 @@
+"""Training: config, optimizer, the pure train step, state/shardings, checkpoints, metrics, the loop and `train`."""

@@ -1,0 +1,108 @@
+"""Orbax checkpoints of a run: the whole train state plus the data-iterator position, keep K, with fallback.
+
+RUN_DIR/checkpoints/<step>/ holds `state` (params, optimizer state, masks, step, RNG: Orbax's
+sharded PyTree format, multi-host aware) and `data` (the grain iterator state and run counters as
+JSON). A checkpoint that fails to restore (truncated, corrupt) is skipped with a warning and the
+previous one is used, so a crash during a save never loses the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from prunejax.hf import CheckpointError, leaf_paths
+
+log = logging.getLogger(__name__)
+State = dict[str, Any]
+
+
+class Checkpointer:
+    """Periodic/final saves of (state, data state) under `run_dir/checkpoints`, keeping the newest `keep`."""
+
+    def __init__(self, run_dir: str, *, keep: int = 3, use_async: bool = False):
+        self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=use_async, create=True, cleanup_tmp_directories=True
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: State, data: dict[str, Any]) -> None:
+        """Save (async when enabled); `data` is JSON (iterator state, tokens seen, ...)."""
+        check_sparsity(state)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
+        self.manager.save(step, args=args, force=True)
+
+    def restore_latest(self, abstract_state: State) -> tuple[int, State, dict[str, Any]] | None:
+        """(step, state, data) of the newest readable checkpoint, or None when there is none."""
+        self.manager.wait_until_finished()
+        steps = self.steps()
+        for step in reversed(steps):
+            try:
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+                restored = self.manager.restore(step, args=args)
+                return step, restored["state"], restored["data"]
+            except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
+                log.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, self.directory, e)
+        if steps:
+            raise CheckpointError(f"{self.directory}: none of the checkpoints {steps} could be restored")
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract(state: State) -> State:
+    """Shapes, dtypes and shardings of `state`: the restore target (arrays land on their shards)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+@jax.jit
+def _masked_nonzeros(params: Any, masks: Any) -> Any:
+    return jax.tree.map(lambda w, m: jnp.sum((w != 0) & ~m), params, masks)
+
+
+def sparsity(state: State) -> dict[str, float] | None:
+    """Realized sparsity of the masked weights: the mask's pruned fraction and the zero fraction."""
+    masks = state["masks"]
+    if not masks:
+        return None
+    pruned = total = zeros = 0
+    for path, m in leaf_paths(masks):
+        w = state["params"]
+        for key in path:
+            w = w[key]
+        pruned += int(jax.device_get(jnp.sum(~m)))
+        zeros += int(jax.device_get(jnp.sum(w == 0)))
+        total += int(np.prod(m.shape))
+    return {"mask_sparsity": pruned / total, "zero_fraction": zeros / total}
+
+
+def check_sparsity(state: State) -> None:
+    """Every masked-out weight must be exactly zero; a violation means the mask was lost, so stop."""
+    masks = state["masks"]
+    if not masks:
+        return
+    subset = _subtree(state["params"], masks)
+    bad = sum(int(x) for x in jax.device_get(jax.tree.leaves(_masked_nonzeros(subset, masks))))
+    if bad:
+        raise CheckpointError(f"{bad} masked-out weights are nonzero: the sparsity mask was not preserved")
+
+
+def _subtree(params: Any, masks: Any) -> Any:
+    if isinstance(masks, dict):
+        return {k: _subtree(params[k], v) for k, v in masks.items()}
+    return params

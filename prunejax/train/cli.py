@@ -1,0 +1,79 @@
+"""`prunejax train`: a YAML config plus key=value overrides, a model source, a DATA_DIR and a token budget.
+
+prunejax train --config YAML [key=value ...] (--init MODEL_DIR | --scratch SRC [--reinit])
+               --data DATA_DIR --tokens N --out RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def parse_tokens(text: str) -> int:
+    """'200000', '2e5', '50B', '10M', '300k' -> tokens."""
+    units = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    scale = units.get(t[-1:], 1)
+    if scale != 1:
+        t = t[:-1]
+    try:
+        value = float(t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a token count: {text!r}") from None
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"token count must be a positive integer, got {text!r}")
+    return int(value)
+
+
+def maybe_init_distributed(args: argparse.Namespace) -> None:
+    """Join the multi-controller runtime when launched as one of several processes."""
+    import jax
+
+    if args.coordinator or args.num_processes:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
+        )
+    elif os.environ.get("PRUNEJAX_DISTRIBUTED") == "1":  # TPU pods / SLURM: jax finds the cluster itself
+        jax.distributed.initialize()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="prunejax train", description=__doc__)
+    parser.add_argument("overrides", nargs="*", help="train config overrides key=value")
+    parser.add_argument("--config", help="train config YAML (configs/train/*.yaml); defaults: the paper's recipe")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--init", help="MODEL_DIR to retrain (its masks come along)")
+    src.add_argument("--scratch", help="random init of this shape: MODEL_DIR, preset name, or model YAML/JSON")
+    parser.add_argument("--reinit", action="store_true", help="keep a sparse MODEL_DIR's masks, re-init kept weights")
+    parser.add_argument("--data", required=True, help="DATA_DIR")
+    parser.add_argument("--tokens", required=True, type=parse_tokens, help="token budget (e.g. 200000, 50B)")
+    parser.add_argument("--out", required=True, help="RUN_DIR (an existing one is resumed)")
+    parser.add_argument("--teacher", help="teacher MODEL_DIR for distillation (with distill_alpha>0)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--coordinator", help="host:port of process 0 (multi-process runs)")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    args = parser.parse_args(argv)
+    maybe_init_distributed(args)
+
+    from prunejax.train.run import train
+
+    summary = train(
+        args.out,
+        data_dir=args.data,
+        tokens=args.tokens,
+        init=args.init,
+        scratch=args.scratch,
+        reinit=args.reinit,
+        config=args.config,
+        overrides=args.overrides,
+        teacher=args.teacher,
+        progress=not args.no_progress,
+    )
+    if summary["status"] == "stopped":
+        print(f"stopped at a checkpoint; run the same command again to resume {args.out}")
+        return 0
+    val = f", validation loss {summary['val_loss']:.4f}" if "val_loss" in summary else ""
+    print(f"done: {summary['steps']:,} steps{val}; model in {summary['final']}")
+    return 0

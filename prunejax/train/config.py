@@ -1,0 +1,134 @@
+"""TrainConfig: every knob of a training run, read from YAML plus `key=value` overrides; unknown keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import yaml
+
+from prunejax.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Defaults are the paper's recipe (AdamW 0.9/0.95/1e-8, wd 0.1, peak 3e-4, 5% warmup, cosine to 10%, clip 1)."""
+
+    # batch geometry: one optimizer step sees global_batch sequences of seq_len tokens
+    seq_len: int = 128
+    global_batch: int = 8
+    grad_accum: int = 1  # micro-batches per step (global_batch / grad_accum sequences each)
+    # optimizer
+    peak_lr: float = 3e-4
+    warmup_frac: float = 0.05
+    final_lr_frac: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0
+    # numerics: fp32 master weights always; compute in float32 or bfloat16
+    compute_dtype: str = "float32"
+    remat: bool = False
+    seed: int = 0
+    # data: a token range of one split of the DATA_DIR
+    data_split: str = "train"
+    data_offset: int = 0
+    data_count: int | None = None  # None = to the end of the split
+    val_split: str = "validation"
+    val_every: int = 0  # steps; 0 = only at the end
+    val_batches: int = 4  # global batches of validation windows (0 = no validation)
+    # bookkeeping
+    log_every: int = 1
+    ckpt_every: int = 0  # steps; 0 = only at the end (and on SIGTERM)
+    keep_checkpoints: int = 3
+    async_checkpoint: bool = False
+    tensorboard: bool = False
+    peak_tflops: float | None = None  # per device, for MFU; None = measured matmul peak on CPU, else unset
+    # mesh (data * fsdp * tp = devices; -1 takes the rest)
+    mesh_data: int = -1
+    mesh_fsdp: int = 1
+    mesh_tp: int = 1
+    # distillation from a teacher MODEL_DIR (off by default: the paper retrains with plain LM loss)
+    distill_alpha: float = 0.0  # weight of the KL term; 1 - alpha weighs cross-entropy
+    distill_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "global_batch", "grad_accum", "log_every", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.global_batch % self.grad_accum:
+            raise ConfigError(f"global_batch {self.global_batch} is not a multiple of grad_accum {self.grad_accum}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
+        if not 0 <= self.warmup_frac < 1 or not 0 <= self.final_lr_frac <= 1:
+            raise ConfigError("warmup_frac must be in [0, 1) and final_lr_frac in [0, 1]")
+        if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:
+            raise ConfigError("distill_alpha must be in [0, 1] and distill_temperature positive")
+        if self.peak_lr <= 0 or self.clip_norm <= 0:
+            raise ConfigError("peak_lr and clip_norm must be positive")
+
+    @property
+    def micro_batch(self) -> int:
+        return self.global_batch // self.grad_accum
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.seq_len
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return from_dict({**dataclasses.asdict(self), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def from_dict(d: dict[str, Any], source: str = "config") -> TrainConfig:
+    unknown = sorted(set(d) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown train config key(s): {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
+    try:
+        return TrainConfig(**d)
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}") from e
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as YAML (so 3e-4, true, null, 128 get their types)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if key not in FIELDS:
+        raise ConfigError(f"unknown train config key {key!r} in override {item!r}")
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and FIELDS[key].type in ("float", "float | None"):
+        try:
+            value = float(value)  # YAML reads 3e-4 (no dot) as a string
+        except ValueError:
+            pass
+    return key, value
+
+
+def load(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A TrainConfig from a YAML file (or the defaults) with `key=value` overrides applied."""
+    d: dict[str, Any] = {}
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"{path}: no such config file")
+        with open(path) as f:
+            d = yaml.safe_load(f) or {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a train config is a mapping of keys to values")
+    for key, value in d.items():
+        if isinstance(value, str) and key in FIELDS and FIELDS[key].type in ("float", "float | None"):
+            try:
+                d[key] = float(value)
+            except ValueError:
+                pass
+    d.update(parse_override(o) for o in overrides)
+    return from_dict(d, path or "config")

@@ -1,0 +1,80 @@
+"""Run metrics: `metrics.jsonl` (one JSON object per logged step), optional TensorBoard, MFU against a peak."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+class MetricsWriter:
+    """Appends one JSON line per record to RUN_DIR/metrics.jsonl (process 0 only), optionally TensorBoard."""
+
+    def __init__(self, run_dir: str, *, tensorboard: bool = False):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.tb = None
+        if tensorboard and self.enabled:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise ValueError("tensorboard=true needs the tensorboardX package (pip install tensorboardX)") from None
+            self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (written after the checkpoint a resumed run restarts from)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(keep)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k != "step" and v is not None:
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """All records of a run's metrics.jsonl."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a float32 [n,n]x[n,n] matmul on the default device (best of `repeats`)."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def peak_flops(peak_tflops_per_device: float | None) -> float | None:
+    """Total peak FLOP/s of all devices: the configured figure, or measured on CPU, else unknown (None)."""
+    n = jax.device_count()
+    if peak_tflops_per_device:
+        return peak_tflops_per_device * 1e12 * n
+    if jax.default_backend() == "cpu":
+        return measure_matmul_peak()  # fake CPU devices share the same cores: one measurement is the total
+    return None

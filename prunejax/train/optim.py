@@ -1,0 +1,71 @@
+"""The learning-rate schedule and AdamW of the paper's recipe, and the mask helpers sparse training uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from prunejax.train.config import TrainConfig
+
+Params = dict[str, Any]
+
+
+def warmup_steps(tcfg: TrainConfig, total_steps: int) -> int:
+    return max(1, round(tcfg.warmup_frac * total_steps)) if tcfg.warmup_frac > 0 else 0
+
+
+def schedule(tcfg: TrainConfig, total_steps: int) -> Callable[[jax.Array], jax.Array]:
+    """lr for update number `count` (0-based): linear warmup peak*(count+1)/W, then cosine to final_lr_frac*peak.
+
+    The warmup starts at peak/W rather than 0 so that the first update is not wasted."""
+    peak, final = tcfg.peak_lr, tcfg.peak_lr * tcfg.final_lr_frac
+    warm = warmup_steps(tcfg, total_steps)
+    decay = max(1, total_steps - warm)
+
+    def lr(count: jax.Array) -> jax.Array:
+        count = jnp.asarray(count, jnp.float32)
+        warm_lr = peak * (count + 1) / max(warm, 1)
+        frac = jnp.clip((count - warm + 1) / decay, 0.0, 1.0)
+        cos_lr = final + 0.5 * (peak - final) * (1 + jnp.cos(jnp.pi * frac))
+        return jnp.where(count < warm, warm_lr, cos_lr)
+
+    return lr
+
+
+def decay_mask(params: Params) -> Params:
+    """Weight decay applies to matrices only (norm gains keep their scale), as in Llama/Lingua recipes."""
+    return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def optimizer(tcfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """clip_by_global_norm then AdamW with the schedule; the gradients it sees are already masked."""
+    return optax.chain(
+        optax.clip_by_global_norm(tcfg.clip_norm),
+        optax.adamw(
+            schedule(tcfg, total_steps),
+            b1=tcfg.beta1,
+            b2=tcfg.beta2,
+            eps=tcfg.eps,
+            weight_decay=tcfg.weight_decay,
+            mask=decay_mask,
+        ),
+    )
+
+
+def apply_masks(tree: Params, masks: Params | None) -> Params:
+    """Zero the masked entries of every leaf that has a mask (masks: bool, True = kept; absent = dense)."""
+    if not masks:
+        return tree
+
+    def visit(node: Any, mask: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: visit(v, mask.get(k) if isinstance(mask, dict) else None) for k, v in node.items()}
+        if mask is None:
+            return node
+        return jnp.where(mask, node, jnp.zeros((), node.dtype))
+
+    return visit(tree, masks)

@@ -1,0 +1,273 @@
+"""`train(...)`: one training run from a model source, a DATA_DIR and a token budget to a RUN_DIR.
+
+RUN_DIR layout: run.json (the resolved config: train config, model source, data range and
+fingerprint, budget and derived steps), metrics.jsonl, checkpoints/<step>/ (Orbax), final/ (a
+MODEL_DIR). Calling `train` again on an existing RUN_DIR resumes from its newest readable
+checkpoint, provided the resolved config is the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+
+from prunejax import hf, sharding
+from prunejax.config import PRESETS, ConfigError, LlamaConfig
+from prunejax.data.pipeline import BatchSpec, WindowSource, eval_dataset, train_dataset, train_iterator
+from prunejax.data.store import DataError, TokenStore
+from prunejax.train import checkpoint as ckpt
+from prunejax.train import config as config_lib
+from prunejax.train import optim
+from prunejax.train import state as state_lib
+from prunejax.train.loop import LoopConfig, StopFlag, run_loop
+from prunejax.train.metrics import MetricsWriter, peak_flops
+from prunejax.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+
+
+def model_source(
+    init: str | None, scratch: str | None, reinit: bool, seed: int
+) -> tuple[LlamaConfig, Any, Any, str | None]:
+    """(cfg, params, masks, tokenizer dir) for --init MODEL_DIR | --scratch MODEL_DIR|PRESET|YAML [--reinit]."""
+    if (init is None) == (scratch is None):
+        raise ConfigError("give exactly one of init (a MODEL_DIR to retrain) or scratch (a shape to train from random)")
+    src = init or scratch
+    tok = src if src and os.path.exists(os.path.join(src, "tokenizer.json")) else None
+    key = jax.random.key(seed)
+    if init is not None:
+        cfg, params = hf.load(init)
+        masks = hf.load_masks(init, cfg)
+    elif scratch in PRESETS:
+        cfg, masks = PRESETS[scratch], None
+    elif os.path.isdir(scratch):
+        cfg = hf.load_config(scratch)
+        masks = hf.load_masks(scratch, cfg) if reinit else None
+    elif os.path.isfile(scratch):
+        with open(scratch) as f:
+            raw = yaml.safe_load(f)
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{scratch}: a model config is a mapping of config.json keys")
+        try:
+            cfg = LlamaConfig.from_hf_dict(raw)
+        except TypeError as e:
+            raise ConfigError(f"{scratch}: {e}") from e
+        masks = None
+    else:
+        raise ConfigError(
+            f"scratch {scratch!r} is not a MODEL_DIR, a model YAML/JSON or a preset ({', '.join(PRESETS)})"
+        )
+    if reinit:
+        if not masks:
+            raise ConfigError(f"--reinit keeps the masks of a sparse MODEL_DIR, but {src} has no masks.safetensors")
+        params = state_lib.reinit_kept(cfg, masks, key)
+    elif init is None:
+        from prunejax import model
+
+        params = model.init_params(cfg, key)
+    return cfg, params, masks, tok
+
+
+def _check_inputs(cfg: LlamaConfig, tcfg: config_lib.TrainConfig, store: TokenStore, tokens: int) -> int:
+    if store.vocab_size > cfg.vocab_size:
+        raise DataError(
+            f"DATA_DIR vocabulary ({store.vocab_size}) exceeds the model's vocab_size ({cfg.vocab_size}): "
+            "token ids would index past the embedding; tokenize with the model's tokenizer"
+        )
+    if tcfg.seq_len > cfg.max_position_embeddings:
+        raise ConfigError(
+            f"seq_len {tcfg.seq_len} exceeds the model's max_position_embeddings {cfg.max_position_embeddings}"
+        )
+    steps = tokens // tcfg.tokens_per_step
+    if steps < 1:
+        raise ConfigError(
+            f"token budget {tokens:,} is smaller than one step ({tcfg.global_batch} x {tcfg.seq_len} = "
+            f"{tcfg.tokens_per_step:,} tokens)"
+        )
+    return steps
+
+
+def _resolved(tcfg: config_lib.TrainConfig, **fields: Any) -> dict[str, Any]:
+    return {"train": tcfg.to_dict(), **fields}
+
+
+def _open_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
+    """Create or validate RUN_DIR; True when resuming an earlier run of the same config."""
+    path = os.path.join(out_dir, RUN_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous != json.loads(json.dumps(resolved)):
+            diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise ConfigError(f"{out_dir} holds a run with a different config (differs in: {', '.join(diff)})")
+        return True
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists, is not empty and is not a RUN_DIR")
+    os.makedirs(out_dir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(path + ".tmp", "w") as f:
+            json.dump(resolved, f, indent=2)
+        os.replace(path + ".tmp", path)
+    return False
+
+
+def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Every process gets the full arrays (needed to write final/ from process 0 on many hosts)."""
+    return jax.jit(lambda t: t, out_shardings=sharding.replicated(mesh))(tree)
+
+
+def train(
+    out_dir: str,
+    *,
+    data_dir: str,
+    tokens: int,
+    init: str | None = None,
+    scratch: str | None = None,
+    reinit: bool = False,
+    config: config_lib.TrainConfig | str | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    teacher: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a run and write RUN_DIR; returns a summary (status, steps, last loss, val loss, final dir)."""
+    tcfg = config if isinstance(config, config_lib.TrainConfig) else config_lib.load(config, overrides)
+    if isinstance(config, config_lib.TrainConfig) and overrides:
+        tcfg = tcfg.replace(**dict(config_lib.parse_override(o) for o in overrides))
+    if (teacher is None) != (tcfg.distill_alpha == 0):
+        raise ConfigError("distillation needs both a teacher MODEL_DIR and distill_alpha > 0")
+    store = TokenStore(data_dir)
+    cfg, params, masks, tok_dir = model_source(init, scratch, reinit, tcfg.seed)
+    total_steps = _check_inputs(cfg, tcfg, store, tokens)
+    mesh = mesh or sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp)
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    if tcfg.micro_batch % batch_devices:
+        raise ConfigError(
+            f"micro-batch {tcfg.micro_batch} (global_batch / grad_accum) does not divide over "
+            f"{batch_devices} data x fsdp devices"
+        )
+    spec = BatchSpec(tcfg.global_batch, tcfg.grad_accum, jax.process_index(), jax.process_count())
+    source = WindowSource(store, tcfg.data_split, tcfg.data_offset, tcfg.data_count, tcfg.seq_len)
+    windows_needed = total_steps * tcfg.global_batch
+    resolved = _resolved(
+        tcfg,
+        model={"init": init, "scratch": scratch, "reinit": reinit, "config": cfg.to_hf_dict()},
+        data={"dir": os.path.abspath(data_dir), "fingerprint": store.fingerprint, "windows": len(source)},
+        tokens=tokens,
+        steps=total_steps,
+        teacher=teacher,
+    )
+    if jax.process_index() == 0:
+        print(
+            f"{tokens:,} tokens / ({tcfg.global_batch} seqs x {tcfg.seq_len} tokens = "
+            f"{tcfg.tokens_per_step:,} per step) "
+            f"= {total_steps:,} steps ({tokens - total_steps * tcfg.tokens_per_step:,} tokens left over); "
+            f"{windows_needed / len(source):.2f} epochs of {len(source):,} windows"
+        )
+    resuming = _open_run_dir(out_dir, resolved)
+
+    opt = optim.optimizer(tcfg, total_steps)
+    state = state_lib.place_state(mesh, state_lib.init_state(params, masks, opt, tcfg.seed))
+    del params
+    checkpointer = ckpt.Checkpointer(out_dir, keep=tcfg.keep_checkpoints, use_async=tcfg.async_checkpoint)
+    start_step, data_state = 0, None
+    if resuming:
+        restored = checkpointer.restore_latest(ckpt.abstract(state))
+        if restored is not None:
+            start_step, state, extra = restored
+            data_state = extra["iterator"]
+            if jax.process_index() == 0:
+                print(f"resuming {out_dir} from step {start_step:,}")
+    writer = MetricsWriter(out_dir, tensorboard=tcfg.tensorboard)
+    writer.truncate_after(start_step)
+
+    teacher_params, teacher_cfg = None, None
+    if teacher is not None:
+        teacher_cfg, teacher_params = hf.load(teacher, place=sharding.placer(mesh))
+        if teacher_cfg.vocab_size != cfg.vocab_size:
+            raise ConfigError(
+                f"teacher vocab_size {teacher_cfg.vocab_size} differs from the student's {cfg.vocab_size}"
+            )
+    step_fn = make_train_step(cfg, tcfg, opt, total_steps, teacher_cfg)
+    jitted = state_lib.jit_train_step(step_fn, mesh, state, teacher_params)
+    iterator = train_iterator(train_dataset(source, spec, tcfg.seed, total_steps), data_state)
+
+    def batches() -> Any:
+        while True:
+            yield state_lib.global_batch(mesh, next(iterator))
+
+    def step(s: Any, b: Any) -> Any:
+        return jitted(s, b) if teacher_params is None else jitted(s, b, teacher_params)
+
+    evaluate = None
+    if tcfg.val_batches:
+        val_source = WindowSource(store, tcfg.val_split, 0, None, tcfg.seq_len)
+        val_spec = BatchSpec(tcfg.micro_batch, 1, jax.process_index(), jax.process_count())
+        val_data = eval_dataset(val_source, val_spec, tcfg.val_batches)
+        eval_fn = state_lib.jit_eval_step(make_eval_step(cfg, tcfg), mesh, state["params"])
+
+        def evaluate(s: Any) -> dict[str, float]:
+            losses = [eval_fn(s["params"], state_lib.global_batch(mesh, b, accumulated=False)) for b in val_data]
+            return {"val_loss": float(np.mean(jax.device_get(losses)))}
+
+    def save(at: int, s: Any) -> None:
+        checkpointer.save(at, s, {"iterator": iterator.get_state(), "step": at})
+        sp = ckpt.sparsity(s)
+        if sp is not None:
+            writer.write({"step": at, "tokens": at * tcfg.tokens_per_step, **sp})
+
+    lc = LoopConfig(
+        start_step=start_step,
+        total_steps=total_steps,
+        tokens_per_step=tcfg.tokens_per_step,
+        flops_per_step=cfg.flops_per_token(tcfg.seq_len, training=True) * tcfg.tokens_per_step,
+        peak_flops=peak_flops(tcfg.peak_tflops),
+        log_every=tcfg.log_every,
+        ckpt_every=tcfg.ckpt_every,
+        eval_every=tcfg.val_every,
+        stop_after=stop_after,
+        progress=progress and jax.process_index() == 0,
+    )
+    summary: dict[str, Any] = {"run_dir": out_dir, "steps": total_steps, "start_step": start_step}
+    try:
+        with StopFlag() as stop:
+            state, status = run_loop(
+                step, state, batches(), lc, writer, save=save, evaluate=evaluate, on_step=on_step, stop=stop
+            )
+        summary["status"] = status
+        if status == "done":
+            if start_step < total_steps and (not tcfg.ckpt_every or total_steps % tcfg.ckpt_every):
+                save(total_steps, state)
+            if evaluate is not None:
+                val = evaluate(state)
+                writer.write({"step": total_steps, "tokens": total_steps * tcfg.tokens_per_step, **val})
+                summary.update(val)
+            checkpointer.wait()
+            final = _replicate({"params": state["params"], "masks": state["masks"]}, mesh)
+            if jax.process_index() == 0:
+                provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
+                provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
+                hf.save(
+                    os.path.join(out_dir, "final"),
+                    cfg,
+                    jax.device_get(final["params"]),
+                    jax.device_get(final["masks"]) or None,
+                    tokenizer_dir=store.tokenizer_dir or tok_dir,
+                    provenance=provenance,
+                    overwrite=True,
+                )
+            summary["final"] = os.path.join(out_dir, "final")
+    finally:
+        checkpointer.close()
+        writer.close()
+    return summary

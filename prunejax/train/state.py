@@ -1,0 +1,108 @@
+"""Building the train state, its shardings, and the step jitted once with them (and buffer donation)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from prunejax import model, sharding
+from prunejax.config import LlamaConfig
+from prunejax.hf import CheckpointError, leaf_paths
+from prunejax.sharding import BATCH_AXES, LOGICAL_AXES
+from prunejax.train.optim import apply_masks
+
+State = dict[str, Any]
+
+
+def check_masks(params: Any, masks: Any) -> None:
+    """Every mask names a weight and has its shape; anything else is a CheckpointError."""
+    for path, m in leaf_paths(masks or {}):
+        node = params
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                raise CheckpointError(f"mask {'/'.join(path)} names no weight of this model")
+            node = node[key]
+        if tuple(m.shape) != tuple(node.shape):
+            raise CheckpointError(f"mask {'/'.join(path)} has shape {tuple(m.shape)}, weight has {tuple(node.shape)}")
+
+
+def reinit_kept(cfg: LlamaConfig, masks: Any, key: jax.Array) -> Any:
+    """Fresh truncated-normal (std 0.02) weights of `cfg`'s shape, zero where masked (the sparse scratch control)."""
+    return apply_masks(model.init_params(cfg, key), masks)
+
+
+def init_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed: int) -> State:
+    """A step-0 state: params (fp32, masked), fresh optimizer moments, masks, step, RNG."""
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    masks = jax.tree.map(lambda m: jnp.asarray(m, bool), masks or {})
+    check_masks(params, masks)
+    params = apply_masks(params, masks)
+    return {
+        "params": params,
+        "opt_state": opt.init(params),
+        "masks": masks,
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+    }
+
+
+def _dict_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
+
+
+def state_shardings(mesh: Mesh, state: Any) -> Any:
+    """Params-shaped leaves (params, masks, moments) by the logical-axis table; scalars replicated."""
+
+    def leaf(path: tuple[Any, ...], x: Any) -> NamedSharding:
+        keys = _dict_keys(path)
+        if keys and keys[-1] in LOGICAL_AXES and len(LOGICAL_AXES[keys[-1]]) == np.ndim(x):
+            return sharding.param_sharding(mesh, keys, tuple(np.shape(x)))
+        return sharding.replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(leaf, state)
+
+
+def batch_sharding(mesh: Mesh, accumulated: bool = True) -> NamedSharding:
+    """[A, b, L] train batches (b over data x fsdp) or [b, L] eval batches."""
+    spec = PartitionSpec(None, BATCH_AXES, None) if accumulated else PartitionSpec(BATCH_AXES, None)
+    return NamedSharding(mesh, spec)
+
+
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray], accumulated: bool = True) -> dict[str, jax.Array]:
+    """Assemble this process's rows into global arrays (the same call on one or many processes)."""
+    s = batch_sharding(mesh, accumulated)
+    return {k: jax.make_array_from_process_local_data(s, v) for k, v in local.items()}
+
+
+def jit_train_step(
+    step_fn: Callable[..., Any], mesh: Mesh, state: State, with_teacher: Any = None
+) -> Callable[..., tuple[State, dict[str, jax.Array]]]:
+    """jit once with explicit shardings; the state buffers are donated (updated in place)."""
+    state_sh = state_shardings(mesh, state)
+    in_sh: tuple[Any, ...] = (state_sh, batch_sharding(mesh))
+    if with_teacher is not None:
+        in_sh += (state_shardings(mesh, with_teacher),)
+    return jax.jit(
+        step_fn,
+        in_shardings=in_sh,
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def jit_eval_step(eval_fn: Callable[..., Any], mesh: Mesh, params: Any) -> Callable[..., jax.Array]:
+    return jax.jit(
+        eval_fn,
+        in_shardings=(state_shardings(mesh, params), batch_sharding(mesh, accumulated=False)),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+
+def place_state(mesh: Mesh, state: State) -> State:
+    return jax.device_put(state, state_shardings(mesh, state))

@@ -1,0 +1,110 @@
+"""One pure train step `(state, batch) -> (state, metrics)` and the matching eval step.
+
+State is a plain dict (checkpointed as it is):
+  params     fp32 master weights (HF-named nested dict)
+  opt_state  optax AdamW state (moments shaped like params)
+  masks      bool masks (True = kept) for sparse leaves; {} when dense
+  step       int32 scalar: optimizer updates done
+  rng        uint32 key data
+A batch holds `inputs`/`targets` int32 [A, b, L]: A micro-batches accumulated into one update.
+The caller jits the step once with shardings and donation (`prunejax.train.state.jit_train_step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from prunejax import model
+from prunejax.config import LlamaConfig
+from prunejax.train.config import TrainConfig
+from prunejax.train.optim import apply_masks, schedule
+
+State = dict[str, Any]
+Batch = dict[str, jax.Array]
+COMPUTE = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy in float32."""
+    logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1))
+
+
+def distill_kl(student_BLV: jax.Array, teacher_BLV: jax.Array, temperature: float) -> jax.Array:
+    """KL(teacher || student) at `temperature`, times T² so gradients keep their scale (Hinton et al.)."""
+    t = temperature
+    logp_s = jax.nn.log_softmax(student_BLV.astype(jnp.float32) / t, axis=-1)
+    logp_t = jax.nn.log_softmax(teacher_BLV.astype(jnp.float32) / t, axis=-1)
+    kl_BL = jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), axis=-1)
+    return t * t * jnp.mean(kl_BL)
+
+
+def make_loss(
+    cfg: LlamaConfig, tcfg: TrainConfig, teacher_cfg: LlamaConfig | None = None
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """loss(params, inputs, targets, teacher_params) -> (objective, cross-entropy)."""
+    dtype = COMPUTE[tcfg.compute_dtype]
+    alpha = tcfg.distill_alpha if teacher_cfg is not None else 0.0
+
+    def loss(params: Any, inputs_BL: jax.Array, targets_BL: jax.Array, teacher: Any) -> tuple[jax.Array, jax.Array]:
+        logits_BLV = model.forward(cfg, params, inputs_BL, dtype=dtype, remat=tcfg.remat)
+        ce = cross_entropy(logits_BLV, targets_BL)
+        if not alpha:
+            return ce, ce
+        teacher_BLV = jax.lax.stop_gradient(model.forward(teacher_cfg, teacher, inputs_BL, dtype=dtype))
+        return (1 - alpha) * ce + alpha * distill_kl(logits_BLV, teacher_BLV, tcfg.distill_temperature), ce
+
+    return loss
+
+
+def make_train_step(
+    cfg: LlamaConfig,
+    tcfg: TrainConfig,
+    opt: optax.GradientTransformation,
+    total_steps: int,
+    teacher_cfg: LlamaConfig | None = None,
+) -> Callable[..., tuple[State, dict[str, jax.Array]]]:
+    """The pure step: accumulate grads over A micro-batches, mask them, AdamW, re-apply masks."""
+    loss_fn = make_loss(cfg, tcfg, teacher_cfg)
+    lr_fn = schedule(tcfg, total_steps)
+
+    def train_step(state: State, batch: Batch, teacher: Any = None) -> tuple[State, dict[str, jax.Array]]:
+        params, masks = state["params"], state["masks"]
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def micro(carry: Any, mb: Batch) -> tuple[Any, None]:
+            grads, loss, ce = carry
+            (mb_loss, mb_ce), g = grad_fn(params, mb["inputs"], mb["targets"], teacher)
+            return (jax.tree.map(jnp.add, grads, g), loss + mb_loss, ce + mb_ce), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, loss, ce), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), batch)
+        accum = batch["inputs"].shape[0]  # equal-size micro-batches: mean of means = global mean
+        grads = apply_masks(jax.tree.map(lambda g: g / accum, grads), masks)
+        updates, opt_state = opt.update(grads, state["opt_state"], params)
+        new_params = apply_masks(optax.apply_updates(params, updates), masks)
+        new_state = {**state, "params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+        metrics = {
+            "loss": loss / accum,
+            "ce": ce / accum,
+            "grad_norm": optax.global_norm(grads),
+            "lr": lr_fn(state["step"]),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(cfg: LlamaConfig, tcfg: TrainConfig) -> Callable[[Any, Batch], jax.Array]:
+    """eval(params, batch with inputs/targets [b, L]) -> mean cross-entropy."""
+    dtype = COMPUTE[tcfg.compute_dtype]
+
+    def eval_step(params: Any, batch: Batch) -> jax.Array:
+        return cross_entropy(model.forward(cfg, params, batch["inputs"], dtype=dtype), batch["targets"])
+
+    return eval_step
