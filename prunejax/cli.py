@@ -11,6 +11,7 @@ from prunejax.hf import CheckpointError
 # verb -> module whose `main(argv) -> int` implements it (imported only when used).
 VERBS: dict[str, str] = {
     "convert": "prunejax.convert",
+    "eval": "prunejax.evaluate.cli",
     "prune": "prunejax.prune.cli",
     "data": "prunejax.data.cli",
     "train": "prunejax.train.cli",

@@ -154,3 +154,13 @@ def sum_logprobs(
         bar.update(len(chunk))
     bar.close()
     return total, count
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "dtype"))
+def next_token(
+    cfg: LlamaConfig, params: Params, tokens_BL: jax.Array, last_B: jax.Array, *, dtype: Any = jnp.float32
+) -> jax.Array:
+    """The argmax token [B] after position `last_B` of each right-padded row (greedy decoding)."""
+    logits_BLV = model.forward(cfg, params, tokens_BL, dtype=dtype)
+    logits_BV = jnp.take_along_axis(logits_BLV, last_B[:, None, None], axis=1)[:, 0]
+    return jnp.argmax(logits_BV, axis=-1)

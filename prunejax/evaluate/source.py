@@ -1,0 +1,89 @@
+"""What is evaluated: a model (MODEL_DIR, HF directory, RUN_DIR or GGUF) with its tokenizer and masks.
+
+A sparse MODEL_DIR stores its weights already zeroed; the masks in `masks.safetensors` are applied
+again on load anyway (a no-op for a well-formed directory) so that a model whose weights were
+edited after pruning is still evaluated as the sparse model it claims to be, and whether the
+stored weights already agreed with the masks is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from prunejax import hf
+from prunejax.config import LlamaConfig
+from prunejax.hf import CheckpointError, Params
+from prunejax.sharding import placer, shard
+
+
+@dataclasses.dataclass
+class EvalModel:
+    cfg: LlamaConfig
+    params: Params
+    tokenizer: Any | None
+    info: dict[str, Any]
+
+
+def resolve(src: str) -> str:
+    """A RUN_DIR evaluates its `final/` MODEL_DIR; anything else is used as given."""
+    final = os.path.join(src, "final")
+    if os.path.isdir(src) and not os.path.exists(os.path.join(src, "config.json")) and os.path.isdir(final):
+        return final
+    return src
+
+
+def load_tokenizer(path: str) -> Any | None:
+    """The HF tokenizer saved beside a model, or None when the directory has none."""
+    if not any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def apply_masks(params: Params, masks: Params) -> tuple[Params, bool]:
+    """Params with every masked-out weight set to zero, and whether they already were."""
+    out = jax.tree.map(lambda x: x, params)
+    already_zero = True
+    for path, m in hf.leaf_paths(masks):
+        w = hf.get_path(params, path)
+        m = jnp.asarray(m, bool)
+        already_zero &= bool(jnp.all(jnp.where(m, 0, w) == 0))
+        hf.set_path(out, path, jnp.where(m, w, jnp.zeros((), w.dtype)))
+    return out, already_zero
+
+
+def load_model(src: str, *, mesh: Mesh | None = None, dtype: Any = jnp.float32) -> EvalModel:
+    """Weights (masks applied, placed on `mesh`), tokenizer and provenance of a model to evaluate."""
+    src = resolve(src)
+    info: dict[str, Any] = {"path": os.path.abspath(src)}
+    if src.endswith(".gguf"):
+        from prunejax.gguf_import import load_gguf, save_gguf_tokenizer
+
+        cfg, params = load_gguf(src, dtype=dtype)
+        params = shard(mesh, params) if mesh is not None else params
+        with tempfile.TemporaryDirectory() as tok_dir:
+            save_gguf_tokenizer(src, tok_dir)
+            tokenizer = load_tokenizer(tok_dir)
+        return EvalModel(cfg, params, tokenizer, info)
+    if not os.path.isdir(src):
+        raise CheckpointError(f"{src}: not a model directory, RUN_DIR or .gguf file")
+    cfg, params = hf.load(src, dtype=dtype, place=placer(mesh) if mesh is not None else None)
+    provenance = hf.load_provenance(src)
+    if provenance:
+        info["provenance"] = {k: provenance[k] for k in ("stage", "method", "parent", "source") if k in provenance}
+    masks = hf.load_masks(src, cfg)
+    if masks:
+        params, already_zero = apply_masks(params, masks)
+        kept = sum(int(np.asarray(m).sum()) for _, m in hf.leaf_paths(masks))
+        total = sum(int(np.asarray(m).size) for _, m in hf.leaf_paths(masks))
+        info["masks"] = {"applied": True, "weights_already_zero": already_zero, "mask_sparsity": 1 - kept / total}
+    return EvalModel(cfg, params, load_tokenizer(src), info)
