@@ -1,0 +1,231 @@
+"""Sheared-LLaMA: hard-concrete gates, gated forward == folded forward, convergence to an exact target
+shape, transformers parity of the export, exact resume, and clear errors on bad input.
+
+Tolerances: 1e-5 for the gate math, 1e-4 for whole-model logits in float32 (the policy of STYLE.md).
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prunejax import hf, model
+from prunejax.config import TINY, ConfigError
+from prunejax.data.store import TokenStore, write_data_dir
+from prunejax.prune import sheared as sh
+from prunejax.prune import sheared_gates as sg
+from prunejax.prune.masks import PruneError
+from prunejax.prune.shapes import Target
+from prunejax.prune.sheared_model import fold, masked_forward
+
+CFG = TINY  # 4 layers, hidden 64, FFN 176, 4 q-heads / 2 kv-heads, head_dim 16
+GOAL = CFG.replace(
+    num_hidden_layers=2, hidden_size=32, intermediate_size=88, num_attention_heads=2, num_key_value_heads=1
+)
+SC = sh.load_config(seq_len=16, batch_size=4, log_every=1000, ckpt_every=30)
+BUDGET = 100 * SC.tokens_per_step  # 100 steps, Lagrangian warmup 20
+
+
+@pytest.fixture(scope="module")
+def params():
+    return model.init_params(CFG, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # Learnable text: a noisy repeating sequence, so the LM loss has something to keep.
+    rng = np.random.default_rng(0)
+    base = rng.integers(1, CFG.vocab_size, 97)
+    toks = np.tile(base, 300)
+    noise = rng.random(toks.size) < 0.1
+    toks[noise] = rng.integers(1, CFG.vocab_size, noise.sum())
+    path = str(tmp_path_factory.mktemp("data") / "d")
+    write_data_dir(path, {"train": [toks], "validation": [toks[:500]]}, vocab_size=CFG.vocab_size, eos_id=0)
+    return TokenStore(path)
+
+
+@pytest.fixture(scope="module")
+def full_run(params, store):
+    """One uninterrupted pruning stage (no run dir), shared by the convergence and resume tests."""
+    return sh.train_gates(CFG, params, GOAL, SC, store, BUDGET, log=lambda s: None)
+
+
+def random_log_alpha(seed: int = 1) -> sg.Gates:
+    keys = jax.random.split(jax.random.key(seed), 4)
+    return {g: 2.0 * jax.random.normal(k, s) for k, (g, s) in zip(keys, sg.gate_shapes(CFG).items(), strict=True)}
+
+
+def tokens(b: int = 2, length: int = 12) -> jax.Array:
+    return jax.random.randint(jax.random.key(7), (b, length), 0, CFG.vocab_size)
+
+
+# ---- gate math ---------------------------------------------------------------------------------
+def test_keep_probability_matches_sampling():
+    la = jnp.array([-3.0, -1.0, 0.0, 1.5, 4.0])
+    samples = jax.vmap(lambda k: sg.sample_gates({g: la for g in sg.GROUPS}, k)["ffn"])(
+        jax.random.split(jax.random.key(0), 40000)
+    )
+    assert float(samples.min()) == 0.0 and float(samples.max()) == 1.0  # hard zeros and ones occur
+    np.testing.assert_allclose(np.mean(samples > 0, axis=0), sg.keep_prob(la), atol=0.01)
+    # P(z>0) = sigmoid(log_alpha - beta*log(-l/r)) = sigmoid(log_alpha + 1.5986) with l=-0.1, r=1.1
+    np.testing.assert_allclose(sg.keep_prob(jnp.array(0.0)), 1 / (1 + np.exp(-(2 / 3) * np.log(11))), rtol=1e-5)
+
+
+def test_top_k_ties_keep_lower_index():
+    np.testing.assert_array_equal(sg.top_k_index(np.array([1.0, 3.0, 3.0, 2.0]), 2), [1, 2])
+    np.testing.assert_array_equal(sg.top_k_index(np.array([2.0, 2.0, 2.0]), 1), [0])
+    np.testing.assert_array_equal(sg.top_k_index(np.array([[0.0, 5.0, 5.0], [4.0, 4.0, 1.0]]), 2), [[1, 2], [0, 1]])
+
+
+def test_deterministic_gates_hit_target_counts_exactly():
+    z, keep = sg.deterministic_gates(random_log_alpha(), GOAL)
+    assert keep["layers"].sum() == 2 and keep["hidden"].sum() == 32
+    assert (keep["heads"].sum(-1) == 1).all() and (keep["ffn"].sum(-1) == 88).all()
+    np.testing.assert_array_equal(z["hidden"], keep["hidden"])
+    assert all(np.all(z[g][~keep[g]] == 0) for g in sg.GROUPS)
+
+
+def test_lagrangian_value_and_direction():
+    la = {g: jnp.full(s, 4.6) for g, s in sg.gate_shapes(CFG).items()}
+    lam = {g: jnp.array([1.0, 1.0]) for g in sg.GROUPS}
+    loss0, _ = sg.lagrangian(la, lam, CFG, GOAL, jnp.array(0.0))
+    expected_sparsity = 1 - float(sg.keep_prob(jnp.array(4.6)))  # identical for every group
+    np.testing.assert_allclose(float(loss0), 4 * (expected_sparsity + expected_sparsity**2), rtol=1e-4)
+    # The quadratic term alone pulls toward the target: descent lowers every log-alpha (prunes).
+    quad = {g: jnp.array([0.0, 1.0]) for g in sg.GROUPS}
+    grads = jax.grad(lambda a: sg.lagrangian(a, quad, CFG, GOAL, jnp.array(1.0))[0])(la)
+    assert all(float(g.min()) > 0 for g in grads.values())
+    # A positive lambda1 penalizes sparsity itself: its gradient raises log-alphas (ascent on lambda1
+    # makes it positive when the masks overshoot the target).
+    lin = {g: jnp.array([1.0, 0.0]) for g in sg.GROUPS}
+    grads = jax.grad(lambda a: sg.lagrangian(a, lin, CFG, GOAL, jnp.array(1.0))[0])(la)
+    assert all(float(g.max()) < 0 for g in grads.values())
+
+
+# ---- gated forward and fold --------------------------------------------------------------------
+def test_all_open_gates_equal_plain_forward(params):
+    ones = {g: jnp.ones(s) for g, s in sg.gate_shapes(CFG).items()}
+    np.testing.assert_allclose(
+        masked_forward(CFG, params, ones, tokens()), model.forward(CFG, params, tokens()), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_fold_equals_gated_forward(params, binary):
+    z, keep = sg.deterministic_gates(random_log_alpha(), GOAL)
+    if binary:
+        z = {g: k.astype(np.float32) for g, k in keep.items()}
+    else:  # soft values are folded into the weights, and a kept gate may even be 0
+        assert any(0 < v < 1 for g in ("layers", "heads", "ffn") for v in z[g][keep[g]])
+        assert any(np.any(z[g][keep[g]] == 0) for g in ("heads", "ffn"))
+    new_cfg, new_params = fold(CFG, params, z, keep)
+    assert new_cfg == GOAL
+    shapes = jax.tree.map(lambda x: x.shape, new_params)
+    expected = jax.tree.map(lambda x: x.shape, jax.eval_shape(lambda: model.init_params(GOAL, jax.random.key(0))))
+    assert shapes == expected
+    np.testing.assert_allclose(
+        model.forward(new_cfg, new_params, tokens()), masked_forward(CFG, params, z, tokens()), atol=1e-4
+    )
+
+
+def test_fold_tied_embeddings(params):
+    cfg = CFG.replace(tie_word_embeddings=True)
+    p = {k: v for k, v in params.items() if k != "lm_head"}
+    z = {g: k.astype(np.float32) for g, k in sg.deterministic_gates(random_log_alpha(3), GOAL)[1].items()}
+    new_cfg, new_params = fold(cfg, p, z)
+    np.testing.assert_allclose(
+        model.forward(new_cfg, new_params, tokens()), masked_forward(cfg, p, z, tokens()), atol=1e-4
+    )
+
+
+def test_fold_rejects_unfoldable_gates(params):
+    z, keep = sg.deterministic_gates(random_log_alpha(), GOAL)
+    with pytest.raises(PruneError, match="hidden gates must be 1 where kept"):
+        fold(CFG, params, {**z, "hidden": z["hidden"] * 0.5}, keep)
+    layer = np.flatnonzero(keep["layers"])[0]
+    keep["ffn"][layer, np.flatnonzero(keep["ffn"][layer])[0]] = False  # one layer keeps 87, the other 88
+    with pytest.raises(PruneError, match="ffn gates keep"):
+        fold(CFG, params, z, keep)
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+def test_stage_converges_and_export_matches_transformers(params, store, full_run, tmp_path):
+    gaps = sg.check_reached(full_run["log_alpha"], CFG, GOAL, SC.fold_tolerance)
+    assert abs(gaps["layers"]) < 0.5 and abs(gaps["heads"]) < 0.5
+    assert abs(gaps["hidden"]) < 0.05 * 64 and abs(gaps["ffn"]) < 0.05 * 176
+    result = sh.sheared(
+        CFG, params, ratio=None, target=Target(layers=2, hidden=32, ffn=88, heads=2), data=store,
+        prune_tokens=BUDGET + 5, config=SC, log=lambda s: None,
+    )  # fmt: skip
+    assert result.cfg == GOAL and result.report["prune_tokens"] == BUDGET  # whole steps only
+    assert result.report["realized_ratio"] == pytest.approx(1 - GOAL.linear_params() / CFG.linear_params())
+    out = hf.save(str(tmp_path / "m"), result.cfg, result.params, provenance=result.report)
+    assert hf.load_provenance(out)["prune_tokens"] == BUDGET
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf_model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    t = tokens()
+    with torch.no_grad():
+        ref = hf_model(torch.tensor(np.asarray(t))).logits.numpy()
+    np.testing.assert_allclose(model.forward(result.cfg, result.params, t), ref, atol=1e-4)
+
+
+def test_resume_mid_stage_continues_exactly(params, store, full_run, tmp_path):
+    run = str(tmp_path / "run")
+    sh.train_gates(CFG, params, GOAL, SC, store, BUDGET, run_dir=run, stop_after=45, log=lambda s: None)
+    assert sorted(int(d) for d in os.listdir(os.path.join(run, "checkpoints")) if d.isdigit())[-1] == 45
+    logs = []
+    resumed = sh.train_gates(CFG, params, GOAL, SC, store, BUDGET, run_dir=run, log=logs.append)
+    assert "resumed" in logs[0] and "step 45" in logs[0]
+    for key in ("params", "log_alpha", "lambdas", "opt", "step"):
+        jax.tree.map(np.testing.assert_array_equal, resumed[key], full_run[key])
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 101))
+    with pytest.raises(PruneError, match="other settings"):
+        sh.train_gates(CFG, params, GOAL, dataclasses.replace(SC, seed=1), store, BUDGET, run_dir=run)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+def test_bad_targets(params, store):
+    kw = {"data": store, "prune_tokens": BUDGET, "config": SC}
+    with pytest.raises(PruneError, match="larger than the model"):
+        sh.sheared(CFG, params, target=Target(hidden=128), **kw)
+    with pytest.raises(PruneError, match="multiple of the GQA group size 2"):
+        sh.sheared(CFG, params, target=Target(heads=3), **kw)
+    with pytest.raises(PruneError, match="--data"):
+        sh.sheared(CFG, params, ratio=0.5, prune_tokens=BUDGET)
+    with pytest.raises(PruneError, match="group size"):
+        sg.validate_target(CFG, GOAL.replace(num_attention_heads=4, num_key_value_heads=1))
+
+
+def test_budget_too_small_for_lagrangian_warmup():
+    with pytest.raises(PruneError, match=r"gives 10 step\(s\).*needs at least 4 steps: give at least 1,280 tokens"):
+        sh.plan(SC, 10 * SC.tokens_per_step)
+    assert sh.plan(SC, 20 * SC.tokens_per_step).lagrangian_warmup == 4
+
+
+def test_masks_short_of_target_fail_with_the_gap():
+    fresh = sg.init_log_alpha(CFG, jax.random.key(0))  # all gates open: far from the target
+    with pytest.raises(PruneError, match=r"layers: expected 3\.99 vs target 2 \(gap \+1\.99\)"):
+        sg.check_reached(fresh, CFG, GOAL, 0.05)
+
+
+def test_data_range_too_short(params, store):
+    with pytest.raises(ValueError, match="needs tokens"):
+        sh.train_gates(CFG, params, GOAL, SC, store, 10**6)
+
+
+def test_configs_load_and_reject_unknown_keys():
+    root = os.path.join(os.path.dirname(__file__), "..", "configs", "prune")
+    assert sh.load_config(os.path.join(root, "sheared.yaml")) == sh.ShearedConfig()
+    assert sh.load_config(os.path.join(root, "sheared_tiny.yaml")).tokens_per_step == 128
+    with pytest.raises(ConfigError, match="unknown key"):
+        sh.load_config(lagr_warmup=3)
+    with pytest.raises(ConfigError, match="lagrangian_warmup_frac"):
+        sh.load_config(lagrangian_warmup_frac=1.5)
