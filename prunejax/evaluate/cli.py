@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import jax.numpy as jnp
 
@@ -46,6 +47,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not (args.data or args.text or args.tasks):
         parser.error("give --data DATA_DIR, --text FILES and/or --tasks NAMES")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists (pass --overwrite)")  # before, not after, the evaluation
     results = evaluate_model(
         args.model,
         data=args.data,

@@ -1,0 +1,92 @@
+"""`prunejax eval` end to end on a tiny model: results.json contents and clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_evaluate_loglik import CORPUS, build_model_dir
+from test_evaluate_tasks import write_task_dir
+
+from prunejax import cli, hf
+from prunejax.data.store import write_data_dir
+from prunejax.evaluate import perplexity
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = build_model_dir(str(root / "model"), max_positions=64)
+    text = root / "kjv.txt"
+    text.write_text(CORPUS * 3)
+    tokens = np.random.default_rng(0).integers(0, 300, 200).astype(np.int32)
+    data = write_data_dir(
+        str(root / "data"), {"train": [tokens[:50]], "validation": [tokens]}, vocab_size=300, eos_id=0
+    )
+    return {
+        "model": model_dir,
+        "text": str(text),
+        "data": data,
+        "tasks": write_task_dir(str(root / "tasks"), n=3),
+        "root": str(root),
+    }
+
+
+def test_eval_writes_complete_results(inputs, capsys) -> None:
+    out = f"{inputs['root']}/results.json"
+    argv = ["eval", "--model", inputs["model"], "--text", inputs["text"], "--data", inputs["data"]]
+    argv += ["--tasks", "all", "--task-data", inputs["tasks"], "--seq-len", "32", "--batch-size", "4", "--out", out]
+    assert cli.main(argv) == 0
+    r = json.load(open(out))
+    assert r["window"] == {"seq_len": 32, "stride": 32}
+    cfg, params = hf.load(inputs["model"])
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(inputs["model"])
+    ppl = perplexity.text_perplexity(cfg, params, tok, [inputs["text"]], 32)[inputs["text"]]
+    assert r["perplexity"][inputs["text"]]["perplexity"] == pytest.approx(ppl["perplexity"], rel=1e-6)
+    assert r["validation_loss"] == pytest.approx(perplexity.validation_loss(cfg, params, inputs["data"], 32), rel=1e-6)
+    assert r["validation"]["fingerprint"] == r["fingerprints"][inputs["data"]]
+    assert set(r["tasks"]) == {
+        "winogrande",
+        "arc_challenge",
+        "arc_easy",
+        "hellaswag",
+        "piqa",
+        "sciq",
+        "boolq",
+        "openbookqa",
+    }
+    assert r["tasks"]["piqa"]["score"] == r["tasks"]["piqa"]["acc_norm"]
+    assert r["tasks"]["winogrande"]["score"] == r["tasks"]["winogrande"]["acc"]
+    assert r["average"] == pytest.approx(np.mean([t["score"] for t in r["tasks"].values()]))
+    assert {"perplexity", "acc", "acc_norm", "validation_loss"} <= set(r["metrics"])
+    assert "jax" in r["software"] and r["model"]["layers"] == 2
+    assert "average" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tasks", "arc_easy,mmlu", "--task-data", "."], "unknown task 'mmlu'; valid tasks: winogrande"),
+        (["--tasks", "piqa"], "--tasks needs --task-data"),
+        (["--text", "{text}", "--seq-len", "65"], "longer than the model's 64 positions"),
+        (["--text", "{empty}"], "the text is empty"),
+        (["--data", "{root}"], "not a DATA_DIR"),
+    ],
+)
+def test_eval_errors_are_clean(inputs, capsys, extra, message) -> None:
+    empty = f"{inputs['root']}/empty.txt"
+    open(empty, "w").close()
+    extra = [e.format(text=inputs["text"], empty=empty, root=inputs["root"]) for e in extra]
+    rc = cli.main(["eval", "--model", inputs["model"], *extra, "--out", f"{inputs['root']}/bad.json"])
+    assert rc == 1
+    assert message in capsys.readouterr().err
+
+
+def test_eval_refuses_to_overwrite(inputs, capsys) -> None:
+    out = f"{inputs['root']}/exists.json"
+    open(out, "w").close()
+    rc = cli.main(["eval", "--model", inputs["model"], "--text", inputs["text"], "--seq-len", "16", "--out", out])
+    assert rc == 1 and "exists" in capsys.readouterr().err
