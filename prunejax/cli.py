@@ -15,6 +15,8 @@ VERBS: dict[str, str] = {
     "prune": "prunejax.prune.cli",
     "data": "prunejax.data.cli",
     "train": "prunejax.train.cli",
+    "study": "prunejax.study.runner",
+    "report": "prunejax.study.report",
 }
 
 USAGE = "usage: prunejax VERB [options]   (prunejax VERB --help for each)\nverbs: "

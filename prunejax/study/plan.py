@@ -1,0 +1,270 @@
+"""The study's stages in dependency order, each with the spec that determines its output.
+
+A stage's hash covers its kind, its spec (paths relative to STUDY_DIR) and the hashes of the stages
+it depends on, so changing anything upstream invalidates exactly the stages downstream of it.
+Token ranges of the train split follow the paper: the parent reads [0, P); every retraining run
+reads the disjoint [P, P+R); scratch runs read [0, T) (T = R, or P+R at equal total tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+from prunejax.config import LlamaConfig, preset
+from prunejax.study import baselines
+from prunejax.study.config import SPARSE, MethodSpec, StudyConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    id: str
+    kind: str  # tokenizer | data | parent | prune | retrain | baseline | scratch | eval
+    deps: tuple[str, ...]
+    spec: dict[str, Any]
+    tokens: int = 0  # tokens this stage processes (training, calibration, Sheared's stage)
+    flops: float | None = None  # estimated model FLOPs of the stage (None: shape known only at run time)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _fmt_tokens(n: int) -> str:
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.4g}{unit}"
+    return str(n)
+
+
+def stage_hash(stage: Stage, dep_hashes: dict[str, str]) -> str:
+    payload = {"kind": stage.kind, "spec": stage.spec, "deps": [dep_hashes[d] for d in stage.deps]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def hashes(stages: list[Stage]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for s in stages:  # stages are in dependency order
+        out[s.id] = stage_hash(s, out)
+    return out
+
+
+def parent_config(study: StudyConfig) -> LlamaConfig | None:
+    """The parent's architecture when it can be known before running (vocab from the tokenizer)."""
+    model = study.parent.model
+    if study.parent.import_ is not None:
+        from prunejax.hf import load_config
+
+        src = study.parent.import_
+        return None if src.endswith(".gguf") else load_config(src)
+    if isinstance(model, str) and not os.path.exists(model):
+        cfg = preset(model)
+    elif isinstance(model, str):
+        cfg = model_file_config(model)
+    else:
+        cfg = LlamaConfig.from_hf_dict({"vocab_size": study.data.tokenizer_vocab, **model})
+    if study.data.tokenizer == "train":
+        cfg = cfg.replace(vocab_size=study.data.tokenizer_vocab)
+    return cfg
+
+
+def model_file_config(path: str) -> LlamaConfig:
+    import yaml
+
+    with open(path) as f:
+        return LlamaConfig.from_hf_dict(yaml.safe_load(f))
+
+
+def expected_shape(parent: LlamaConfig, method: MethodSpec, ratio: float) -> tuple[LlamaConfig, float]:
+    """(config, density) a method should produce; used for the dry-run's FLOP estimates."""
+    if method.name in SPARSE:
+        return parent, 1.0 - ratio
+    from prunejax.prune import shapes
+
+    family = "depth" if method.granularity == "depth" else "width"  # sheared's exact target: the width rule
+    target, _ = shapes.resolve_target(parent, method.name, family, ratio, None)
+    return shapes.apply_target(parent, target), 1.0
+
+
+def build(study: StudyConfig) -> list[Stage]:
+    """Every stage of the study, in an order where each stage follows its dependencies."""
+    stages: list[Stage] = []
+    seq = study.eval.seq_len
+    train_spec = {"config": study.train_config, "overrides": list(study.train_overrides)}
+    parent_cfg = parent_config(study)
+
+    def train_flops(cfg: LlamaConfig | None, tokens: int, density: float = 1.0) -> float | None:
+        return None if cfg is None else baselines.training_flops_per_token(cfg, seq, density) * tokens
+
+    def add_eval(of: str, cfg: LlamaConfig | None, info: dict[str, Any], density: float = 1.0) -> None:
+        tokens = study.eval.max_tokens
+        flops = None if cfg is None or not tokens else cfg.flops_per_token(seq, linear_density=density) * tokens
+        stages.append(
+            Stage(
+                f"eval/{of}",
+                "eval",
+                (of, "data"),
+                {"eval": dataclasses.asdict(study.eval)},
+                tokens,
+                flops,
+                {**info, "of": of},
+            )
+        )
+
+    data = study.data
+    data_deps: tuple[str, ...] = ()
+    if data.data_dir is None and data.tokenizer == "train":
+        stages.append(
+            Stage(
+                "tokenizer",
+                "tokenizer",
+                (),
+                {
+                    "corpus": data.corpus,
+                    "text": list(data.text),
+                    "vocab": data.tokenizer_vocab,
+                    "max_documents": data.max_documents,
+                },
+            )
+        )
+        data_deps = ("tokenizer",)
+    stages.append(Stage("data", "data", data_deps, {**dataclasses.asdict(data), "text": list(data.text)}))
+
+    p = study.parent
+    if p.import_ is not None:
+        stages.append(Stage("parent", "parent", ("data",), {"import": os.path.abspath(p.import_)}))
+    else:
+        stages.append(
+            Stage(
+                "parent",
+                "parent",
+                ("data",),
+                {"model": p.model, "tokens": p.tokens, "train": train_spec},
+                p.tokens,
+                train_flops(parent_cfg, p.tokens),
+            )
+        )
+    add_eval("parent", parent_cfg, {"role": "parent", "tokens": p.tokens})
+
+    cal = study.calibration
+    for seed in study.seeds:
+        for method in study.methods:
+            for ratio in study.method_ratios(method):
+                tag = f"{method.label}/r{ratio:g}/s{seed}"
+                shape, density = expected_shape(parent_cfg, method, ratio) if parent_cfg else (None, 1.0)
+                info = {"method": method.label, "granularity": method.granularity, "ratio": ratio, "seed": seed}
+                prune_tokens = study.sheared_prune_tokens if method.name == "sheared" else cal.samples * cal.seq_len
+                prune_id = f"prune/{tag}"
+                stages.append(
+                    Stage(
+                        prune_id,
+                        "prune",
+                        ("parent", "data"),
+                        {
+                            "method": method.name,
+                            "pattern": method.pattern,
+                            "ratio": ratio,
+                            "calibration": dataclasses.asdict(cal),
+                            "seed": seed,
+                            "sheared_tokens": study.sheared_prune_tokens if method.name == "sheared" else 0,
+                        },
+                        prune_tokens,
+                        None,
+                        {**info, "role": "pruned"},
+                    )
+                )
+                add_eval(prune_id, shape, {**info, "role": "oneshot", "tokens": 0}, density)
+                for budget in study.retrain_budgets:
+                    rid = f"retrain/{tag}/R{_fmt_tokens(budget)}"
+                    stages.append(
+                        Stage(
+                            rid,
+                            "retrain",
+                            (prune_id, "data"),
+                            {"tokens": budget, "offset": p.tokens, "train": train_spec, "seed": seed},
+                            budget,
+                            train_flops(shape, budget, density),
+                            {**info, "role": "retrained", "tokens": budget},
+                        )
+                    )
+                    add_eval(rid, shape, {**info, "role": "retrained", "tokens": budget}, density)
+                for kind in study.scratch_shapes:
+                    source = prune_id
+                    if kind != "same":
+                        source = f"baseline/{kind}/{tag}"
+                        stages.append(
+                            Stage(
+                                source,
+                                "baseline",
+                                ("parent", prune_id),
+                                {"match": kind, "seq_len": seq},
+                                info={**info, "shape": kind},
+                            )
+                        )
+                    s_shape, s_density = (shape, density) if kind == "same" else (None, 1.0)
+                    for setting in study.scratch_settings:
+                        budgets = study.retrain_budgets if setting == "equal_train" else study.retrain_budgets[-1:]
+                        for budget in budgets:
+                            tokens = baselines.scratch_tokens(
+                                setting,
+                                parent_tokens=p.tokens,
+                                budget=budget,
+                                pruning_tokens=prune_tokens,
+                                count_pruning_tokens=study.count_pruning_tokens,
+                            )
+                            sid = f"scratch/{kind}/{tag}/{setting}/R{_fmt_tokens(budget)}"
+                            reinit = kind == "same" and method.name in SPARSE
+                            stages.append(
+                                Stage(
+                                    sid,
+                                    "scratch",
+                                    (source, "data"),
+                                    {"tokens": tokens, "reinit": reinit, "train": train_spec, "seed": seed},
+                                    tokens,
+                                    train_flops(s_shape, tokens, s_density),
+                                    {
+                                        **info,
+                                        "role": "scratch",
+                                        "shape": kind,
+                                        "setting": setting,
+                                        "budget": budget,
+                                        "tokens": tokens,
+                                    },
+                                )
+                            )
+                            add_eval(
+                                sid,
+                                s_shape,
+                                {
+                                    **info,
+                                    "role": "scratch",
+                                    "shape": kind,
+                                    "setting": setting,
+                                    "budget": budget,
+                                    "tokens": tokens,
+                                },
+                                s_density,
+                            )
+    return stages
+
+
+def describe(stages: list[Stage]) -> str:
+    """The dry-run table: each stage with its tokens and FLOPs, then the totals."""
+    lines = [f"{'stage':58s} {'kind':9s} {'tokens':>10s} {'FLOPs':>10s}"]
+    total_tokens, total_flops, unknown = 0, 0.0, 0
+    for s in stages:
+        flops = (
+            "?"
+            if s.flops is None and s.kind in ("parent", "retrain", "scratch")
+            else (f"{s.flops:.2e}" if s.flops else "-")
+        )
+        unknown += flops == "?"
+        lines.append(f"{s.id:58s} {s.kind:9s} {_fmt_tokens(s.tokens) if s.tokens else '-':>10s} {flops:>10s}")
+        if s.kind in ("parent", "retrain", "scratch"):
+            total_tokens += s.tokens
+        total_flops += s.flops or 0.0
+    lines.append(
+        f"{len(stages)} stages; training tokens {total_tokens:,}; estimated FLOPs {total_flops:.3e}"
+        + (f" (+{unknown} stages whose shape is known only after pruning)" if unknown else "")
+    )
+    return "\n".join(lines)

@@ -1,0 +1,401 @@
+"""`prunejax study CONFIG --out STUDY_DIR [--dry-run]`: run every stage of a study through the same
+CLI functions a user would call, caching each stage by the hash of its resolved spec.
+
+STUDY_DIR holds one output per stage (`<stage id>/`), a marker per stage (`.stages/*.json`: hash,
+status, time, error), a log per stage (`logs/`), `study.yaml` (the config as given) and
+`stages.json` (the plan with statuses, which `prunejax report` reads). A rerun skips finished stages
+and resumes interrupted ones (training resumes from its checkpoints); a failed stage is reported
+and its dependents are skipped while everything else carries on. A changed config over an existing
+STUDY_DIR stops before any work and names the invalidated stages (`--rerun-changed` redoes them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prunejax.config import ConfigError
+from prunejax.study import config as study_config
+from prunejax.study import plan as plan_lib
+from prunejax.study.baselines import matched_config
+from prunejax.study.config import StudyConfig
+from prunejax.study.plan import Stage
+
+
+class StudyError(ValueError):
+    """A study that cannot start: changed config over existing results, too little data, ..."""
+
+
+def _marker_path(study_dir: str, stage_id: str) -> str:
+    return os.path.join(study_dir, ".stages", stage_id.replace("/", "__") + ".json")
+
+
+def read_marker(study_dir: str, stage_id: str) -> dict[str, Any] | None:
+    path = _marker_path(study_dir, stage_id)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomic JSON write (temporary file renamed into place)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+class Runner:
+    """Runs one study's stages in order; each stage kind maps to one method building its CLI call."""
+
+    def __init__(self, study: StudyConfig, study_dir: str):
+        self.study = study
+        self.dir = os.path.abspath(study_dir)
+        self.stages = plan_lib.build(study)
+        self.hashes = plan_lib.hashes(self.stages)
+        self.by_id = {s.id: s for s in self.stages}
+
+    # ---- paths ---------------------------------------------------------------------------
+    def out(self, stage_id: str) -> str:
+        if stage_id == "data" and self.study.data.data_dir:
+            return os.path.abspath(self.study.data.data_dir)
+        return os.path.join(self.dir, stage_id)
+
+    def model_dir(self, stage_id: str) -> str:
+        """The MODEL_DIR a stage produced (training runs keep theirs in `final/`)."""
+        kind = self.by_id[stage_id].kind
+        if kind in ("retrain", "scratch") or (kind == "parent" and self.study.parent.import_ is None):
+            return os.path.join(self.out(stage_id), "final")
+        return self.out(stage_id)
+
+    # ---- the stages ------------------------------------------------------------------------
+    def _train_args(self, stage: Stage, offset: int, tokens: int) -> list[str]:
+        spec = stage.spec["train"]
+        args = ["--config", spec["config"]] if spec["config"] else []
+        args += ["--data", self.out("data"), "--tokens", str(tokens), "--out", self.out(stage.id), "--no-progress"]
+        seed = stage.spec.get("seed", 0)
+        return args + [*spec["overrides"], f"data_offset={offset}", f"data_count={tokens}", f"seed={seed}"]
+
+    def _corpus_args(self) -> list[str]:
+        d = self.study.data
+        args = ["--corpus", d.corpus] if d.corpus else ["--text", *d.text]
+        return args + (["--max-documents", str(d.max_documents)] if d.max_documents else [])
+
+    def run_tokenizer(self, stage: Stage) -> None:
+        vocab = str(self.study.data.tokenizer_vocab)
+        cli(
+            "data",
+            [
+                "train-tokenizer",
+                *self._corpus_args(),
+                "--vocab-size",
+                vocab,
+                "--out",
+                self.out(stage.id),
+                "--overwrite",
+            ],
+        )
+
+    def run_data(self, stage: Stage) -> None:
+        d = self.study.data
+        if d.data_dir:
+            from prunejax.data.store import TokenStore
+
+            TokenStore(d.data_dir)  # validates
+            return
+        tok = self.out("tokenizer") if d.tokenizer == "train" else d.tokenizer
+        cli(
+            "data",
+            [
+                "prepare",
+                *self._corpus_args(),
+                "--tokenizer",
+                tok,
+                "--out",
+                self.out(stage.id),
+                "--val-fraction",
+                str(d.val_fraction),
+                "--overwrite",
+            ],
+        )
+
+    def run_parent(self, stage: Stage) -> None:
+        p = self.study.parent
+        if p.import_ is not None:
+            cli("convert", [p.import_, "--out", self.out(stage.id), "--overwrite"])
+            return
+        from prunejax.data.store import TokenStore
+
+        vocab = TokenStore(self.out("data")).vocab_size
+        model = p.model
+        if isinstance(model, dict):
+            model_file = os.path.join(self.dir, "parent.model.json")
+            write_json(model_file, {**model, "vocab_size": vocab})
+            model = model_file
+        cli("train", ["--scratch", model, *self._train_args(stage, 0, p.tokens)])
+
+    def run_prune(self, stage: Stage) -> None:
+        s, cal = stage.spec, self.study.calibration
+        args = [
+            "--model",
+            self.model_dir("parent"),
+            "--method",
+            s["method"],
+            "--ratio",
+            str(s["ratio"]),
+            "--out",
+            self.out(stage.id),
+            "--overwrite",
+        ]
+        if s["pattern"]:
+            args += ["--pattern", s["pattern"]]
+        if s["method"] == "sheared":
+            args += ["--data", self.out("data"), "--prune-tokens", str(s["sheared_tokens"]), "--seed", str(s["seed"])]
+        else:
+            args += [
+                "--calib",
+                self.out("data"),
+                "--calib-samples",
+                str(cal.samples),
+                "--calib-seq-len",
+                str(cal.seq_len),
+                "--batch-size",
+                str(cal.batch_size),
+            ]
+        cli("prune", args)
+
+    def run_retrain(self, stage: Stage) -> None:
+        offset = self.study.parent.tokens
+        cli("train", ["--init", self.model_dir(stage.deps[0]), *self._train_args(stage, offset, stage.spec["tokens"])])
+
+    def run_baseline(self, stage: Stage) -> None:
+        from prunejax import hf
+
+        parent = hf.load_config(self.model_dir("parent"))
+        pruned_dir = self.model_dir(stage.deps[1])
+        pruned = hf.load_config(pruned_dir)
+        sparsity = hf.load_provenance(pruned_dir).get("sparsity", {})
+        pruned_weights = sparsity.get("mask_sparsity", 0.0) * sparsity.get("masked_weights", 0)
+        density = 1.0 - pruned_weights / pruned.linear_params()
+        match = matched_config(
+            parent, pruned, density=density, quantity=stage.spec["match"], seq_len=stage.spec["seq_len"]
+        )
+        out = self.out(stage.id)
+        write_json(os.path.join(out, "config.json"), match.cfg.to_hf_dict())
+        write_json(
+            os.path.join(out, "match.json"),
+            {
+                "quantity": match.quantity,
+                "target": match.target,
+                "achieved": match.achieved,
+                "rel_error": match.rel_error,
+                "pruned_density": density,
+            },
+        )
+
+    def run_scratch(self, stage: Stage) -> None:
+        src = stage.deps[0]
+        source = self.model_dir(src) if self.by_id[src].kind == "prune" else os.path.join(self.out(src), "config.json")
+        args = ["--scratch", source] + (["--reinit"] if stage.spec["reinit"] else [])
+        cli("train", args + self._train_args(stage, 0, stage.spec["tokens"]))
+
+    def run_eval(self, stage: Stage) -> None:
+        e = self.study.eval
+        args = [
+            "--model",
+            self.model_dir(stage.deps[0]),
+            "--data",
+            self.out("data"),
+            "--seq-len",
+            str(e.seq_len),
+            "--batch-size",
+            str(e.batch_size),
+            "--out",
+            os.path.join(self.out(stage.id), "results.json"),
+            "--overwrite",
+        ]
+        cli("eval", args + (["--max-tokens", str(e.max_tokens)] if e.max_tokens else []))
+
+    # ---- bookkeeping -----------------------------------------------------------------------
+    def check_unchanged(self, rerun_changed: bool) -> None:
+        changed = [
+            s.id
+            for s in self.stages
+            if (m := read_marker(self.dir, s.id)) is not None and m["hash"] != self.hashes[s.id]
+        ]
+        if not changed:
+            return
+        if not rerun_changed:
+            listed = "\n  ".join(changed[:30]) + (f"\n  ... and {len(changed) - 30} more" if len(changed) > 30 else "")
+            raise StudyError(
+                f"{self.dir} holds results of a different config; these {len(changed)} stage(s) would be "
+                f"invalidated:\n  {listed}\nrerun with --rerun-changed to redo them, or use another --out"
+            )
+        for stage_id in changed:
+            if self.by_id[stage_id].kind != "data" or not self.study.data.data_dir:
+                shutil.rmtree(self.out(stage_id), ignore_errors=True)
+            os.remove(_marker_path(self.dir, stage_id))
+
+    def check_data(self) -> None:
+        """Every token range of the plan must lie inside the train split."""
+        from prunejax.data.store import TokenStore
+
+        have = TokenStore(self.out("data")).num_tokens("train")
+        p = self.study.parent.tokens
+        need = max([p + max(self.study.retrain_budgets)] + [s.tokens for s in self.stages if s.kind == "scratch"])
+        if need > have:
+            raise StudyError(
+                f"the plan reads up to {need:,} training tokens but {self.out('data')} has {have:,}: "
+                "lower parent.tokens / retrain_budgets or add data"
+            )
+
+    def write_index(self) -> None:
+        index = []
+        for s in self.stages:
+            marker = read_marker(self.dir, s.id) or {}
+            index.append(
+                {
+                    "id": s.id,
+                    "kind": s.kind,
+                    "deps": list(s.deps),
+                    "hash": self.hashes[s.id],
+                    "tokens": s.tokens,
+                    "flops": s.flops,
+                    "info": s.info,
+                    "status": marker.get("status", "pending"),
+                    "seconds": marker.get("seconds"),
+                    "error": marker.get("error"),
+                }
+            )
+        write_json(
+            os.path.join(self.dir, "stages.json"),
+            {
+                "name": self.study.name,
+                "source": self.study.source,
+                "parent_tokens": self.study.parent.tokens,
+                "stages": index,
+            },
+        )
+
+    def run(self, rerun_changed: bool = False, log: Callable[[str], None] = print) -> int:
+        os.makedirs(self.dir, exist_ok=True)
+        self.check_unchanged(rerun_changed)
+        if self.study.source and os.path.exists(self.study.source):
+            shutil.copy(self.study.source, os.path.join(self.dir, "study.yaml"))
+        enable_compile_cache(os.path.join(self.dir, ".jax_cache"))
+        status: dict[str, str] = {}
+        t_start = time.time()
+        for i, stage in enumerate(self.stages, 1):
+            head = f"[{i:3d}/{len(self.stages)}] {stage.id}"
+            marker = read_marker(self.dir, stage.id)
+            if marker and marker["status"] == "done":
+                status[stage.id] = "done"
+                log(f"{head}: done (cached)")
+                continue
+            blocked = [d for d in stage.deps if status.get(d) != "done"]
+            if blocked:
+                status[stage.id] = "skipped"
+                log(f"{head}: skipped (needs {', '.join(blocked)})")
+                continue
+            write_json(_marker_path(self.dir, stage.id), {"hash": self.hashes[stage.id], "status": "running"})
+            t0 = time.time()
+            try:
+                with stage_log(os.path.join(self.dir, "logs", stage.id.replace("/", "__") + ".log")):
+                    getattr(self, f"run_{stage.kind}")(stage)
+                if stage.kind == "data":
+                    self.check_data()
+                status[stage.id] = "done"
+                error = None
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - one failed stage must not stop the study
+                status[stage.id] = "failed"
+                error = f"{type(e).__name__}: {e}"
+                if isinstance(e, StudyError):
+                    write_json(
+                        _marker_path(self.dir, stage.id),
+                        {"hash": self.hashes[stage.id], "status": "failed", "error": error},
+                    )
+                    raise
+            seconds = round(time.time() - t0, 1)
+            write_json(
+                _marker_path(self.dir, stage.id),
+                {"hash": self.hashes[stage.id], "status": status[stage.id], "seconds": seconds, "error": error},
+            )
+            log(f"{head}: {status[stage.id]} in {seconds:.1f}s" + (f" — {error}" if error else ""))
+        self.write_index()
+        failed = [k for k, v in status.items() if v != "done"]
+        log(
+            f"study {self.study.name}: {len(status) - len(failed)}/{len(status)} stages done in "
+            f"{time.time() - t_start:.0f}s" + (f"; not done: {', '.join(failed[:10])}" if failed else "")
+        )
+        return 1 if failed else 0
+
+
+def cli(verb: str, argv: list[str]) -> None:
+    """Call a verb's `main(argv)` in this process; a nonzero exit is an error."""
+    from prunejax.cli import VERBS
+
+    rc = importlib.import_module(VERBS[verb]).main(argv)
+    if rc:
+        raise RuntimeError(f"prunejax {verb} exited with {rc}")
+
+
+@contextlib.contextmanager
+def stage_log(path: str):  # type: ignore[no-untyped-def]
+    """Send a stage's output (progress bars included) to its log file; the console keeps one line per stage."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            yield
+        except BaseException as e:
+            print(f"stage failed: {type(e).__name__}: {e}", file=f)
+            raise
+
+
+def enable_compile_cache(path: str) -> None:
+    """Same-shape runs (all sparse retrains share the parent's shape) reuse compiled steps."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prunejax study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="study YAML (configs/study/*.yaml)")
+    parser.add_argument("--out", required=True, help="STUDY_DIR (an existing one is resumed)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan with tokens and FLOPs, run nothing")
+    parser.add_argument("--rerun-changed", action="store_true", help="redo stages whose config changed")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    args = parser.parse_args(argv)
+    study = study_config.load(args.config)
+    runner = Runner(study, args.out)
+    if args.dry_run:
+        print(plan_lib.describe(runner.stages))
+        return 0
+    try:
+        rc = runner.run(rerun_changed=args.rerun_changed)
+    except StudyError as e:
+        raise ConfigError(str(e)) from None
+    if not args.no_report:
+        from prunejax.study import report
+
+        paths = report.write_report(runner.dir)
+        print(f"report: {paths['markdown']}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
