@@ -229,3 +229,29 @@ def test_configs_load_and_reject_unknown_keys():
         sh.load_config(lagr_warmup=3)
     with pytest.raises(ConfigError, match="lagrangian_warmup_frac"):
         sh.load_config(lagrangian_warmup_frac=1.5)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+def test_cli_prune_sheared_writes_exact_target_model_dir(params, store, tmp_path, capsys):
+    from prunejax.cli import main
+
+    parent = hf.save(str(tmp_path / "parent"), CFG, params)
+    conf = tmp_path / "sheared.yaml"
+    conf.write_text("seq_len: 16\nbatch_size: 4\nlog_every: 1000\nckpt_every: 30\n")
+    args = ["prune", "--model", parent, "--method", "sheared", "--target", "layers=2,hidden=32,ffn=88,heads=2"]
+    args += ["--data", store.data_dir, "--sheared-config", str(conf), "--out", str(tmp_path / "out")]
+    assert main(args) == 1  # no --prune-tokens
+    assert "--prune-tokens" in capsys.readouterr().err
+    assert main([*args, "--prune-tokens", str(BUDGET)]) == 0
+    cfg, pruned = hf.load(str(tmp_path / "out"))
+    assert cfg.replace(torch_dtype=GOAL.torch_dtype) == GOAL
+    record = hf.load_provenance(str(tmp_path / "out"))
+    assert record["method"] == "sheared" and record["prune_tokens"] == BUDGET
+    assert record["report"]["data"]["fingerprint"] == store.fingerprint
+    assert (
+        main(
+            ["prune", "--model", parent, "--method", "magnitude", "--ratio", "0.5", "--prune-tokens", "5", "--out", "x"]
+        )
+        == 1
+    )
+    assert "apply to sheared only" in capsys.readouterr().err

@@ -3,6 +3,7 @@
   prunejax prune --model SRC --method M (--ratio R | --target hidden=..,ffn=..,layers=..,heads=..)
                  [--pattern N:M] --calib DATA_DIR [--calib-samples N] [--calib-seq-len L]
                  --out MODEL_DIR [--overwrite]
+  sheared trains its masks instead: --data DATA_DIR --prune-tokens N [--sheared-config YAML] [--run-dir DIR]
 
 Calibration reads the first N x L tokens of the DATA_DIR's train split. Everything is validated
 before any work that writes; the MODEL_DIR appears complete or not at all.
@@ -24,7 +25,7 @@ from prunejax import calibrate, hf
 from prunejax.config import LlamaConfig
 from prunejax.data.store import TokenStore
 from prunejax.prune.masks import PruneError, parse_pattern
-from prunejax.prune.registry import METHODS, NO_CALIBRATION, get_method
+from prunejax.prune.registry import METHODS, NO_CALIBRATION, TRAINED, get_method
 from prunejax.prune.result import PruneResult
 from prunejax.prune.shapes import parse_target
 
@@ -43,6 +44,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--calib-samples", type=int, default=calibrate.DEFAULT_SAMPLES, help="calibration sequences")
     p.add_argument("--calib-seq-len", type=int, default=calibrate.DEFAULT_SEQ_LEN, help="tokens per sequence")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per calibration batch")
+    p.add_argument("--data", help="DATA_DIR whose train split a trained method (sheared) learns on")
+    p.add_argument("--prune-tokens", type=int, help="token budget of a trained method's pruning stage")
+    p.add_argument("--sheared-config", help="YAML of sheared settings (default: configs/prune/sheared.yaml values)")
+    p.add_argument("--run-dir", help="checkpoints and metrics of a trained method; resumes if it has a checkpoint")
     p.add_argument("--out", required=True, help="MODEL_DIR to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     return p.parse_args(argv)
@@ -61,7 +66,20 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise PruneError(f"{args.method} needs calibration data: give --calib DATA_DIR")
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists and is not empty (pass --overwrite)")
-    return {"ratio": args.ratio, "target": target, "pattern": pattern, "batch_size": args.batch_size}
+    options = {"ratio": args.ratio, "target": target, "pattern": pattern, "batch_size": args.batch_size}
+    trained = {
+        "data": args.data,
+        "prune_tokens": args.prune_tokens,
+        "config": args.sheared_config,
+        "run_dir": args.run_dir,
+    }
+    if args.method in TRAINED:
+        if args.data is None or args.prune_tokens is None:
+            raise PruneError(f"{args.method} trains its masks: give --data DATA_DIR and --prune-tokens N")
+        return {**options, **trained}
+    if any(v is not None for v in trained.values()):
+        raise PruneError(f"--data/--prune-tokens/--sheared-config/--run-dir apply to {', '.join(sorted(TRAINED))} only")
+    return options
 
 
 def load_calibration(data_dir: str, cfg: LlamaConfig, samples: int, seq_len: int) -> tuple[np.ndarray, str]:
@@ -125,6 +143,7 @@ def run(args: argparse.Namespace) -> PruneResult:
         },
         "requested_ratio": requested,
         "realized_ratio": result.report["realized_ratio"],
+        **({"prune_tokens": result.report["prune_tokens"]} if "prune_tokens" in result.report else {}),
         "calibration": {"data_dir": os.path.abspath(args.calib), "fingerprint": fingerprint} if args.calib else None,
         "seconds": round(seconds, 1),
         "report": result.report,

@@ -15,6 +15,7 @@ from prunejax.config import LlamaConfig
 from prunejax.prune.depth import minitron_depth, shortgpt
 from prunejax.prune.masks import PruneError
 from prunejax.prune.result import PruneResult
+from prunejax.prune.sheared import sheared
 from prunejax.prune.sparse import magnitude, sparsegpt, wanda
 from prunejax.prune.width import minitron_width
 
@@ -27,9 +28,12 @@ METHODS: dict[str, Method] = {
     "minitron-depth": minitron_depth,
     "shortgpt": shortgpt,
     "minitron-width": minitron_width,
+    "sheared": sheared,
 }
 # Methods whose scores ignore the calibration data.
-NO_CALIBRATION = frozenset({"magnitude"})
+NO_CALIBRATION = frozenset({"magnitude", "sheared"})
+# Methods that train on a token budget of a DATA_DIR (options data=, prune_tokens=, config=, run_dir=).
+TRAINED = frozenset({"sheared"})
 
 
 def get_method(name: str) -> Method:

@@ -34,8 +34,6 @@ from prunejax.prune.masks import PruneError
 from prunejax.prune.result import PruneResult, structured_result
 from prunejax.prune.shapes import Target, apply_target, resolve_target
 from prunejax.prune.sheared_model import fold, masked_forward
-from prunejax.train.checkpoint import Checkpointer, abstract
-from prunejax.train.metrics import MetricsWriter
 
 Params = dict[str, Any]
 State = dict[str, Any]
@@ -270,6 +268,9 @@ def train_gates(
     state = init_state(cfg, params, sc, p)
     ckpt = writer = None
     if run_dir:
+        from prunejax.train.checkpoint import Checkpointer, abstract  # Orbax only when checkpointing
+        from prunejax.train.metrics import MetricsWriter
+
         record = {
             "parent": dataclasses.asdict(cfg),
             "target": dataclasses.asdict(target),
