@@ -70,9 +70,7 @@ def model_source(
             raise ConfigError(f"--reinit keeps the masks of a sparse MODEL_DIR, but {src} has no masks.safetensors")
         params = state_lib.reinit_kept(cfg, masks, key)
     elif init is None:
-        from prunejax import model
-
-        params = model.init_params(cfg, key)
+        params = state_lib.random_params(cfg, key)
     return cfg, params, masks, tok
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prunejax import model, sharding
 from prunejax.config import LlamaConfig
-from prunejax.hf import CheckpointError, leaf_paths
+from prunejax.hf import CheckpointError, leaf_paths, set_path
 from prunejax.sharding import BATCH_AXES, LOGICAL_AXES
 from prunejax.train.optim import apply_masks
 
@@ -32,9 +33,30 @@ def check_masks(params: Any, masks: Any) -> None:
             raise CheckpointError(f"mask {'/'.join(path)} has shape {tuple(m.shape)}, weight has {tuple(node.shape)}")
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _trunc_normal(key: jax.Array, size: int, std: float) -> jax.Array:
+    return std * jax.random.truncated_normal(key, -2.0, 2.0, (size,), jnp.float32)
+
+
+def random_params(cfg: LlamaConfig, key: jax.Array) -> Any:
+    """Fresh weights with `model.init_params`' distribution (truncated normal std 0.02, unit norms), one
+    compiled sampler per distinct size: compiling the whole init costs ~1 s per matrix on CPU, and
+    layers share sizes, so this stays cheap at any depth."""
+    leaves = list(leaf_paths(jax.eval_shape(functools.partial(model.init_params, cfg), key)))
+    keys = jax.random.split(key, len(leaves))
+    params: dict[str, Any] = {}
+    for k, (path, sd) in zip(keys, leaves, strict=True):
+        shape = tuple(sd.shape)
+        if len(shape) == 1:
+            set_path(params, path, np.ones(shape, np.float32))
+        else:
+            set_path(params, path, _trunc_normal(k, sd.size, model.INIT_STD).reshape(shape))
+    return params
+
+
 def reinit_kept(cfg: LlamaConfig, masks: Any, key: jax.Array) -> Any:
     """Fresh truncated-normal (std 0.02) weights of `cfg`'s shape, zero where masked (the sparse scratch control)."""
-    return apply_masks(model.init_params(cfg, key), masks)
+    return apply_masks(random_params(cfg, key), masks)
 
 
 def init_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed: int) -> State:

@@ -92,7 +92,7 @@ def make_train_step(
         metrics = {
             "loss": loss / accum,
             "ce": ce / accum,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": lr_fn(state["step"]),
         }
         return new_state, metrics
