@@ -131,6 +131,7 @@ def wanda(
 
 
 # ---- SparseGPT ---------------------------------------------------------------------------
+@jax.jit
 def inverse_hessian_factor(h_II: jax.Array, damp: float = DAMP) -> tuple[jax.Array, jax.Array]:
     """(upper Cholesky factor U of (H + λI)⁻¹ with λ = damp·mean(diag H), dead-input flags [I]).
     Inputs that never fire (H_jj = 0) get H_jj = 1 and their weights are zeroed by the caller."""
