@@ -108,6 +108,8 @@ class LlamaConfig:
             )
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            object.__setattr__(self, name, _as_float(name, getattr(self, name)))
         if isinstance(self.eos_token_id, list):  # keep the config hashable (jit caches on it)
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if self.torch_dtype not in ("float32", "bfloat16", "float16"):
@@ -216,6 +218,16 @@ class LlamaConfig:
         dense = 2 * (self.linear_params() * linear_density + self.hidden_size * self.vocab_size)
         fwd = dense + attn
         return 3 * fwd if training else fwd
+
+
+def _as_float(name: str, value: Any) -> float:
+    """Floats from JSON or YAML; PyYAML reads '1e-05' (no dot) as a string, so numeric strings are accepted."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
 def _rope_from_hf(rope: dict[str, Any] | None) -> RopeScaling:
