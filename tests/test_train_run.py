@@ -1,0 +1,198 @@
+"""`train` end to end on real text (KJV): loss falls, exact resume after SIGTERM, fallback, sparse runs, bad input."""
+
+import glob
+import itertools
+import json
+import logging
+import math
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from prunejax import cli, hf
+from prunejax.config import ConfigError, LlamaConfig
+from prunejax.data.prepare import prepare
+from prunejax.data.sources import kjv_documents
+from prunejax.data.store import DataError
+from prunejax.data.tokenizer import train_bpe
+from prunejax.train import config as config_lib
+from prunejax.train import state as state_lib
+from prunejax.train.loop import TrainingDiverged
+from prunejax.train.metrics import read_metrics
+from prunejax.train.run import model_source, train
+
+VOCAB = 320
+MODEL = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "max_position_embeddings": 64,
+}
+BASE = ["seq_len=32", "global_batch=8", "peak_lr=3e-3", "val_batches=0", "peak_tflops=1.0"]
+STEP_TOKENS = 8 * 32
+
+
+@pytest.fixture(scope="module")
+def kjv(tmp_path_factory):
+    """A DATA_DIR of the first 150 KJV chapters with a 320-token BPE trained on them."""
+    root = tmp_path_factory.mktemp("kjv")
+    tok = train_bpe(itertools.islice(kjv_documents(), 150), str(root / "tok"), vocab_size=VOCAB)
+    return prepare(itertools.islice(kjv_documents(), 150), tok, str(root / "data"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_yaml(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.yaml"
+    path.write_text(yaml.safe_dump(MODEL))
+    return str(path)
+
+
+def _losses(run_dir):
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def test_loss_falls_on_real_text(kjv, model_yaml, tmp_path):
+    out = str(tmp_path / "run")
+    over = [*BASE[:-2], "val_batches=2", "peak_tflops=1.0"]
+    summary = train(out, data_dir=kjv, tokens=40 * STEP_TOKENS, scratch=model_yaml, overrides=over, progress=False)
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 41))
+    assert losses[1] == pytest.approx(math.log(VOCAB), abs=0.1)  # random init predicts ~uniformly
+    assert np.mean([losses[s] for s in range(36, 41)]) < losses[1] - 1.0
+    assert summary["val_loss"] < math.log(VOCAB) - 1.0
+    record = read_metrics(out)[5]
+    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(record)
+    assert record["tokens"] == record["step"] * STEP_TOKENS
+    cfg, params = hf.load(summary["final"])
+    assert cfg.vocab_size == VOCAB and os.path.exists(os.path.join(summary["final"], "tokenizer.json"))
+    resolved = json.load(open(os.path.join(out, "run.json")))
+    assert resolved["steps"] == 40 and resolved["train"]["seq_len"] == 32
+
+
+def test_sigterm_resume_and_fallback_match_uninterrupted_run(kjv, model_yaml, tmp_path, caplog):
+    over = [*BASE, "ckpt_every=2", "keep_checkpoints=3"]
+    tokens = 10 * STEP_TOKENS
+    full = str(tmp_path / "full")
+    train(full, data_dir=kjv, tokens=tokens, scratch=model_yaml, overrides=over, progress=False)
+
+    cut = str(tmp_path / "cut")
+
+    def preempt(step):
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    s = train(cut, data_dir=kjv, tokens=tokens, scratch=model_yaml, overrides=over, progress=False, on_step=preempt)
+    assert s["status"] == "stopped"
+    assert sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(cut, "checkpoints", "[0-9]*"))) == [2, 4, 5]
+    # the newest checkpoint is damaged: resume falls back to step 4 with a warning
+    for f in glob.glob(os.path.join(cut, "checkpoints", "5", "state", "**", "*"), recursive=True):
+        if os.path.isfile(f):
+            with open(f, "wb") as fh:
+                fh.write(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        s = train(cut, data_dir=kjv, tokens=tokens, scratch=model_yaml, overrides=over, progress=False)
+    assert s["start_step"] == 4 and s["status"] == "done"
+    assert "unreadable" in caplog.text
+    assert _losses(cut) == _losses(full)  # every loss, bit for bit, including steps 5..10 recomputed
+    _, a = hf.load(os.path.join(full, "final"))
+    _, b = hf.load(os.path.join(cut, "final"))
+    for (path, x), (_, y) in zip(hf.leaf_paths(a), hf.leaf_paths(b), strict=True):
+        np.testing.assert_array_equal(x, y, err_msg="/".join(path))
+
+
+def _sparse_model_dir(path):
+    cfg = LlamaConfig.from_hf_dict(MODEL)
+    params = jax.device_get(state_lib.random_params(cfg, jax.random.key(7)))
+    rng = np.random.default_rng(0)
+    masks = {}
+    for p, w in hf.leaf_paths(params):
+        if w.ndim >= 2 and p[0] == "layers":
+            m = rng.random(w.shape) < 0.4
+            hf.set_path(masks, p, m)
+            hf.set_path(params, p, np.where(m, w, 0).astype(np.float32))
+    hf.save(path, cfg, params, masks)
+    return cfg, params, masks
+
+
+def test_reinit_keeps_mask_and_changes_every_kept_weight(tmp_path):
+    src = str(tmp_path / "sparse")
+    _, params, masks = _sparse_model_dir(src)
+    _, fresh, fresh_masks, _ = model_source(None, src, True, seed=0)
+    for path, m in hf.leaf_paths(masks):
+        np.testing.assert_array_equal(np.asarray(hf.get_path(fresh_masks, path)), m)
+        w, old = np.asarray(hf.get_path(fresh, path)), hf.get_path(params, path)
+        assert np.all(w[~m] == 0) and np.all(w[m] != old[m]), "/".join(path)
+        assert abs(np.std(w[m]) - 0.02 * 0.88) < 0.004  # truncated normal std 0.02 (truncation at 2σ: x0.88)
+    with pytest.raises(ConfigError, match="no masks"):
+        model_source(None, "tiny", True, seed=0)
+
+
+def test_sparse_retrain_keeps_mask(kjv, tmp_path):
+    src = str(tmp_path / "sparse")
+    _, _, masks = _sparse_model_dir(src)
+    s = train(str(tmp_path / "run"), data_dir=kjv, tokens=15 * STEP_TOKENS, init=src, overrides=BASE, progress=False)
+    cfg, params = hf.load(s["final"])
+    final_masks = hf.load_masks(s["final"], cfg)
+    for path, m in hf.leaf_paths(masks):
+        np.testing.assert_array_equal(np.asarray(hf.get_path(final_masks, path)), m)
+        assert np.all(np.asarray(hf.get_path(params, path))[~m] == 0), "/".join(path)
+    sparsity = hf.load_provenance(s["final"])["sparsity"]
+    assert sparsity["zero_fraction"] == pytest.approx(sparsity["mask_sparsity"], abs=1e-4)
+    logged = [r for r in read_metrics(str(tmp_path / "run")) if "mask_sparsity" in r]
+    assert logged and logged[-1]["mask_sparsity"] == pytest.approx(0.6, abs=0.01)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(kjv, model_yaml, tmp_path):
+    out = str(tmp_path / "run")
+    over = [*BASE, "peak_lr=1e30", "warmup_frac=0", "ckpt_every=1"]
+    with pytest.raises(TrainingDiverged, match=r"at step (\d+)") as err:
+        train(out, data_dir=kjv, tokens=10 * STEP_TOKENS, scratch=model_yaml, overrides=over, progress=False)
+    bad = int(err.value.args[0].split("at step ")[1].split(":")[0])
+    saved = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(out, "checkpoints", "[0-9]*")))
+    assert saved and max(saved) < bad
+
+
+def test_bad_inputs_give_clear_errors(kjv, model_yaml, tmp_path):
+    run = str(tmp_path / "r")
+    kw = {"data_dir": kjv, "scratch": model_yaml, "progress": False}
+    with pytest.raises(ConfigError, match="smaller than one step"):
+        train(run, tokens=100, overrides=BASE, **kw)
+    with pytest.raises(ConfigError, match="exceeds the model's max_position_embeddings"):
+        train(run, tokens=10**6, overrides=[*BASE, "seq_len=128"], **kw)
+    with pytest.raises(DataError, match="outside split"):
+        train(run, tokens=10**4, overrides=[*BASE, "data_offset=100000000"], **kw)
+    with pytest.raises(ConfigError, match="unknown train config key 'lr'"):
+        train(run, tokens=10**4, overrides=[*BASE, "lr=1"], **kw)
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({**MODEL, "vocab_size": 256}))
+    with pytest.raises(DataError, match="vocabulary .320. exceeds the model's vocab_size .256."):
+        train(run, tokens=10**4, overrides=BASE, **{**kw, "scratch": str(small)})
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text("seq_len: 32\nbatch: 8\n")
+    with pytest.raises(ConfigError, match="unknown train config key.*batch"):
+        config_lib.load(str(bad_cfg))
+    # a mask file of another shape
+    src = str(tmp_path / "sparse")
+    cfg, _, masks = _sparse_model_dir(src)
+    other = LlamaConfig.from_hf_dict({**MODEL, "intermediate_size": 48})
+    hf.save(str(tmp_path / "other"), other, jax.device_get(state_lib.random_params(other, jax.random.key(0))))
+    os.replace(os.path.join(src, hf.MASKS_FILE), str(tmp_path / "other" / hf.MASKS_FILE))
+    with pytest.raises(ValueError, match="mask .* has shape"):
+        train(run, tokens=10**4, overrides=BASE, init=str(tmp_path / "other"), data_dir=kjv, progress=False)
+    assert not os.path.exists(run) or not os.listdir(run)  # nothing written by a rejected run
+
+
+def test_cli_errors_and_configs(kjv, model_yaml, tmp_path, capsys):
+    argv = ["train", "--scratch", model_yaml, "--data", kjv, "--tokens", "1k", "--out", str(tmp_path / "r")]
+    assert cli.main([*argv, "nope=1"]) == 1
+    assert "unknown train config key 'nope'" in capsys.readouterr().err
+    for path in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "train", "*.yaml")):
+        config_lib.load(path)
