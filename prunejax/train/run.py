@@ -97,8 +97,23 @@ def _resolved(tcfg: config_lib.TrainConfig, **fields: Any) -> dict[str, Any]:
     return {"train": tcfg.to_dict(), **fields}
 
 
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _open_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
-    """Create or validate RUN_DIR; True when resuming an earlier run of the same config."""
+    """Create or validate RUN_DIR; True when resuming an earlier run of the same config.
+    Every process decides before process 0 writes, so all of them agree."""
+    try:
+        return _check_run_dir(out_dir, resolved)
+    finally:
+        _barrier("prunejax-run-dir")
+
+
+def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
     path = os.path.join(out_dir, RUN_FILE)
     if os.path.exists(path):
         with open(path) as f:
@@ -109,6 +124,7 @@ def _open_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
         return True
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists, is not empty and is not a RUN_DIR")
+    _barrier("prunejax-run-dir-checked")
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
         with open(path + ".tmp", "w") as f:
