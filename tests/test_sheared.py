@@ -26,7 +26,7 @@ CFG = TINY  # 4 layers, hidden 64, FFN 176, 4 q-heads / 2 kv-heads, head_dim 16
 GOAL = CFG.replace(
     num_hidden_layers=2, hidden_size=32, intermediate_size=88, num_attention_heads=2, num_key_value_heads=1
 )
-SC = sh.load_config(seq_len=16, batch_size=4, log_every=1000, ckpt_every=30)
+SC = sh.load_config(seq_len=16, batch_size=4, log_every=1000, ckpt_every=30, mesh_data=2, mesh_fsdp=2, mesh_tp=2)
 BUDGET = 100 * SC.tokens_per_step  # 100 steps, Lagrangian warmup 20
 
 
@@ -153,18 +153,14 @@ def test_fold_rejects_unfoldable_gates(params):
 
 
 # ---- the stage ---------------------------------------------------------------------------------
-def test_stage_converges_and_export_matches_transformers(params, store, full_run, tmp_path):
+def test_stage_converges_and_export_matches_transformers(params, full_run, tmp_path):
     gaps = sg.check_reached(full_run["log_alpha"], CFG, GOAL, SC.fold_tolerance)
     assert abs(gaps["layers"]) < 0.5 and abs(gaps["heads"]) < 0.5
     assert abs(gaps["hidden"]) < 0.05 * 64 and abs(gaps["ffn"]) < 0.05 * 176
-    result = sh.sheared(
-        CFG, params, ratio=None, target=Target(layers=2, hidden=32, ffn=88, heads=2), data=store,
-        prune_tokens=BUDGET + 5, config=SC, log=lambda s: None,
-    )  # fmt: skip
-    assert result.cfg == GOAL and result.report["prune_tokens"] == BUDGET  # whole steps only
-    assert result.report["realized_ratio"] == pytest.approx(1 - GOAL.linear_params() / CFG.linear_params())
-    out = hf.save(str(tmp_path / "m"), result.cfg, result.params, provenance=result.report)
-    assert hf.load_provenance(out)["prune_tokens"] == BUDGET
+    gates, keep = sg.deterministic_gates(full_run["log_alpha"], GOAL)
+    new_cfg, new_params = fold(CFG, jax.device_get(full_run["params"]), gates, keep)
+    assert new_cfg == GOAL  # exactly the target shape
+    out = hf.save(str(tmp_path / "m"), new_cfg, new_params)
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -173,7 +169,7 @@ def test_stage_converges_and_export_matches_transformers(params, store, full_run
     t = tokens()
     with torch.no_grad():
         ref = hf_model(torch.tensor(np.asarray(t))).logits.numpy()
-    np.testing.assert_allclose(model.forward(result.cfg, result.params, t), ref, atol=1e-4)
+    np.testing.assert_allclose(model.forward(new_cfg, new_params, t), ref, atol=1e-4)
 
 
 def test_resume_mid_stage_continues_exactly(params, store, full_run, tmp_path):
@@ -237,16 +233,22 @@ def test_cli_prune_sheared_writes_exact_target_model_dir(params, store, tmp_path
 
     parent = hf.save(str(tmp_path / "parent"), CFG, params)
     conf = tmp_path / "sheared.yaml"
-    conf.write_text("seq_len: 16\nbatch_size: 4\nlog_every: 1000\nckpt_every: 30\n")
+    conf.write_text(
+        "".join(
+            f"{k}: {getattr(SC, k)}\n"
+            for k in ("seq_len", "batch_size", "log_every", "ckpt_every", "mesh_data", "mesh_fsdp", "mesh_tp")
+        )
+    )
     args = ["prune", "--model", parent, "--method", "sheared", "--target", "layers=2,hidden=32,ffn=88,heads=2"]
     args += ["--data", store.data_dir, "--sheared-config", str(conf), "--out", str(tmp_path / "out")]
     assert main(args) == 1  # no --prune-tokens
     assert "--prune-tokens" in capsys.readouterr().err
-    assert main([*args, "--prune-tokens", str(BUDGET)]) == 0
+    assert main([*args, "--prune-tokens", str(BUDGET + 5)]) == 0  # only whole steps are used
     cfg, pruned = hf.load(str(tmp_path / "out"))
     assert cfg.replace(torch_dtype=GOAL.torch_dtype) == GOAL
     record = hf.load_provenance(str(tmp_path / "out"))
     assert record["method"] == "sheared" and record["prune_tokens"] == BUDGET
+    assert record["realized_ratio"] == pytest.approx(1 - GOAL.linear_params() / CFG.linear_params())
     assert record["report"]["data"]["fingerprint"] == store.fingerprint
     assert (
         main(

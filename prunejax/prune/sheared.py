@@ -25,117 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
+from jax.sharding import Mesh
 
+from prunejax import model, sharding
 from prunejax.config import ConfigError, LlamaConfig
 from prunejax.data.store import DataError, TokenStore
 from prunejax.prune import sheared_gates as sg
 from prunejax.prune.masks import PruneError
 from prunejax.prune.result import PruneResult, structured_result
 from prunejax.prune.shapes import Target, apply_target, resolve_target
+from prunejax.prune.sheared_config import Plan, ShearedConfig, load_config, plan
 from prunejax.prune.sheared_model import fold, masked_forward
+from prunejax.train.state import batch_sharding, place_state, state_shardings
 
 Params = dict[str, Any]
 State = dict[str, Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class ShearedConfig:
-    """Every setting of the pruning stage; defaults are the original recipe (fractions of the budget)."""
-
-    seq_len: int = 4096
-    batch_size: int = 32  # sequences per step: 32 x 4096 = 131,072 tokens; 0.42B tokens = 3200 steps
-    lr: float = 1e-4  # model weights: AdamW, warmup then cosine
-    lr_warmup_frac: float = 0.1  # 320 of 3200 steps
-    lr_final_frac: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
-    mask_lr: float = 1.0  # Adam on the log-alphas
-    lambda_lr: float = 1.0  # Adam ascent on the Lagrange multipliers
-    lagrangian_warmup_frac: float = 0.2  # target sparsity ramps from 0 over 640 of 3200 steps
-    min_lagrangian_warmup_steps: int = 4
-    mask_init: float = 5.0  # initial log-alpha (clipped to log 100): gates start open
-    fold_tolerance: float = 0.05  # allowed |expected - target| as a fraction of the full size
-    compute_dtype: str = "float32"
-    remat: bool = False
-    seed: int = 0
-    data_split: str = "train"
-    data_offset: int = 0
-    log_every: int = 10
-    ckpt_every: int = 100  # steps between checkpoints when a run_dir is given
-
-    def __post_init__(self) -> None:
-        for name in ("seq_len", "batch_size", "min_lagrangian_warmup_steps", "log_every", "ckpt_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"sheared: {name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0 < self.lagrangian_warmup_frac < 1 or not 0 <= self.lr_warmup_frac < 1:
-            raise ConfigError("sheared: lagrangian_warmup_frac must be in (0, 1) and lr_warmup_frac in [0, 1)")
-        if min(self.lr, self.mask_lr, self.lambda_lr, self.clip_norm) <= 0:
-            raise ConfigError("sheared: lr, mask_lr, lambda_lr and clip_norm must be positive")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"sheared: compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
-        if self.data_offset < 0 or self.fold_tolerance < 0:
-            raise ConfigError("sheared: data_offset and fold_tolerance must be non-negative")
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-
-FIELDS = {f.name for f in dataclasses.fields(ShearedConfig)}
-
-
-def load_config(path: str | None = None, **overrides: Any) -> ShearedConfig:
-    """ShearedConfig from a YAML mapping (or the defaults) plus overrides; unknown keys are errors."""
-    d: dict[str, Any] = {}
-    if path:
-        if not os.path.exists(path):
-            raise ConfigError(f"{path}: no such config file")
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: a sheared config is a mapping of keys to values")
-    d.update(overrides)
-    unknown = sorted(set(d) - FIELDS)
-    if unknown:
-        raise ConfigError(
-            f"{path or 'sheared config'}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(FIELDS))}"
-        )
-    types = {f.name: f.type for f in dataclasses.fields(ShearedConfig)}
-    for key, value in d.items():
-        if types[key] == "float" and isinstance(value, str | int) and not isinstance(value, bool):
-            try:
-                d[key] = float(value)  # YAML reads 1e-4 (no dot) as a string
-            except ValueError:
-                raise ConfigError(f"sheared: {key} must be a number, got {value!r}") from None
-    return ShearedConfig(**d)
-
-
-# ---- schedule and budget --------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """The step counts a token budget gives."""
-
-    steps: int
-    lagrangian_warmup: int
-    lr_warmup: int
-    tokens: int  # tokens actually consumed (steps * batch * seq_len)
-
-
-def plan(sc: ShearedConfig, prune_tokens: int) -> Plan:
-    steps = prune_tokens // sc.tokens_per_step
-    lag = int(round(sc.lagrangian_warmup_frac * steps))
-    if lag < sc.min_lagrangian_warmup_steps or steps - lag < 1:
-        need = -(-sc.min_lagrangian_warmup_steps // sc.lagrangian_warmup_frac) * sc.tokens_per_step
-        raise PruneError(
-            f"prune token budget {prune_tokens:,} gives {steps} step(s) of {sc.batch_size} x {sc.seq_len} tokens; "
-            f"the Lagrangian warmup ({sc.lagrangian_warmup_frac} of the steps = {lag}) needs at least "
-            f"{sc.min_lagrangian_warmup_steps} steps: give at least {int(need):,} tokens"
-        )
-    return Plan(steps, lag, int(round(sc.lr_warmup_frac * steps)), steps * sc.tokens_per_step)
 
 
 def _optimizers(sc: ShearedConfig, p: Plan) -> dict[str, optax.GradientTransformation]:
@@ -210,9 +114,26 @@ def batch(store: TokenStore, sc: ShearedConfig, step: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _jitted_step(cfg: LlamaConfig, target: LlamaConfig, sc: ShearedConfig, p: Plan) -> Callable[..., Any]:
-    """Compiled once per setting (a resumed or repeated run in one process reuses it)."""
-    return jax.jit(make_step(cfg, target, sc, p), donate_argnums=0)
+def _jitted_step(cfg: LlamaConfig, target: LlamaConfig, sc: ShearedConfig, p: Plan, mesh: Mesh) -> Callable[..., Any]:
+    """jit once per setting with the train engine's shardings (weights and moments by the logical-axis
+    table, gates and lambdas replicated, batch over data x fsdp) and the state donated."""
+    shape = jax.eval_shape(lambda: init_state(cfg, model.init_params(cfg, jax.random.key(0)), sc, p))
+    state_sh = state_shardings(mesh, shape)
+    return jax.jit(
+        make_step(cfg, target, sc, p),
+        in_shardings=(state_sh, batch_sharding(mesh, accumulated=False)),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def make_stage_mesh(sc: ShearedConfig) -> Mesh:
+    """The (data, fsdp, tp) mesh of the settings; the batch must split evenly over data x fsdp."""
+    mesh = sharding.make_mesh(sc.mesh_data, sc.mesh_fsdp, sc.mesh_tp)
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    if sc.batch_size % (rows * jax.process_count()) or sc.batch_size % rows:
+        raise ConfigError(f"sheared: batch_size {sc.batch_size} does not split over data x fsdp = {rows} devices")
+    return mesh
 
 
 # ---- run directory --------------------------------------------------------------------------
@@ -265,7 +186,8 @@ def train_gates(
         )
     if store.vocab_size > cfg.vocab_size:
         raise DataError(f"{store.data_dir}: vocab {store.vocab_size} exceeds the model's {cfg.vocab_size}")
-    state = init_state(cfg, params, sc, p)
+    mesh = make_stage_mesh(sc)
+    state = place_state(mesh, init_state(cfg, params, sc, p))
     ckpt = writer = None
     if run_dir:
         from prunejax.train.checkpoint import Checkpointer, abstract  # Orbax only when checkpointing
@@ -284,7 +206,10 @@ def train_gates(
             state = restored[1]
             writer.truncate_after(restored[0])
             log(f"sheared: resumed {run_dir} at step {restored[0]}")
-    step_fn = _jitted_step(cfg, target, sc, p)
+    step_fn = _jitted_step(cfg, target, sc, p, mesh)
+    batch_sh = batch_sharding(mesh, accumulated=False)
+    rows = sc.batch_size // jax.process_count()
+    local = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
     last = p.steps if stop_after is None else min(stop_after, p.steps)
     start = int(state["step"])
     pending: tuple[int, dict] | None = None
@@ -302,7 +227,8 @@ def train_gates(
             log(f"{head} {sizes} ({time.time() - t0:.0f}s)")
 
     for step in range(start, last):
-        state, metrics = step_fn(state, jnp.asarray(batch(store, sc, step)))
+        tokens_BL1 = jax.make_array_from_process_local_data(batch_sh, batch(store, sc, step)[local])
+        state, metrics = step_fn(state, tokens_BL1)
         if pending is not None:  # read step t-1's metrics only once step t is dispatched
             report(*pending)
         pending = (step + 1, metrics)
