@@ -1,0 +1,104 @@
+"""One-shot pruning of a real model with every method: perplexity, wall time and peak memory.
+
+  python benchmarks/prune.py --model /tmp/smol --calib /tmp/kjv --other /tmp/pydoc \
+      --calib-samples 32 --calib-seq-len 512 --eval-windows 16 --eval-seq-len 512 --out-md results.md
+
+Each method runs in its own subprocess (`--one NAME`) so its peak resident memory is its own.
+Perplexity is exp(mean next-token loss) over non-overlapping windows taken from the start of the
+validation split of each DATA_DIR (the calibration's domain and another one); the pruned params are
+evaluated in memory, exactly as `prunejax prune` would write them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+RUNS: dict[str, tuple[str, dict]] = {
+    "dense": ("", {}),
+    "magnitude": ("magnitude", {"ratio": 0.5}),
+    "magnitude 2:4": ("magnitude", {"pattern": (2, 4)}),
+    "wanda": ("wanda", {"ratio": 0.5}),
+    "wanda 2:4": ("wanda", {"pattern": (2, 4)}),
+    "sparsegpt": ("sparsegpt", {"ratio": 0.5}),
+    "sparsegpt 2:4": ("sparsegpt", {"pattern": (2, 4)}),
+    "minitron-depth": ("minitron-depth", {"ratio": 0.5}),
+    "shortgpt": ("shortgpt", {"ratio": 0.5}),
+    "minitron-width": ("minitron-width", {"ratio": 0.5}),
+}
+
+
+def eval_tokens(data_dir: str, windows: int, seq_len: int):
+    from prunejax.data.store import TokenStore
+
+    store = TokenStore(data_dir)
+    have = store.num_tokens("validation") // seq_len
+    n = min(windows, have)
+    return store.read("validation", 0, n * seq_len).reshape(n, seq_len)
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    from prunejax import calibrate
+    from prunejax.convert import load_any
+    from prunejax.prune import prune
+
+    cfg, params = load_any(args.model)
+    method, options = RUNS[name]
+    t0 = time.time()
+    realized = 0.0
+    if method:
+        tokens = calibrate.calibration_tokens(args.calib, args.calib_samples, args.calib_seq_len)
+        result = prune(cfg, params, method, tokens, batch_size=args.batch_size, **options)
+        cfg, params, realized = result.cfg, result.params, result.report["realized_ratio"]
+    seconds = time.time() - t0
+    ppl = {}
+    for label, data_dir in (("calib_domain", args.calib), ("other_domain", args.other)):
+        toks = eval_tokens(data_dir, args.eval_windows, args.eval_seq_len)
+        ppl[label] = math.exp(calibrate.lm_loss(cfg, params, toks, batch_size=args.batch_size))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"name": name, "seconds": seconds, "peak_rss_mib": peak_mib, "realized_ratio": realized, **ppl}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--calib", required=True, help="DATA_DIR: calibration (train split) and in-domain eval")
+    p.add_argument("--other", required=True, help="DATA_DIR of another domain (validation split)")
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-seq-len", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=16)
+    p.add_argument("--eval-seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--out-json", default="prune_results.jsonl")
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+    argv = [a for a in sys.argv[1:]]
+    for name in args.runs.split(","):
+        out = subprocess.run(
+            [sys.executable, __file__, *argv, "--one", name], capture_output=True, text=True, env=os.environ.copy()
+        )
+        if out.returncode:
+            print(f"{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        with open(args.out_json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(
+            f"| {row['name']} | {row['realized_ratio']:.3f} | {row['calib_domain']:.2f} | {row['other_domain']:.2f} "
+            f"| {row['seconds']:.0f} | {row['peak_rss_mib']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

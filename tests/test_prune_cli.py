@@ -1,0 +1,175 @@
+"""`prunejax prune`: writes a loadable MODEL_DIR with masks and provenance; every bad input is a clear
+error and leaves nothing behind."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from prunejax import hf
+from prunejax.cli import main
+from prunejax.config import TINY
+from prunejax.data.store import write_data_dir
+from prunejax.model import forward, init_params
+
+CFG = TINY.replace(num_hidden_layers=2)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune_cli")
+    params = init_params(CFG, jax.random.key(4))
+    hf.save(str(root / "model"), CFG, params)
+    rng = np.random.default_rng(4)
+    chunks = [rng.integers(0, CFG.vocab_size, 4 * 32, dtype=np.int32)]
+    write_data_dir(str(root / "data"), {"train": chunks, "validation": chunks}, vocab_size=CFG.vocab_size, eos_id=0)
+    big = [rng.integers(0, 4 * CFG.vocab_size, 4 * 32, dtype=np.int32)]
+    write_data_dir(str(root / "bigvocab"), {"train": big}, vocab_size=4 * CFG.vocab_size, eos_id=0)
+    nan_params = jax.tree.map(lambda x: x, params)
+    nan_params["layers"]["1"]["mlp"]["gate_proj"] = nan_params["layers"]["1"]["mlp"]["gate_proj"].at[3, 3].set(np.nan)
+    hf.save(str(root / "nanmodel"), CFG, nan_params)
+    return root
+
+
+def run(dirs, *extra, out="out"):
+    base = ["prune", "--model", str(dirs / "model"), "--calib", str(dirs / "data")]
+    return main(base + ["--calib-samples", "4", "--calib-seq-len", "32", "--out", str(dirs / out), *extra])
+
+
+def test_sparse_2_4_writes_masks_and_provenance(dirs, capsys):
+    assert run(dirs, "--method", "sparsegpt", "--ratio", "0.5", "--pattern", "2:4", out="sgpt") == 0
+    out = dirs / "sgpt"
+    assert (out / hf.MASKS_FILE).exists()
+    prov = hf.load_provenance(str(out))
+    assert prov["method"] == "sparsegpt" and prov["requested_ratio"] == 0.5 and prov["realized_ratio"] == 0.5
+    assert prov["options"]["pattern"] == "2:4" and prov["options"]["calib_samples"] == 4
+    assert prov["calibration"]["fingerprint"] and prov["parent"] == os.path.abspath(dirs / "model")
+    assert prov["sparsity"]["mask_sparsity"] == 0.5
+    cfg, params = hf.load(str(out))
+    masks = hf.load_masks(str(out), cfg)
+    assert not np.any(
+        np.asarray(params["layers"]["0"]["mlp"]["down_proj"])[~np.asarray(masks["layers"]["0"]["mlp"]["down_proj"])]
+    )
+    text = capsys.readouterr().out
+    assert "layer  sparsity" in text and "    1  0.5000" in text
+
+
+def test_depth_by_target_loads_in_transformers(dirs, capsys):
+    assert run(dirs, "--method", "shortgpt", "--target", "layers=1", out="short") == 0
+    cfg, params = hf.load(str(dirs / "short"))
+    assert cfg.num_hidden_layers == 1
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(dirs / "short"), dtype=torch.float32).eval()
+    tokens = np.arange(12, dtype=np.int32)[None]
+    with torch.no_grad():
+        ref = model(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(ref, forward(cfg, params, tokens), atol=1e-4)
+    prov = hf.load_provenance(str(dirs / "short"))
+    assert prov["requested_ratio"] is None and prov["realized_ratio"] == 0.5
+    assert "removed layers" in capsys.readouterr().out
+
+
+def test_magnitude_needs_no_calibration(dirs):
+    out = dirs / "mag"
+    assert (
+        main(["prune", "--model", str(dirs / "model"), "--method", "magnitude", "--ratio", "0.25", "--out", str(out)])
+        == 0
+    )
+    assert json.loads((out / hf.PROVENANCE_FILE).read_text())["calibration"] is None
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "wanda", "--ratio", "1.5"], "--ratio must be in (0, 1), got 1.5"),
+        (["--method", "wandaa", "--ratio", "0.5"], "unknown pruning method 'wandaa'; valid methods: magnitude, "),
+        (["--method", "wanda", "--ratio", "0.5", "--pattern", "3:8"], "pattern 3:8 prunes 0.625 of the weights"),
+        (["--method", "wanda", "--ratio", "0.9375", "--pattern", "2:32"], "does not divide the input dimension 176"),
+        (
+            ["--method", "minitron-width", "--target", "hidden=128"],
+            "hidden=128 is larger than the model's hidden_size=64",
+        ),
+        (["--method", "shortgpt", "--target", "hidden=32"], "only changes the number of layers"),
+        (["--method", "minitron-depth", "--ratio", "0.5", "--pattern", "2:4"], "applies to sparse methods only"),
+        (
+            ["--method", "wanda", "--ratio", "0.5", "--calib-samples", "64"],
+            "needs 64 x 32 = 2,048 tokens, the train split has 128",
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(dirs, capsys, args, message):
+    assert run(dirs, *args, out="bad") == 1
+    err = capsys.readouterr().err
+    assert "prunejax prune: error:" in err and message in err, err
+    assert not (dirs / "bad").exists()
+    assert not [p for p in os.listdir(dirs) if p.startswith(".bad")]
+
+
+def test_bad_data_and_models_are_clear_errors(dirs, capsys):
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(dirs / "model"),
+                "--method",
+                "wanda",
+                "--ratio",
+                "0.5",
+                "--calib",
+                str(dirs / "bigvocab"),
+                "--calib-samples",
+                "4",
+                "--calib-seq-len",
+                "32",
+                "--out",
+                str(dirs / "bad"),
+            ]
+        )
+        == 1
+    )
+    assert "outside the model's vocabulary of 512" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(dirs / "nanmodel"),
+                "--method",
+                "wanda",
+                "--ratio",
+                "0.5",
+                "--calib",
+                str(dirs / "data"),
+                "--calib-samples",
+                "4",
+                "--calib-seq-len",
+                "32",
+                "--out",
+                str(dirs / "bad"),
+            ]
+        )
+        == 1
+    )
+    assert "layer 1: statistic" in capsys.readouterr().err
+    assert (
+        main(
+            ["prune", "--model", str(dirs / "model"), "--method", "wanda", "--ratio", "0.5", "--out", str(dirs / "bad")]
+        )
+        == 1
+    )
+    assert "wanda needs calibration data: give --calib DATA_DIR" in capsys.readouterr().err
+    assert not (dirs / "bad").exists()
+
+
+def test_existing_output_needs_overwrite(dirs, capsys):
+    os.makedirs(dirs / "taken", exist_ok=True)
+    (dirs / "taken" / "keep.txt").write_text("x")
+    assert run(dirs, "--method", "magnitude", "--ratio", "0.5", out="taken") == 1
+    assert "exists and is not empty (pass --overwrite)" in capsys.readouterr().err
+    assert (dirs / "taken" / "keep.txt").exists()
+    assert run(dirs, "--method", "magnitude", "--ratio", "0.5", "--overwrite", out="taken") == 0
+    assert not (dirs / "taken" / "keep.txt").exists()
