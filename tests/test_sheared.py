@@ -109,9 +109,9 @@ def test_lagrangian_value_and_direction():
 # ---- gated forward and fold --------------------------------------------------------------------
 def test_all_open_gates_equal_plain_forward(params):
     ones = {g: jnp.ones(s) for g, s in sg.gate_shapes(CFG).items()}
-    np.testing.assert_allclose(
-        masked_forward(CFG, params, ones, tokens()), model.forward(CFG, params, tokens()), atol=1e-5
-    )
+    plain = model.forward(CFG, params, tokens())
+    np.testing.assert_allclose(masked_forward(CFG, params, ones, tokens()), plain, atol=1e-5)
+    np.testing.assert_allclose(masked_forward(CFG, params, ones, tokens(), remat=True), plain, atol=1e-5)
 
 
 @pytest.mark.parametrize("binary", [True, False])
@@ -225,6 +225,8 @@ def test_configs_load_and_reject_unknown_keys():
         sh.load_config(lagr_warmup=3)
     with pytest.raises(ConfigError, match="lagrangian_warmup_frac"):
         sh.load_config(lagrangian_warmup_frac=1.5)
+    with pytest.raises(ConfigError, match="does not split over data x fsdp = 8"):
+        sh.make_stage_mesh(sh.load_config(batch_size=4))
 
 
 # ---- CLI ---------------------------------------------------------------------------------------

@@ -131,8 +131,11 @@ def make_stage_mesh(sc: ShearedConfig) -> Mesh:
     """The (data, fsdp, tp) mesh of the settings; the batch must split evenly over data x fsdp."""
     mesh = sharding.make_mesh(sc.mesh_data, sc.mesh_fsdp, sc.mesh_tp)
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
-    if sc.batch_size % (rows * jax.process_count()) or sc.batch_size % rows:
-        raise ConfigError(f"sheared: batch_size {sc.batch_size} does not split over data x fsdp = {rows} devices")
+    if sc.batch_size % rows or sc.batch_size % jax.process_count():
+        raise ConfigError(
+            f"sheared: batch_size {sc.batch_size} does not split over data x fsdp = {rows} devices "
+            f"and {jax.process_count()} processes"
+        )
     return mesh
 
 
