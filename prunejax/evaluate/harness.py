@@ -53,7 +53,8 @@ class PrunejaxLM(TemplateLM):
             raise ValueError(f"{pretrained}: no tokenizer files beside the model; the harness needs one")
         self.tokenizer = self.model.tokenizer
         self.cfg, self.params = self.model.cfg, self.model.params
-        self.batch_size = 8 if batch_size == "auto" else int(batch_size)
+        auto = isinstance(batch_size, str) and batch_size.startswith("auto")  # no autotuning: fixed shapes
+        self.batch_size = 8 if auto else int(batch_size)
         self.max_length = int(max_length or self.cfg.max_position_embeddings)
         self.max_gen_toks = int(max_gen_toks)
         self.compute_dtype = jnp.dtype(DTYPES[dtype])

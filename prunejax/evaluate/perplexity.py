@@ -105,7 +105,8 @@ def tokenize_file(tokenizer: Any, path: str) -> np.ndarray:
         text = f.read()
     if not text.strip():
         raise ValueError(f"{path}: the text is empty")
-    return np.asarray(tokenizer(text)["input_ids"], np.int32)
+    # verbose=False: the text is meant to be longer than the model (it is cut into windows)
+    return np.asarray(tokenizer(text, verbose=False)["input_ids"], np.int32)
 
 
 def text_perplexity(
