@@ -242,7 +242,7 @@ def test_cli_prune_sheared_writes_exact_target_model_dir(params, store, tmp_path
         )
     )
     args = ["prune", "--model", parent, "--method", "sheared", "--target", "layers=2,hidden=32,ffn=88,heads=2"]
-    args += ["--data", store.data_dir, "--sheared-config", str(conf), "--out", str(tmp_path / "out")]
+    args += ["--data", store.data_dir, "--sheared-config", str(conf), "--seed", "0", "--out", str(tmp_path / "out")]
     assert main(args) == 1  # no --prune-tokens
     assert "--prune-tokens" in capsys.readouterr().err
     assert main([*args, "--prune-tokens", str(BUDGET + 5)]) == 0  # only whole steps are used

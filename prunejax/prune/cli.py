@@ -4,6 +4,7 @@
                  [--pattern N:M] --calib DATA_DIR [--calib-samples N] [--calib-seq-len L]
                  --out MODEL_DIR [--overwrite]
   sheared trains its masks instead: --data DATA_DIR --prune-tokens N [--sheared-config YAML] [--run-dir DIR]
+                 [--seed S]
 
 Calibration reads the first N x L tokens of the DATA_DIR's train split. Everything is validated
 before any work that writes; the MODEL_DIR appears complete or not at all.
@@ -48,6 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--prune-tokens", type=int, help="token budget of a trained method's pruning stage")
     p.add_argument("--sheared-config", help="YAML of sheared settings (default: configs/prune/sheared.yaml values)")
     p.add_argument("--run-dir", help="checkpoints and metrics of a trained method; resumes if it has a checkpoint")
+    p.add_argument("--seed", type=int, help="seed of a trained method (sheared: gate init and sampling)")
     p.add_argument("--out", required=True, help="MODEL_DIR to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     return p.parse_args(argv)
@@ -72,13 +74,16 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "prune_tokens": args.prune_tokens,
         "config": args.sheared_config,
         "run_dir": args.run_dir,
+        "seed": args.seed,
     }
     if args.method in TRAINED:
         if args.data is None or args.prune_tokens is None:
             raise PruneError(f"{args.method} trains its masks: give --data DATA_DIR and --prune-tokens N")
         return {**options, **trained}
     if any(v is not None for v in trained.values()):
-        raise PruneError(f"--data/--prune-tokens/--sheared-config/--run-dir apply to {', '.join(sorted(TRAINED))} only")
+        raise PruneError(
+            f"--data/--prune-tokens/--sheared-config/--run-dir/--seed apply to {', '.join(sorted(TRAINED))} only"
+        )
     return options
 
 

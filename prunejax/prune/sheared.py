@@ -309,6 +309,7 @@ def sheared(
     prune_tokens: int | None = None,
     config: ShearedConfig | str | None = None,
     run_dir: str | None = None,
+    seed: int | None = None,
     log: Callable[[str], None] = print,
 ) -> PruneResult:
     """Registry entry: learn gates on `prune_tokens` tokens of DATA_DIR `data` and fold them.
@@ -319,6 +320,8 @@ def sheared(
     if data is None or prune_tokens is None:
         raise PruneError("sheared trains its masks: give a DATA_DIR (--data) and a token budget (--prune-tokens)")
     sc = config if isinstance(config, ShearedConfig) else load_config(config)
+    if seed is not None:
+        sc = dataclasses.replace(sc, seed=seed)
     store = data if isinstance(data, TokenStore) else TokenStore(data)
     goal, how = resolve_goal(cfg, ratio, target)
     dtype = jax.tree.leaves(params)[0].dtype
