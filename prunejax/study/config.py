@@ -39,7 +39,7 @@ class DataSpec:
     data_dir: str | None = None
     tokenizer: str = "train"  # "train" = train a BPE on the corpus; else a tokenizer/MODEL_DIR/.gguf path
     tokenizer_vocab: int = 1024
-    val_fraction: int = 50  # every 1/F-th document held out
+    val_fraction: float = 0.02  # fraction of documents held out for validation
     max_documents: int = 0
 
 
@@ -202,6 +202,12 @@ def validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"{where}: sheared needs sheared_prune_tokens > 0")
     if cfg.train_config is not None and not os.path.exists(cfg.train_config):
         raise ConfigError(f"{where}: train_config {cfg.train_config} does not exist")
+    from prunejax.train import config as train_config
+
+    step = train_config.load(cfg.train_config, list(cfg.train_overrides)).tokens_per_step
+    small = [b for b in (*cfg.retrain_budgets, *([cfg.parent.tokens] if cfg.parent.model else [])) if b < step]
+    if small:
+        raise ConfigError(f"{where}: budget(s) {small} are smaller than one training step ({step:,} tokens)")
 
 
 def load(path: str) -> StudyConfig:

@@ -56,7 +56,11 @@ def parent_config(study: StudyConfig) -> LlamaConfig | None:
         from prunejax.hf import load_config
 
         src = study.parent.import_
-        return None if src.endswith(".gguf") else load_config(src)
+        if src.endswith(".gguf"):
+            from prunejax.gguf_import import _reader, config_from_gguf
+
+            return config_from_gguf(_reader(src), src)  # metadata only; tensors are not read
+        return load_config(src)
     if isinstance(model, str) and not os.path.exists(model):
         cfg = preset(model)
     elif isinstance(model, str):

@@ -34,6 +34,10 @@ class StudyError(ValueError):
     """A study that cannot start: changed config over existing results, too little data, ..."""
 
 
+class StudyInterrupted(BaseException):  # like KeyboardInterrupt: not an error of the stage
+    """A stage stopped early (SIGTERM/preemption: training saved a checkpoint and returned)."""
+
+
 def _marker_path(study_dir: str, stage_id: str) -> str:
     return os.path.join(study_dir, ".stages", stage_id.replace("/", "__") + ".json")
 
@@ -304,14 +308,16 @@ class Runner:
                 continue
             blocked = [d for d in stage.deps if status.get(d) != "done"]
             if blocked:
-                status[stage.id] = "skipped"
-                log(f"{head}: skipped (needs {', '.join(blocked)})")
+                status[stage.id] = "skipped"  # summarized at the end: one failure can block many stages
                 continue
             write_json(_marker_path(self.dir, stage.id), {"hash": self.hashes[stage.id], "status": "running"})
             t0 = time.time()
             try:
                 with stage_log(os.path.join(self.dir, "logs", stage.id.replace("/", "__") + ".log")):
                     getattr(self, f"run_{stage.kind}")(stage)
+                if stage.kind in ("parent", "retrain", "scratch") and not os.path.isdir(self.model_dir(stage.id)):
+                    log(f"{head}: interrupted; rerun the same command to resume from its checkpoint")
+                    raise StudyInterrupted(stage.id)
                 if stage.kind == "data":
                     self.check_data()
                 status[stage.id] = "done"
@@ -332,12 +338,15 @@ class Runner:
             )
             log(f"{head}: {status[stage.id]} in {seconds:.1f}s" + (f" — {error}" if error else ""))
         self.write_index()
-        failed = [k for k, v in status.items() if v != "done"]
+        failed = [k for k, v in status.items() if v == "failed"]
+        skipped = [k for k, v in status.items() if v == "skipped"]
+        done = len(status) - len(failed) - len(skipped)
         log(
-            f"study {self.study.name}: {len(status) - len(failed)}/{len(status)} stages done in "
-            f"{time.time() - t_start:.0f}s" + (f"; not done: {', '.join(failed[:10])}" if failed else "")
+            f"study {self.study.name}: {done}/{len(status)} stages done in {time.time() - t_start:.0f}s"
+            + (f"; failed: {', '.join(failed)}" if failed else "")
+            + (f"; {len(skipped)} stages skipped because a stage they need failed" if skipped else "")
         )
-        return 1 if failed else 0
+        return 1 if failed or skipped else 0
 
 
 def cli(verb: str, argv: list[str]) -> None:
@@ -353,7 +362,7 @@ def cli(verb: str, argv: list[str]) -> None:
 def stage_log(path: str):  # type: ignore[no-untyped-def]
     """Send a stage's output (progress bars included) to its log file; the console keeps one line per stage."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    with open(path, "a", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         try:
             yield
         except BaseException as e:

@@ -1,0 +1,205 @@
+"""The study: baselines, plan, runner (end to end, interrupted, changed config) and report."""
+
+import dataclasses
+import glob
+import os
+
+import jax
+import pytest
+
+from prunejax.config import LLAMA_3_1_8B, TINY, ConfigError
+from prunejax.model import init_params
+from prunejax.study import baselines, plan, report
+from prunejax.study import config as study_config
+from prunejax.study.runner import Runner, StudyError
+
+
+def _count(cfg) -> int:
+    return sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))))
+
+
+# ---- baselines -------------------------------------------------------------------------------
+@pytest.mark.parametrize("parent", [TINY, LLAMA_3_1_8B], ids=["tiny", "8b"])
+def test_matched_params_baseline(parent):
+    density = 0.5  # a 50% sparse model of the parent's shape
+    m = baselines.matched_config(parent, parent, density=density, quantity="params")
+    target = parent.num_params() - 0.5 * parent.linear_params()
+    assert m.target == target
+    assert _count(m.cfg) == m.achieved  # counted from real shapes
+    assert abs(m.rel_error) < 0.05
+    assert m.cfg.num_hidden_layers == parent.num_hidden_layers and m.cfg.head_dim == parent.head_dim
+    # the neighbours on the grid (hidden +- one step, FFN at the parent's ratio) are no closer
+    step = max(8, parent.hidden_size // 64)
+    aspect = parent.intermediate_size / parent.hidden_size
+    for h in (m.cfg.hidden_size - step, m.cfg.hidden_size + step):
+        if step <= h <= parent.hidden_size:
+            ffn = max(step, round(h * aspect / step) * step)
+            other = parent.replace(hidden_size=h, intermediate_size=ffn).num_params()
+            assert abs(other - target) >= abs(m.achieved - target)
+
+
+def test_matched_flops_baseline_uses_actual_shapes_and_sparsity():
+    parent = LLAMA_3_1_8B
+    pruned = parent.replace(num_hidden_layers=16)
+    m = baselines.matched_config(parent, pruned, quantity="flops", seq_len=8192)
+    assert m.target == pruned.flops_per_token(8192, training=True)
+    assert m.cfg.hidden_size == parent.hidden_size  # a depth-pruned model is already dense: itself
+    sparse = baselines.matched_config(parent, parent, density=0.5, quantity="flops", seq_len=8192)
+    assert sparse.target == parent.flops_per_token(8192, training=True, linear_density=0.5)
+    assert sparse.cfg.hidden_size < parent.hidden_size and abs(sparse.rel_error) < 0.05
+
+
+def test_budget_settings():
+    assert baselines.scratch_tokens("equal_train", parent_tokens=200, budget=50) == 50
+    assert baselines.scratch_tokens("equal_total", parent_tokens=200, budget=50) == 250
+    assert (
+        baselines.scratch_tokens(
+            "equal_total", parent_tokens=200, budget=50, pruning_tokens=4, count_pruning_tokens=True
+        )
+        == 254
+    )
+
+
+# ---- config and plan ---------------------------------------------------------------------------
+MINI = {
+    "name": "mini",
+    "data": {"corpus": "kjv", "tokenizer": "train", "tokenizer_vocab": 300, "val_fraction": 0.1, "max_documents": 80},
+    "parent": {
+        "model": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+            "max_position_embeddings": 128,
+        },
+        "tokens": "6k",
+    },
+    "methods": ["minitron-depth", "wanda"],
+    "ratios": [0.5],
+    "retrain_budgets": ["2k", "4k"],
+    "scratch_shapes": ["same", "params"],
+    "scratch_settings": ["equal_train", "equal_total"],
+    "train_config": "configs/train/tiny.yaml",
+    "train_overrides": ["seq_len=64", "global_batch=8", "val_every=0", "ckpt_every=0", "val_batches=1", "log_every=5"],
+    "calibration": {"samples": 4, "seq_len": 64, "batch_size": 4},
+    "eval": {"seq_len": 64, "max_tokens": "2k", "batch_size": 8},
+}
+
+
+def test_every_config_loads_and_dry_runs(capsys):
+    paths = sorted(glob.glob("configs/study/*.yaml"))
+    assert paths
+    for path in paths:
+        study = study_config.load(path)
+        stages = plan.build(study)
+        assert plan.describe(stages).splitlines()[-1].startswith(f"{len(stages)} stages")
+
+
+def test_plan_ranges_and_hashes():
+    study = study_config.from_dict(MINI)
+    stages = {s.id: s for s in plan.build(study)}
+    assert stages["retrain/wanda/r0.5/s0/R2k"].spec["offset"] == 6000  # disjoint from the parent's [0, 6k)
+    assert stages["scratch/same/wanda/r0.5/s0/equal_total/R4k"].tokens == 10_000
+    assert stages["scratch/same/wanda/r0.5/s0/equal_train/R4k"].spec["reinit"]  # the sparse control
+    assert not stages["scratch/same/minitron-depth/r0.5/s0/equal_train/R4k"].spec["reinit"]
+    h1 = plan.hashes(list(stages.values()))
+    changed = study_config.from_dict({**MINI, "retrain_budgets": ["2k", "5k"]})
+    h2 = plan.hashes(plan.build(changed))
+    assert h1["prune/wanda/r0.5/s0"] == h2["prune/wanda/r0.5/s0"]
+    assert h1["retrain/wanda/r0.5/s0/R2k"] == h2["retrain/wanda/r0.5/s0/R2k"]
+    assert h1["scratch/same/wanda/r0.5/s0/equal_train/R2k"] == h2["scratch/same/wanda/r0.5/s0/equal_train/R2k"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": ["minitron-dept"]}, "unknown method 'minitron-dept'; valid methods: magnitude"),
+        (
+            {"methods": [{"name": "sparsegpt", "pattern": "2:4"}], "ratios": [0.8]},
+            "pattern 2:4 prunes 0.5, not ratio 0.8",
+        ),
+        ({"ratios": [1.2]}, "ratio 1.2 of minitron-depth is outside (0, 1)"),
+        ({"retrain_budgets": [100]}, "smaller than one training step (512 tokens)"),
+        ({"parent": {"import": "/nonexistent/model"}}, "parent path /nonexistent/model does not exist"),
+        ({"scratch_shapes": ["bigger"]}, "unknown scratch_shapes ['bigger']"),
+        ({"evaluation": {}}, "unknown key(s) evaluation"),
+    ],
+)
+def test_bad_study_configs(change, message):
+    with pytest.raises(ConfigError) as e:
+        study_config.from_dict({**MINI, **change})
+    assert message in str(e.value)
+
+
+# ---- end to end ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mini_study(tmp_path_factory):
+    """Run the miniature study once, interrupting it in the middle of the first retraining stage."""
+    study = study_config.from_dict(MINI)
+    out = str(tmp_path_factory.mktemp("study") / "mini")
+    runner = Runner(study, out)
+    real = Runner.run_retrain
+
+    def interrupted(self, stage):
+        raise KeyboardInterrupt  # what a Ctrl-C or a killed job leaves behind: a stage marked running
+
+    Runner.run_retrain = interrupted
+    first: list[str] = []
+    try:
+        runner.run(log=first.append)
+        raise AssertionError("the interrupted stage was never reached:\n" + "\n".join(first))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        Runner.run_retrain = real
+    second: list[str] = []
+    rc = Runner(study, out).run(log=second.append)
+    return study, out, first, second, rc
+
+
+def test_mini_study_resumes_without_redoing_finished_stages(mini_study):
+    study, out, first, second, rc = mini_study
+    assert rc == 0, second[-1]
+    finished_before = [line.split("]")[1].split(":")[0].strip() for line in first]
+    assert finished_before[:3] == ["tokenizer", "data", "parent"]
+    for stage_id in finished_before:
+        assert any(line.endswith(f"{stage_id}: done (cached)") for line in second), stage_id
+    rerun = [line for line in second if "(cached)" not in line and line.startswith("[")]
+    assert rerun[0].split("]")[1].strip().startswith("retrain/")  # the interrupted stage runs again
+    assert all("done" in line for line in rerun)
+
+
+def test_mini_study_report(mini_study):
+    study, out, _, _, _ = mini_study
+    paths = report.write_report(out)
+    text = open(paths["markdown"]).read()
+    for needle in (
+        "## Findings",
+        "1. Equal training tokens",
+        "2. The advantage narrows as the retraining budget",
+        "3. Ratio trend: **not measured**",
+        "4. At equal total tokens",
+        "| wanda | unstructured | 0.5 | 2,000 |",
+        "figure1_left.png",
+        "figure1_right.png",
+    ):
+        assert needle in text, needle
+    assert os.path.getsize(os.path.join(out, "figure1_left.png")) > 10_000
+    rows = open(os.path.join(out, "comparison.csv")).read().splitlines()
+    assert len(rows) == 1 + 2 * 2  # header + (2 methods x 2 budgets)
+    _, results = report.load_results(out)
+    assert all(r["val_loss"] is not None and r["val_loss"] > 0 for r in results)
+    match = open(os.path.join(out, "baseline/params/wanda/r0.5/s0/match.json")).read()
+    assert '"quantity": "params"' in match
+
+
+def test_changed_config_names_invalidated_stages(mini_study):
+    study, out, _, _, _ = mini_study
+    changed = dataclasses.replace(study, calibration=dataclasses.replace(study.calibration, samples=8))
+    with pytest.raises(StudyError) as e:
+        Runner(changed, out).run(log=lambda s: None)
+    msg = str(e.value)
+    assert "prune/wanda/r0.5/s0" in msg and "retrain/wanda/r0.5/s0/R2k" in msg
+    assert "\n  parent\n" not in msg and "--rerun-changed" in msg

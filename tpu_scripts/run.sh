@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Run one prunejax verb on all workers of a slice (one process per host; JAX's multi-controller
+# runtime finds the others through PRUNEJAX_DISTRIBUTED=1):
+#   tpu_scripts/run.sh NAME train --config configs/train/paper.yaml --init gs://B/m --data gs://B/d --tokens 50B --out gs://B/r
+source "$(dirname "$0")/common.sh"
+NAME=$1; shift
+ARGS=$(printf '%q ' "$@")
+on_all_workers "$NAME" "cd prunejax && PRUNEJAX_DISTRIBUTED=1 .venv/bin/prunejax $ARGS"
