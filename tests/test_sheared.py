@@ -183,6 +183,9 @@ def test_resume_mid_stage_continues_exactly(params, store, full_run, tmp_path):
         jax.tree.map(np.testing.assert_array_equal, resumed[key], full_run[key])
     with open(os.path.join(run, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == list(range(1, 101))
+    # Three runs of the same setting (full, interrupted, resumed) share one compiled step.
+    jitted = sh._jitted_step(CFG, GOAL, SC, sh.plan(SC, BUDGET), sh.make_stage_mesh(SC))
+    assert jitted._cache_size() == 1
     with pytest.raises(PruneError, match="other settings"):
         sh.train_gates(CFG, params, GOAL, dataclasses.replace(SC, seed=1), store, BUDGET, run_dir=run)
 
