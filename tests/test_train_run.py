@@ -84,6 +84,7 @@ def test_sigterm_resume_and_fallback_match_uninterrupted_run(kjv, model_yaml, tm
     train(full, data_dir=kjv, tokens=tokens, scratch=model_yaml, overrides=over, progress=False)
 
     cut = str(tmp_path / "cut")
+    over = [*over, "async_checkpoint=true"]  # the interrupted run also exercises async saves
 
     def preempt(step):
         if step == 5:
@@ -102,6 +103,9 @@ def test_sigterm_resume_and_fallback_match_uninterrupted_run(kjv, model_yaml, tm
     assert s["start_step"] == 4 and s["status"] == "done"
     assert "unreadable" in caplog.text
     assert _losses(cut) == _losses(full)  # every loss, bit for bit, including steps 5..10 recomputed
+    again = train(cut, data_dir=kjv, tokens=tokens, scratch=model_yaml, overrides=over, progress=False)
+    assert again["start_step"] == 10 and again["status"] == "done"  # a finished run is not redone
+    assert _losses(cut) == _losses(full)
     _, a = hf.load(os.path.join(full, "final"))
     _, b = hf.load(os.path.join(cut, "final"))
     for (path, x), (_, y) in zip(hf.leaf_paths(a), hf.leaf_paths(b), strict=True):

@@ -202,6 +202,18 @@ def train(
             data_state = extra["iterator"]
             if jax.process_index() == 0:
                 print(f"resuming {out_dir} from step {start_step:,}")
+    final_dir = os.path.join(out_dir, "final")
+    if start_step == total_steps and os.path.exists(os.path.join(final_dir, "config.json")):
+        checkpointer.close()
+        if jax.process_index() == 0:
+            print(f"{out_dir} is already complete ({total_steps:,} steps)")
+        return {
+            "run_dir": out_dir,
+            "steps": total_steps,
+            "start_step": start_step,
+            "status": "done",
+            "final": final_dir,
+        }
     writer = MetricsWriter(out_dir, tensorboard=tcfg.tensorboard)
     writer.truncate_after(start_step)
 
@@ -272,7 +284,7 @@ def train(
                 provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
                 provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
                 hf.save(
-                    os.path.join(out_dir, "final"),
+                    final_dir,
                     cfg,
                     jax.device_get(final["params"]),
                     jax.device_get(final["masks"]) or None,
@@ -280,7 +292,7 @@ def train(
                     provenance=provenance,
                     overwrite=True,
                 )
-            summary["final"] = os.path.join(out_dir, "final")
+            summary["final"] = final_dir
     finally:
         checkpointer.close()
         writer.close()
