@@ -90,3 +90,15 @@ def test_eval_refuses_to_overwrite(inputs, capsys) -> None:
     open(out, "w").close()
     rc = cli.main(["eval", "--model", inputs["model"], "--text", inputs["text"], "--seq-len", "16", "--out", out])
     assert rc == 1 and "exists" in capsys.readouterr().err
+
+
+def test_package_works_without_lm_eval() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['lm_eval'] = None\n"  # as if lm-eval were not installed
+        "import prunejax.evaluate as e\n"
+        "assert 'prunejax.evaluate.harness' not in sys.modules and callable(e.validation_loss)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
