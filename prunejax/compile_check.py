@@ -1,0 +1,172 @@
+"""`prunejax compile-check`: will a config fit a TPU topology? Answered from a CPU machine.
+
+The real train step (and the real per-layer calibration step) is lowered with the shardings it
+would get on the pod and compiled by libtpu against a topology description (no TPU needed), then
+XLA's memory analysis gives the per-chip footprint and its cost analysis the FLOPs. Needs the
+`tpu` extra (`pip install -e '.[tpu]'`, i.e. libtpu); keep it out of environments without TPUs,
+where libtpu makes JAX probe for TPUs at start-up.
+
+    prunejax compile-check --model llama-3.1-8b --train-config configs/train/paper.yaml --topology v4-256
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import Any
+
+GiB = 2**30
+
+# name -> (topology, chip config, chips per host, HBM bytes per chip)
+TOPOLOGIES: dict[str, tuple[str, str, tuple[int, int, int], int]] = {
+    "v4-8": ("v4:2x2x1", "megacore", (2, 2, 1), 32 * GiB),
+    "v4-16": ("v4:2x2x2", "megacore", (2, 2, 1), 32 * GiB),
+    "v4-32": ("v4:2x2x4", "megacore", (2, 2, 1), 32 * GiB),
+    "v4-64": ("v4:2x4x4", "megacore", (2, 2, 1), 32 * GiB),
+    "v4-128": ("v4:4x4x4", "megacore", (2, 2, 1), 32 * GiB),
+    "v4-256": ("v4:4x4x8", "megacore", (2, 2, 1), 32 * GiB),
+    "v4-512": ("v4:4x8x8", "megacore", (2, 2, 1), 32 * GiB),
+    "v5p-8": ("v5p:2x2x1", "megacore", (2, 2, 1), 95 * GiB),
+    "v5p-64": ("v5p:2x4x4", "megacore", (2, 2, 1), 95 * GiB),
+    "v5p-256": ("v5p:4x4x8", "megacore", (2, 2, 1), 95 * GiB),
+    "v5e-16": ("v5e:4x4", "default", (2, 2, 1), 16 * GiB),
+    "v5e-64": ("v5e:8x8", "default", (2, 2, 1), 16 * GiB),
+    "v5e-256": ("v5e:16x16", "default", (2, 2, 1), 16 * GiB),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    name: str
+    per_chip_bytes: int  # arguments + outputs + temporaries - aliased (donated) buffers
+    hbm_bytes: int
+    flops: float
+    breakdown: dict[str, int]
+
+    @property
+    def fits(self) -> bool:
+        return self.per_chip_bytes <= self.hbm_bytes
+
+    def line(self) -> str:
+        parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.breakdown.items())
+        return (
+            f"{self.name}: {self.per_chip_bytes / GiB:.2f} GiB per chip of {self.hbm_bytes / GiB:.0f} GiB "
+            f"({'fits' if self.fits else 'DOES NOT FIT'}; GiB: {parts}); XLA FLOPs per chip {self.flops:.3e}"
+        )
+
+
+def topology_devices(name: str) -> tuple[list[Any], int]:
+    if name not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {name!r}; known: {', '.join(TOPOLOGIES)}")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    try:
+        from jax.experimental.topologies import get_topology_desc
+
+        topo, chip_config, per_host, hbm = TOPOLOGIES[name]
+        desc = get_topology_desc(
+            platform="tpu",
+            topology_name=topo,
+            chip_config_name=chip_config,
+            chips_per_host_bounds=per_host,
+            num_slices=1,
+        )
+    except Exception as e:  # libtpu missing or too old: say what to install
+        raise RuntimeError(
+            f"cannot describe TPU topology {name} ({e}); install the tpu extra: pip install -e '.[tpu]'"
+        ) from e
+    return list(desc.devices), hbm
+
+
+def _fit(name: str, compiled: Any, hbm: int) -> Fit:
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    breakdown = {
+        "arguments": mem.argument_size_in_bytes,
+        "outputs": mem.output_size_in_bytes,
+        "temporaries": mem.temp_size_in_bytes,
+        "aliased": -mem.alias_size_in_bytes,
+    }
+    return Fit(name, sum(breakdown.values()), hbm, float(cost.get("flops", 0.0)), breakdown)
+
+
+def check_train(cfg: Any, tcfg: Any, devices: list[Any], hbm: int) -> Fit:
+    """Compile the real train step for `cfg` under train config `tcfg` on `devices`."""
+    import jax
+    import jax.numpy as jnp
+
+    from prunejax import model, sharding
+    from prunejax.train import optim, state, step
+
+    mesh = sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp, devices=devices)
+    opt = optim.optimizer(tcfg, 1000)
+    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
+    abstract = jax.eval_shape(lambda p: state.init_state(p, None, opt, 0), params)
+    fn = state.jit_train_step(step.make_train_step(cfg, tcfg, opt, 1000), mesh, abstract)
+    micro = tcfg.global_batch // tcfg.grad_accum
+    tokens = jax.ShapeDtypeStruct((tcfg.grad_accum, micro, tcfg.seq_len), jnp.int32)
+    compiled = fn.lower(abstract, {"inputs": tokens, "targets": tokens}).compile()
+    return _fit(
+        f"train step ({tcfg.global_batch} x {tcfg.seq_len}, {tcfg.compute_dtype}, remat={tcfg.remat})", compiled, hbm
+    )
+
+
+def check_calibration(cfg: Any, samples: int, seq_len: int, devices: list[Any], hbm: int) -> Fit:
+    """Compile one layer's calibration statistics (Hessians included) for a batch of `samples`."""
+    import jax
+    import jax.numpy as jnp
+
+    from prunejax import calibrate, model, sharding
+
+    mesh = sharding.make_mesh(-1, 1, 1, devices=devices)
+    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
+    layer = params["layers"]["0"]
+    shardings = sharding.tree_shardings(mesh, layer)
+    lp = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), layer, shardings)
+    x = jax.ShapeDtypeStruct(
+        (samples, seq_len, cfg.hidden_size), jnp.float32, sharding=sharding.batch_sharding(mesh, 3)
+    )
+    compiled = calibrate.layer_statistics.lower(cfg, lp, x, stats=calibrate.STATS).compile()
+    return _fit(f"calibration layer ({samples} x {seq_len}, all statistics)", compiled, hbm)
+
+
+def model_config(src: str) -> Any:
+    """The architecture only (no weights): a preset name, a MODEL_DIR, or a model YAML/JSON."""
+    from prunejax.config import PRESETS
+    from prunejax.hf import load_config
+    from prunejax.study.plan import model_file_config
+
+    if src in PRESETS:
+        return PRESETS[src]
+    if os.path.isdir(src):
+        return load_config(src)
+    if os.path.isfile(src):
+        return model_file_config(src)
+    raise ValueError(f"--model {src!r} is not a preset ({', '.join(PRESETS)}), a MODEL_DIR or a model YAML/JSON")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="prunejax compile-check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="preset name, MODEL_DIR or model YAML/JSON")
+    parser.add_argument("--train-config", help="train YAML (configs/train/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="train config overrides key=value")
+    parser.add_argument("--topology", required=True, help=f"one of {', '.join(TOPOLOGIES)}")
+    parser.add_argument("--calib-samples", type=int, default=8, help="calibration batch (sequences per step)")
+    parser.add_argument("--calib-seq-len", type=int, default=8192)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology from this CPU host
+    from prunejax.train import config as train_config
+
+    cfg = model_config(args.model)
+    tcfg = train_config.load(args.train_config, args.overrides)
+    devices, hbm = topology_devices(args.topology)
+    print(f"{args.topology}: {len(devices)} devices ({devices[0].device_kind}); model {cfg.num_params():,} params")
+    for fit in (
+        check_train(cfg, tcfg, devices, hbm),
+        check_calibration(cfg, args.calib_samples, args.calib_seq_len, devices, hbm),
+    ):
+        print(fit.line())
+    return 0

@@ -1,0 +1,42 @@
+"""compile-check: the real steps compile on the 8 fake CPU devices here; TPU topologies need libtpu."""
+
+import jax
+import pytest
+
+from prunejax import compile_check
+from prunejax.config import TINY
+from prunejax.train import config as train_config
+
+TCFG = train_config.load("configs/train/tiny.yaml", ["global_batch=8", "seq_len=32"])
+
+
+def test_train_step_compiles_and_reports_memory():
+    fit = compile_check.check_train(TINY, TCFG, jax.devices(), hbm=2**30)
+    params_bytes = TINY.num_params() * 4
+    # params + two AdamW moments, sharded over 8 devices, are part of the arguments of one device
+    assert fit.breakdown["arguments"] >= 3 * params_bytes / 8
+    assert fit.fits and fit.flops > 0
+    assert "fits" in fit.line()
+
+
+def test_calibration_step_compiles():
+    fit = compile_check.check_calibration(TINY, 8, 32, jax.devices(), hbm=2**30)
+    assert fit.per_chip_bytes > 0 and fit.flops > 0
+
+
+def test_too_small_memory_is_reported():
+    fit = compile_check.check_train(TINY, TCFG, jax.devices(), hbm=1024)
+    assert not fit.fits and "DOES NOT FIT" in fit.line()
+
+
+def test_unknown_topology():
+    with pytest.raises(ValueError, match="unknown topology 'v9-8'; known: v4-8"):
+        compile_check.topology_devices("v9-8")
+
+
+def test_tpu_topology_when_libtpu_is_installed():
+    try:
+        devices, hbm = compile_check.topology_devices("v4-8")
+    except RuntimeError as e:
+        pytest.skip(f"libtpu not installed: {e}")
+    assert len(devices) == 4 and hbm == 32 * 2**30
