@@ -200,3 +200,16 @@ def test_cli_errors_and_configs(kjv, model_yaml, tmp_path, capsys):
     assert "unknown train config key 'nope'" in capsys.readouterr().err
     for path in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "train", "*.yaml")):
         config_lib.load(path)
+
+
+def test_distillation_from_teacher_dir(kjv, model_yaml, tmp_path):
+    cfg = LlamaConfig.from_hf_dict(MODEL)
+    teacher = str(tmp_path / "teacher")
+    hf.save(teacher, cfg, jax.device_get(state_lib.random_params(cfg, jax.random.key(3))))
+    kw = {"data_dir": kjv, "tokens": 3 * STEP_TOKENS, "scratch": model_yaml, "progress": False}
+    with pytest.raises(ConfigError, match="needs both a teacher"):
+        train(str(tmp_path / "x"), teacher=teacher, overrides=BASE, **kw)
+    over = [*BASE, "distill_alpha=0.5", "distill_temperature=2.0"]
+    train(str(tmp_path / "run"), teacher=teacher, overrides=over, **kw)
+    records = [r for r in read_metrics(str(tmp_path / "run")) if "loss" in r]
+    assert len(records) == 3 and all(r["loss"] != pytest.approx(r["ce"], rel=1e-3) for r in records)

@@ -28,8 +28,8 @@ class TrainConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     clip_norm: float = 1.0
-    # numerics: fp32 master weights always; compute in float32 or bfloat16
-    compute_dtype: str = "float32"
+    # numerics: fp32 master weights always; compute in float32, bfloat16, or auto (bf16 on GPU/TPU, f32 on CPU)
+    compute_dtype: str = "auto"
     remat: bool = False
     seed: int = 0
     # data: a token range of one split of the DATA_DIR
@@ -60,8 +60,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.global_batch % self.grad_accum:
             raise ConfigError(f"global_batch {self.global_batch} is not a multiple of grad_accum {self.grad_accum}")
-        if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
+        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
         if not 0 <= self.warmup_frac < 1 or not 0 <= self.final_lr_frac <= 1:
             raise ConfigError("warmup_frac must be in [0, 1) and final_lr_frac in [0, 1]")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:

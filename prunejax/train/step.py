@@ -29,6 +29,13 @@ Batch = dict[str, jax.Array]
 COMPUTE = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def compute_dtype(tcfg: TrainConfig) -> Any:
+    """The compute dtype; `auto` is bfloat16 on accelerators and float32 on CPU (no fast bf16 matmuls there)."""
+    if tcfg.compute_dtype == "auto":
+        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    return COMPUTE[tcfg.compute_dtype]
+
+
 def cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy in float32."""
     logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
@@ -48,7 +55,7 @@ def make_loss(
     cfg: LlamaConfig, tcfg: TrainConfig, teacher_cfg: LlamaConfig | None = None
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """loss(params, inputs, targets, teacher_params) -> (objective, cross-entropy)."""
-    dtype = COMPUTE[tcfg.compute_dtype]
+    dtype = compute_dtype(tcfg)
     alpha = tcfg.distill_alpha if teacher_cfg is not None else 0.0
 
     def loss(params: Any, inputs_BL: jax.Array, targets_BL: jax.Array, teacher: Any) -> tuple[jax.Array, jax.Array]:
@@ -102,7 +109,7 @@ def make_train_step(
 
 def make_eval_step(cfg: LlamaConfig, tcfg: TrainConfig) -> Callable[[Any, Batch], jax.Array]:
     """eval(params, batch with inputs/targets [b, L]) -> mean cross-entropy."""
-    dtype = COMPUTE[tcfg.compute_dtype]
+    dtype = compute_dtype(tcfg)
 
     def eval_step(params: Any, batch: Batch) -> jax.Array:
         return cross_entropy(model.forward(cfg, params, batch["inputs"], dtype=dtype), batch["targets"])
