@@ -133,9 +133,13 @@ def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
     return False
 
 
-def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Every process gets the full arrays (needed to write final/ from process 0 on many hosts)."""
-    return jax.jit(lambda t: t, out_shardings=sharding.replicated(mesh))(tree)
+def _to_host(tree: Any) -> Any:
+    """Full arrays in host memory, leaf by leaf (on many hosts every process gathers, so process 0 can write)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), tree)
 
 
 def train(
@@ -279,15 +283,15 @@ def train(
                 writer.write({"step": total_steps, "tokens": total_steps * tcfg.tokens_per_step, **val})
                 summary.update(val)
             checkpointer.wait()
-            final = _replicate({"params": state["params"], "masks": state["masks"]}, mesh)
+            final = _to_host({"params": state["params"], "masks": state["masks"]})
             if jax.process_index() == 0:
                 provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
                 provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
                 hf.save(
                     final_dir,
                     cfg,
-                    jax.device_get(final["params"]),
-                    jax.device_get(final["masks"]) or None,
+                    final["params"],
+                    final["masks"] or None,
                     tokenizer_dir=store.tokenizer_dir or tok_dir,
                     provenance=provenance,
                     overwrite=True,
