@@ -105,6 +105,8 @@ def test_sigterm_resume_and_fallback_match_uninterrupted_run(kjv, model_yaml, tm
     assert _losses(cut) == _losses(full)  # every loss, bit for bit, including steps 5..10 recomputed
     again = train(cut, data_dir=kjv, tokens=tokens, scratch=model_yaml, overrides=over, progress=False)
     assert again["start_step"] == 10 and again["status"] == "done"  # a finished run is not redone
+    with pytest.raises(ConfigError, match="different config .differs in: train"):
+        train(cut, data_dir=kjv, tokens=tokens, scratch=model_yaml, overrides=[*over, "peak_lr=1e-3"], progress=False)
     assert _losses(cut) == _losses(full)
     _, a = hf.load(os.path.join(full, "final"))
     _, b = hf.load(os.path.join(cut, "final"))

@@ -39,7 +39,9 @@ def maybe_init_distributed(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="prunejax train", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="prunejax train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("overrides", nargs="*", help="train config overrides key=value")
     parser.add_argument("--config", help="train config YAML (configs/train/*.yaml); defaults: the paper's recipe")
     src = parser.add_mutually_exclusive_group(required=True)
