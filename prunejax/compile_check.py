@@ -106,7 +106,8 @@ def check_train(cfg: Any, tcfg: Any, devices: list[Any], hbm: int) -> Fit:
     fn = state.jit_train_step(step.make_train_step(cfg, tcfg, opt, 1000), mesh, abstract)
     micro = tcfg.global_batch // tcfg.grad_accum
     tokens = jax.ShapeDtypeStruct((tcfg.grad_accum, micro, tcfg.seq_len), jnp.int32)
-    compiled = fn.lower(abstract, {"inputs": tokens, "targets": tokens}).compile()
+    with jax.set_mesh(mesh):  # activations follow the batch axes (prunejax.sharding.constrain_batch)
+        compiled = fn.lower(abstract, {"inputs": tokens, "targets": tokens}).compile()
     return _fit(
         f"train step ({tcfg.global_batch} x {tcfg.seq_len}, {tcfg.compute_dtype}, remat={tcfg.remat})", compiled, hbm
     )
@@ -127,7 +128,8 @@ def check_calibration(cfg: Any, samples: int, seq_len: int, devices: list[Any], 
     x = jax.ShapeDtypeStruct(
         (samples, seq_len, cfg.hidden_size), jnp.float32, sharding=sharding.batch_sharding(mesh, 3)
     )
-    compiled = calibrate.layer_statistics.lower(cfg, lp, x, stats=calibrate.STATS).compile()
+    with jax.set_mesh(mesh):
+        compiled = calibrate.layer_statistics.lower(cfg, lp, x, stats=calibrate.STATS).compile()
     return _fit(f"calibration layer ({samples} x {seq_len}, all statistics)", compiled, hbm)
 
 
@@ -164,9 +166,20 @@ def main(argv: list[str]) -> int:
     tcfg = train_config.load(args.train_config, args.overrides)
     devices, hbm = topology_devices(args.topology)
     print(f"{args.topology}: {len(devices)} devices ({devices[0].device_kind}); model {cfg.num_params():,} params")
-    for fit in (
-        check_train(cfg, tcfg, devices, hbm),
-        check_calibration(cfg, args.calib_samples, args.calib_seq_len, devices, hbm),
-    ):
+    fits = True
+    checks = (
+        ("train step", lambda: check_train(cfg, tcfg, devices, hbm)),
+        ("calibration", lambda: check_calibration(cfg, args.calib_samples, args.calib_seq_len, devices, hbm)),
+    )
+    for name, check in checks:
+        try:
+            fit = check()
+        except Exception as e:  # XLA refuses to compile what cannot fit: that is the answer, not a crash
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            print(f"{name}: DOES NOT FIT — {str(e).splitlines()[0]}")
+            fits = False
+            continue
         print(fit.line())
-    return 0
+        fits &= fit.fits
+    return 0 if fits else 1

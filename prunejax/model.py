@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prunejax.config import LlamaConfig
+from prunejax.sharding import constrain_batch
 
 Params = dict[str, Any]
 INIT_STD = 0.02
@@ -177,10 +178,11 @@ class Llama(nnx.Module):
     def hidden_states(self, tokens_BL: jax.Array, dtype: Any, remat: bool, block: int | None) -> jax.Array:
         """The last decoder layer's output [B,L,D] (before the final norm)."""
         cos_LH, sin_LH = rope_tables(self.cfg, jnp.arange(tokens_BL.shape[1]))
-        x_BLD = self.embed(tokens_BL, dtype)
+        x_BLD = constrain_batch(self.embed(tokens_BL, dtype))
         step = nnx.remat(lambda layer, x, c, s: layer(x, c, s, block)) if remat else None
         for layer in self.layers:
             x_BLD = step(layer, x_BLD, cos_LH, sin_LH) if remat else layer(x_BLD, cos_LH, sin_LH, block)
+            x_BLD = constrain_batch(x_BLD)
         return x_BLD
 
     def __call__(

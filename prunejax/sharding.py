@@ -124,6 +124,17 @@ def placer(mesh: Mesh) -> Any:
     return lambda path, x: jax.device_put(x, param_sharding(mesh, path, x.shape))
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Pin activations [B, ...] to the batch axes of the mesh set with `jax.set_mesh` (a no-op without
+    one). Without this, XLA may follow the fsdp-sharded embedding instead and replicate the batch."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1))))
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Batch dimension over (data, fsdp); the rest replicated."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))

@@ -100,7 +100,7 @@ def test_every_config_loads_and_dry_runs(capsys):
 def test_plan_ranges_and_hashes():
     study = study_config.from_dict(MINI)
     stages = {s.id: s for s in plan.build(study)}
-    assert stages["retrain/wanda/r0.5/s0/R2k"].spec["offset"] == 6000  # disjoint from the parent's [0, 6k)
+    assert stages["retrain/wanda/r0.5/s0/R2k"].spec["offset"] == 6001  # disjoint from the parent's [0, 6000]
     assert stages["scratch/same/wanda/r0.5/s0/equal_total/R4k"].tokens == 10_000
     assert stages["scratch/same/wanda/r0.5/s0/equal_train/R4k"].spec["reinit"]  # the sparse control
     assert not stages["scratch/same/minitron-depth/r0.5/s0/equal_train/R4k"].spec["reinit"]

@@ -2,8 +2,9 @@
 
 A stage's hash covers its kind, its spec (paths relative to STUDY_DIR) and the hashes of the stages
 it depends on, so changing anything upstream invalidates exactly the stages downstream of it.
-Token ranges of the train split follow the paper: the parent reads [0, P); every retraining run
-reads the disjoint [P, P+R); scratch runs read [0, T) (T = R, or P+R at equal total tokens).
+Token ranges of the train split follow the paper: the parent reads [0, P]; every retraining run
+reads the disjoint [P+1, P+R+1]; scratch runs read [0, T] (T = R, or P+R at equal total tokens).
+Each range holds one token more than its budget: a window of L inputs needs L+1 tokens.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def build(study: StudyConfig) -> list[Stage]:
                             rid,
                             "retrain",
                             (prune_id, "data"),
-                            {"tokens": budget, "offset": p.tokens, "train": train_spec, "seed": seed},
+                            {"tokens": budget, "offset": p.tokens + 1, "train": train_spec, "seed": seed},
                             budget,
                             train_flops(shape, budget, density),
                             {**info, "role": "retrained", "tokens": budget},

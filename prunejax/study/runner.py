@@ -88,7 +88,8 @@ class Runner:
         args = ["--config", spec["config"]] if spec["config"] else []
         args += ["--data", self.out("data"), "--tokens", str(tokens), "--out", self.out(stage.id), "--no-progress"]
         seed = stage.spec.get("seed", 0)
-        return args + [*spec["overrides"], f"data_offset={offset}", f"data_count={tokens}", f"seed={seed}"]
+        # a window of seq_len inputs needs seq_len + 1 tokens: the range holds one token more than the budget
+        return args + [*spec["overrides"], f"data_offset={offset}", f"data_count={tokens + 1}", f"seed={seed}"]
 
     def _corpus_args(self) -> list[str]:
         d = self.study.data
@@ -179,7 +180,7 @@ class Runner:
         cli("prune", args)
 
     def run_retrain(self, stage: Stage) -> None:
-        offset = self.study.parent.tokens
+        offset = stage.spec["offset"]
         cli("train", ["--init", self.model_dir(stage.deps[0]), *self._train_args(stage, offset, stage.spec["tokens"])])
 
     def run_baseline(self, stage: Stage) -> None:
@@ -256,7 +257,9 @@ class Runner:
 
         have = TokenStore(self.out("data")).num_tokens("train")
         p = self.study.parent.tokens
-        need = max([p + max(self.study.retrain_budgets)] + [s.tokens for s in self.stages if s.kind == "scratch"])
+        need = max(
+            [p + 1 + max(self.study.retrain_budgets) + 1] + [s.tokens + 1 for s in self.stages if s.kind == "scratch"]
+        )
         if need > have:
             raise StudyError(
                 f"the plan reads up to {need:,} training tokens but {self.out('data')} has {have:,}: "

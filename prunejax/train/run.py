@@ -270,33 +270,34 @@ def train(
     )
     summary: dict[str, Any] = {"run_dir": out_dir, "steps": total_steps, "start_step": start_step}
     try:
-        with StopFlag() as stop:
-            state, status = run_loop(
-                step, state, batches(), lc, writer, save=save, evaluate=evaluate, on_step=on_step, stop=stop
-            )
-        summary["status"] = status
-        if status == "done":
-            if start_step < total_steps and (not tcfg.ckpt_every or total_steps % tcfg.ckpt_every):
-                save(total_steps, state)
-            if evaluate is not None:
-                val = evaluate(state)
-                writer.write({"step": total_steps, "tokens": total_steps * tcfg.tokens_per_step, **val})
-                summary.update(val)
-            checkpointer.wait()
-            final = _to_host({"params": state["params"], "masks": state["masks"]})
-            if jax.process_index() == 0:
-                provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
-                provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
-                hf.save(
-                    final_dir,
-                    cfg,
-                    final["params"],
-                    final["masks"] or None,
-                    tokenizer_dir=store.tokenizer_dir or tok_dir,
-                    provenance=provenance,
-                    overwrite=True,
+        with jax.set_mesh(mesh):  # activations follow the batch axes (sharding.constrain_batch)
+            with StopFlag() as stop:
+                state, status = run_loop(
+                    step, state, batches(), lc, writer, save=save, evaluate=evaluate, on_step=on_step, stop=stop
                 )
-            summary["final"] = final_dir
+            summary["status"] = status
+            if status == "done":
+                if start_step < total_steps and (not tcfg.ckpt_every or total_steps % tcfg.ckpt_every):
+                    save(total_steps, state)
+                if evaluate is not None:
+                    val = evaluate(state)
+                    writer.write({"step": total_steps, "tokens": total_steps * tcfg.tokens_per_step, **val})
+                    summary.update(val)
+                checkpointer.wait()
+                final = _to_host({"params": state["params"], "masks": state["masks"]})
+                if jax.process_index() == 0:
+                    provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
+                    provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
+                    hf.save(
+                        final_dir,
+                        cfg,
+                        final["params"],
+                        final["masks"] or None,
+                        tokenizer_dir=store.tokenizer_dir or tok_dir,
+                        provenance=provenance,
+                        overwrite=True,
+                    )
+                summary["final"] = final_dir
     finally:
         checkpointer.close()
         writer.close()

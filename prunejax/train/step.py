@@ -59,10 +59,12 @@ def make_loss(
     alpha = tcfg.distill_alpha if teacher_cfg is not None else 0.0
 
     def loss(params: Any, inputs_BL: jax.Array, targets_BL: jax.Array, teacher: Any) -> tuple[jax.Array, jax.Array]:
+        if not alpha:  # LM head + log-softmax in chunks: [B, L, V] logits never exist at once
+            nll_BL = model.token_nll(cfg, params, inputs_BL, targets_BL, dtype=dtype, remat=tcfg.remat)
+            ce = jnp.mean(nll_BL)
+            return ce, ce
         logits_BLV = model.forward(cfg, params, inputs_BL, dtype=dtype, remat=tcfg.remat)
         ce = cross_entropy(logits_BLV, targets_BL)
-        if not alpha:
-            return ce, ce
         teacher_BLV = jax.lax.stop_gradient(model.forward(teacher_cfg, teacher, inputs_BL, dtype=dtype))
         return (1 - alpha) * ce + alpha * distill_kl(logits_BLV, teacher_BLV, tcfg.distill_temperature), ce
 
