@@ -1,0 +1,144 @@
+"""The same one-shot pruning with llmcompressor (PyTorch), on the same calibration and evaluation tokens.
+
+Runs in its own environment (llmcompressor pins its own transformers), e.g.
+  python -m venv /work/llmc-venv && /work/llmc-venv/bin/pip install torch==2.13.0 llmcompressor
+  /work/llmc-venv/bin/python benchmarks/prune_llmcompressor.py --model /tmp/smol --calib /tmp/kjv \
+      --other /tmp/pydoc --calib-samples 16 --calib-seq-len 512 --eval-windows 8 --eval-seq-len 512
+
+It reads DATA_DIR shards directly (no prunejax import: that environment has no JAX), prunes with
+`SparseGPTModifier` / `WandaPruningModifier` on the decoder layers' Linear modules (LM head ignored),
+and reports perplexity over the same non-overlapping validation windows as `benchmarks/prune.py`.
+Each run is a subprocess so its wall time and peak RSS are its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+RUNS = {
+    "dense": None,
+    "wanda": ("wanda", "0:0"),
+    "wanda 2:4": ("wanda", "2:4"),
+    "sparsegpt": ("sparsegpt", "0:0"),
+    "sparsegpt 2:4": ("sparsegpt", "2:4"),
+}
+
+
+def read_split(data_dir: str, split: str, count: int) -> np.ndarray:
+    """The first `count` tokens of a split, straight from the shard files listed in meta.json."""
+    with open(os.path.join(data_dir, "meta.json")) as f:
+        meta = json.load(f)
+    parts, need = [], count
+    for shard in meta["splits"][split]["shards"]:
+        m = np.memmap(os.path.join(data_dir, shard["file"]), dtype=np.dtype(meta["dtype"]), mode="r")
+        parts.append(np.asarray(m[:need], np.int64))
+        need -= len(parts[-1])
+        if need == 0:
+            break
+    if need:
+        raise SystemExit(f"{data_dir}: split {split} has fewer than {count} tokens")
+    return np.concatenate(parts)
+
+
+def perplexity(model, tokens_NL: np.ndarray, batch_size: int) -> float:
+    import torch
+
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(tokens_NL), batch_size):
+            batch = torch.as_tensor(tokens_NL[s : s + batch_size])
+            logits = model(batch).logits[:, :-1].float()
+            logp = torch.log_softmax(logits, -1)
+            total += -logp.gather(-1, batch[:, 1:, None]).sum().item()
+    return math.exp(total / (tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)))
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    t0 = time.time()
+    if RUNS[name] is not None:
+        from datasets import Dataset
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.pruning import WandaPruningModifier
+        from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
+
+        method, structure = RUNS[name]
+        calib = read_split(args.calib, "train", args.calib_samples * args.calib_seq_len)
+        calib = calib.reshape(args.calib_samples, args.calib_seq_len)
+        ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": np.ones_like(calib).tolist()})
+        common = dict(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["lm_head"])
+        modifier = (
+            SparseGPTModifier(block_size=128, dampening_frac=0.01, **common)
+            if method == "sparsegpt"
+            else (WandaPruningModifier(**common))
+        )
+        oneshot(
+            model=model,
+            dataset=ds,
+            recipe=[modifier],
+            num_calibration_samples=args.calib_samples,
+            max_seq_length=args.calib_seq_len,
+            pipeline="sequential",
+        )
+    seconds = time.time() - t0
+    model.eval()
+    zeros = total = 0
+    for n, p in model.named_parameters():
+        if "layers." in n and p.ndim == 2:
+            zeros += int((p == 0).sum())
+            total += p.numel()
+    out = {"name": name, "seconds": seconds, "zero_fraction": zeros / total}
+    for label, data_dir in (("calib_domain", args.calib), ("other_domain", args.other)):
+        toks = read_split(data_dir, "validation", args.eval_windows * args.eval_seq_len)
+        out[label] = perplexity(model, toks.reshape(args.eval_windows, args.eval_seq_len), args.batch_size)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--calib", required=True)
+    p.add_argument("--other", required=True)
+    p.add_argument("--calib-samples", type=int, default=16)
+    p.add_argument("--calib-seq-len", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=8)
+    p.add_argument("--eval-seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--runs", default=",".join(RUNS))
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--out-json", default="llmcompressor_results.jsonl")
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+    for name in args.runs.split(","):
+        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", name], capture_output=True, text=True)
+        if out.returncode:
+            print(f"{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        with open(args.out_json, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(
+            f"| {row['name']} | {row['zero_fraction']:.3f} | {row['calib_domain']:.2f} | {row['other_domain']:.2f} "
+            f"| {row['seconds']:.0f} | {row['peak_rss_mib']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
