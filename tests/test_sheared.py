@@ -132,6 +132,20 @@ def test_fold_equals_gated_forward(params, binary):
     )
 
 
+def test_fold_keeps_two_of_three_kv_groups():
+    # 9 q-heads / 3 kv-heads -> 6 / 2 (SmolLM2's geometry): the head counts must change together.
+    cfg = CFG.replace(hidden_size=72, num_attention_heads=9, num_key_value_heads=3, head_dim=8)
+    goal = cfg.replace(hidden_size=48, num_attention_heads=6, num_key_value_heads=2, intermediate_size=88)
+    p = model.init_params(cfg, jax.random.key(2))
+    la = {g: jax.random.normal(jax.random.key(i), s) for i, (g, s) in enumerate(sg.gate_shapes(cfg).items())}
+    z, keep = sg.deterministic_gates(la, goal)
+    new_cfg, new_params = fold(cfg, p, z, keep)
+    assert new_cfg == goal
+    np.testing.assert_allclose(
+        model.forward(new_cfg, new_params, tokens()), masked_forward(cfg, p, z, tokens()), atol=1e-4
+    )
+
+
 def test_fold_tied_embeddings(params):
     cfg = CFG.replace(tie_word_embeddings=True)
     p = {k: v for k, v in params.items() if k != "lm_head"}

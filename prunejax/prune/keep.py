@@ -107,5 +107,7 @@ def shrink_heads(cfg: LlamaConfig, params: Params, kv_index: Index | Mapping[str
         q_index: Any = {i: kv_group_heads(v, group) for i, v in kv_index.items()}
     else:
         q_index = kv_group_heads(kv_index, group)
-    cfg, params = shrink(cfg, params, "kv_heads", kv_index)
-    return shrink(cfg, params, "q_heads", q_index)
+    # Both counts change together: a config with only one of them changed (9 q / 2 kv) is invalid.
+    params = keep(keep(params, "kv_heads", kv_index), "q_heads", q_index)
+    kv = len(np.asarray(next(iter(kv_index.values())) if isinstance(kv_index, Mapping) else kv_index))
+    return cfg.replace(num_key_value_heads=kv, num_attention_heads=kv * group), params
