@@ -125,11 +125,12 @@ def test_plan_ranges_and_hashes():
         ({"parent": {"import": "/nonexistent/model"}}, "parent path /nonexistent/model does not exist"),
         ({"scratch_shapes": ["bigger"]}, "unknown scratch_shapes ['bigger']"),
         ({"evaluation": {}}, "unknown key(s) evaluation"),
+        ({"methods": ["minitron-width"]}, "minitron-width cannot reach ratio 0.5 on this parent"),
     ],
 )
 def test_bad_study_configs(change, message):
     with pytest.raises(ConfigError) as e:
-        study_config.from_dict({**MINI, **change})
+        plan.build(study_config.from_dict({**MINI, **change}))  # all before any work starts
     assert message in str(e.value)
 
 

@@ -100,6 +100,7 @@ class StudyConfig:
     train_overrides: tuple[str, ...] = ()
     calibration: CalibrationSpec = CalibrationSpec()
     sheared_prune_tokens: int = 0
+    sheared_config: str | None = None  # configs/prune/sheared*.yaml (default: the original recipe)
     eval: EvalSpec = EvalSpec()
     source: str = ""
 
@@ -200,6 +201,8 @@ def validate(cfg: StudyConfig) -> None:
             raise ConfigError(f"{where}: unknown {key} {bad}; valid: {', '.join(allowed)}")
     if "sheared" in labels and cfg.sheared_prune_tokens <= 0:
         raise ConfigError(f"{where}: sheared needs sheared_prune_tokens > 0")
+    if cfg.sheared_config is not None and not os.path.exists(cfg.sheared_config):
+        raise ConfigError(f"{where}: sheared_config {cfg.sheared_config} does not exist")
     if cfg.train_config is not None and not os.path.exists(cfg.train_config):
         raise ConfigError(f"{where}: train_config {cfg.train_config} does not exist")
     from prunejax.train import config as train_config

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from prunejax.config import LlamaConfig, preset
+from prunejax.config import ConfigError, LlamaConfig, preset
 from prunejax.study import baselines
 from prunejax.study.config import SPARSE, MethodSpec, StudyConfig
 
@@ -87,7 +87,10 @@ def expected_shape(parent: LlamaConfig, method: MethodSpec, ratio: float) -> tup
     from prunejax.prune import shapes
 
     family = "depth" if method.granularity == "depth" else "width"  # sheared's exact target: the width rule
-    target, _ = shapes.resolve_target(parent, method.name, family, ratio, None)
+    try:
+        target, _ = shapes.resolve_target(parent, method.name, family, ratio, None)
+    except ValueError as e:
+        raise ConfigError(f"{method.label} cannot reach ratio {ratio:g} on this parent: {e}") from None
     return shapes.apply_target(parent, target), 1.0
 
 
@@ -172,6 +175,7 @@ def build(study: StudyConfig) -> list[Stage]:
                             "calibration": dataclasses.asdict(cal),
                             "seed": seed,
                             "sheared_tokens": study.sheared_prune_tokens if method.name == "sheared" else 0,
+                            "sheared_config": study.sheared_config if method.name == "sheared" else None,
                         },
                         prune_tokens,
                         None,

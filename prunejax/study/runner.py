@@ -166,6 +166,8 @@ class Runner:
             args += ["--pattern", s["pattern"]]
         if s["method"] == "sheared":
             args += ["--data", self.out("data"), "--prune-tokens", str(s["sheared_tokens"]), "--seed", str(s["seed"])]
+            if s["sheared_config"]:
+                args += ["--sheared-config", s["sheared_config"]]
         else:
             args += [
                 "--calib",
@@ -233,11 +235,17 @@ class Runner:
 
     # ---- bookkeeping -----------------------------------------------------------------------
     def check_unchanged(self, rerun_changed: bool) -> None:
-        changed = [
-            s.id
-            for s in self.stages
-            if (m := read_marker(self.dir, s.id)) is not None and m["hash"] != self.hashes[s.id]
-        ]
+        """Results of another config are never mixed in: finished or half-run stages whose hash changed
+        stop the run before any work (failed stages hold nothing and simply run again)."""
+        changed = []
+        for stage in self.stages:
+            marker = read_marker(self.dir, stage.id)
+            if marker is None or marker["hash"] == self.hashes[stage.id]:
+                continue
+            if marker["status"] == "failed":
+                os.remove(_marker_path(self.dir, stage.id))
+            else:
+                changed.append(stage.id)
         if not changed:
             return
         if not rerun_changed:
