@@ -197,3 +197,20 @@ def test_ratio_rules_and_presets():
             assert t.hidden % 8 == 0 and t.ffn % 8 == 0
     with pytest.raises(PruneError, match="either a ratio or a target"):
         resolve_target(CFG, "shortgpt", "depth", 0.5, Target(layers=2))
+
+
+def test_width_rule_keeps_hidden_divisible_by_heads_for_transformers():
+    """transformers' LlamaConfig refuses hidden % heads != 0 (even with head_dim), so the rule never
+    produces such a shape and an explicit target asking for one is refused with the reason."""
+    import transformers
+
+    from prunejax.config import SMOLLM2_135M
+    from prunejax.prune.masks import PruneError
+    from prunejax.prune.shapes import Target, apply_target, width_target
+
+    for ratio in (0.5, 0.6, 0.7, 0.8):
+        child = apply_target(SMOLLM2_135M, width_target(SMOLLM2_135M, ratio))
+        assert child.hidden_size % child.num_attention_heads == 0
+        transformers.LlamaConfig(**{**child.to_hf_dict(), "num_hidden_layers": 1})  # accepted
+    with pytest.raises(PruneError, match="hidden=384 is not a multiple of the 9 q-heads"):
+        apply_target(SMOLLM2_135M, Target(hidden=384, ffn=1024))

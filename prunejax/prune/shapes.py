@@ -7,7 +7,8 @@ Rules for a ratio r:
   * depth: keep round(n_layers * (1 - r)) layers (at least 1); every layer holds the same number of
     projection weights, so this is the closest realizable ratio.
   * width (heads kept): hidden and FFN sizes are multiples of `multiple` (default: the largest power
-    of two <= 128 dividing both, i.e. hardware-friendly); among all pairs, those whose realized ratio
+    of two <= 128 dividing both, i.e. hardware-friendly), hidden also a multiple of the q-head count
+    (`hidden_step`: transformers refuses other hidden sizes); among all pairs, those whose realized ratio
     is within 0.005 of the closest one are candidates, and the pair whose kept fractions of hidden
     and FFN are most alike wins (then the larger hidden size). Balanced cuts are the neutral choice;
     the paper's own shapes are presets below, and `--target` overrides everything.
@@ -16,6 +17,7 @@ Rules for a ratio r:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from prunejax.config import LLAMA_3_1_8B, LlamaConfig
@@ -103,7 +105,13 @@ def apply_target(cfg: LlamaConfig, target: Target) -> LlamaConfig:
                 f"({cfg.num_attention_heads} q-heads / {cfg.num_key_value_heads} kv-heads)"
             )
         changes["num_key_value_heads"] = target.heads // group
-    return cfg.replace(**changes)
+    new = cfg.replace(**changes)
+    if new.hidden_size % new.num_attention_heads:
+        raise PruneError(
+            f"target hidden={new.hidden_size} is not a multiple of the {new.num_attention_heads} q-heads: "
+            "transformers cannot load such a Llama (LlamaConfig requires hidden_size % num_attention_heads == 0)"
+        )
+    return new
 
 
 def linear_ratio(parent: LlamaConfig, child: LlamaConfig) -> float:
@@ -125,11 +133,22 @@ def default_multiple(cfg: LlamaConfig) -> int:
     return 1
 
 
+def hidden_step(cfg: LlamaConfig, multiple: int) -> int:
+    """Step between candidate hidden sizes: a multiple of `multiple` (halved while needed) that the
+    q-head count divides, because transformers' LlamaConfig refuses hidden % heads != 0 even with an
+    explicit head_dim (a pruned MODEL_DIR must load there). At least four candidates are kept."""
+    m = multiple
+    while m > 1 and math.lcm(m, cfg.num_attention_heads) > cfg.hidden_size // 4:
+        m //= 2
+    return math.lcm(m, cfg.num_attention_heads)
+
+
 def width_target(cfg: LlamaConfig, ratio: float, multiple: int | None = None, tolerance: float = 0.005) -> Target:
     """Hidden/FFN sizes (heads kept) whose realized ratio is closest to `ratio`, by the module rule."""
     m = multiple or default_multiple(cfg)
     candidates = []
-    for hidden in range(m, cfg.hidden_size + 1, m):
+    step = hidden_step(cfg, m)
+    for hidden in range(step, cfg.hidden_size + 1, step):
         for ffn in range(m, cfg.intermediate_size + 1, m):
             child = cfg.replace(hidden_size=hidden, intermediate_size=ffn)
             err = abs(linear_ratio(cfg, child) - ratio)
