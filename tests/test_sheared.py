@@ -211,7 +211,7 @@ def test_bad_targets(params, store):
         sh.sheared(CFG, params, target=Target(hidden=128), **kw)
     with pytest.raises(PruneError, match="multiple of the GQA group size 2"):
         sh.sheared(CFG, params, target=Target(heads=3), **kw)
-    with pytest.raises(PruneError, match="not a multiple of its 4 attention heads"):
+    with pytest.raises(PruneError, match="not a multiple of the 4 q-heads: transformers cannot load"):
         sh.sheared(CFG, params, target=Target(hidden=34), **kw)
     with pytest.raises(PruneError, match="--data"):
         sh.sheared(CFG, params, ratio=0.5, prune_tokens=BUDGET)

@@ -125,7 +125,7 @@ def test_plan_ranges_and_hashes():
         ({"parent": {"import": "/nonexistent/model"}}, "parent path /nonexistent/model does not exist"),
         ({"scratch_shapes": ["bigger"]}, "unknown scratch_shapes ['bigger']"),
         ({"evaluation": {}}, "unknown key(s) evaluation"),
-        ({"methods": ["minitron-width"]}, "minitron-width cannot reach ratio 0.5 on this parent"),
+        ({"methods": [{"name": "minitron-width", "ratios": [0.9]}]}, "minitron-width cannot reach ratio 0.9"),
     ],
 )
 def test_bad_study_configs(change, message):

@@ -156,7 +156,10 @@ def width_target(cfg: LlamaConfig, ratio: float, multiple: int | None = None, to
             candidates.append((err, balance, -hidden, ffn))
     best = min(c[0] for c in candidates)
     if best > 0.05:
-        raise PruneError(f"no hidden/FFN shape in multiples of {m} comes within 0.05 of ratio {ratio}")
+        raise PruneError(
+            f"no shape with hidden in multiples of {step} and FFN in multiples of {m} "
+            f"comes within 0.05 of ratio {ratio}"
+        )
     _, _, neg_hidden, ffn = min((c for c in candidates if c[0] <= best + tolerance), key=lambda c: (c[1], c[2]))
     return Target(hidden=-neg_hidden, ffn=ffn)
 
