@@ -121,6 +121,7 @@ def check_calibration(cfg: Any, samples: int, seq_len: int, devices: list[Any], 
     from prunejax import calibrate, model, sharding
 
     mesh = sharding.make_mesh(-1, 1, 1, devices=devices)
+    samples = -(-samples // len(devices)) * len(devices)  # the batch is split over every device
     params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
     layer = params["layers"]["0"]
     shardings = sharding.tree_shardings(mesh, layer)
