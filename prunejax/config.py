@@ -109,7 +109,7 @@ class LlamaConfig:
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
         for name in ("rms_norm_eps", "rope_theta"):
-            object.__setattr__(self, name, _as_float(name, getattr(self, name)))
+            object.__setattr__(self, name, as_float(name, getattr(self, name)))
         if isinstance(self.eos_token_id, list):  # keep the config hashable (jit caches on it)
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if self.torch_dtype not in ("float32", "bfloat16", "float16"):
@@ -220,7 +220,7 @@ class LlamaConfig:
         return 3 * fwd if training else fwd
 
 
-def _as_float(name: str, value: Any) -> float:
+def as_float(name: str, value: Any) -> float:
     """Floats from JSON or YAML; PyYAML reads '1e-05' (no dot) as a string, so numeric strings are accepted."""
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be a number, got {value!r}")

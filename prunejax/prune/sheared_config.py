@@ -10,11 +10,9 @@ Lagrangian is an error rather than a silent degenerate run.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
-import yaml
-
+from prunejax import yamlconf
 from prunejax.config import ConfigError
 from prunejax.prune.masks import PruneError
 
@@ -68,33 +66,9 @@ class ShearedConfig:
         return self.batch_size * self.seq_len
 
 
-FIELDS = {f.name for f in dataclasses.fields(ShearedConfig)}
-
-
 def load_config(path: str | None = None, **overrides: Any) -> ShearedConfig:
     """ShearedConfig from a YAML mapping (or the defaults) plus overrides; unknown keys are errors."""
-    d: dict[str, Any] = {}
-    if path:
-        if not os.path.exists(path):
-            raise ConfigError(f"{path}: no such config file")
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: a sheared config is a mapping of keys to values")
-    d.update(overrides)
-    unknown = sorted(set(d) - FIELDS)
-    if unknown:
-        raise ConfigError(
-            f"{path or 'sheared config'}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(FIELDS))}"
-        )
-    types = {f.name: f.type for f in dataclasses.fields(ShearedConfig)}
-    for key, value in d.items():
-        if types[key] == "float" and isinstance(value, str | int) and not isinstance(value, bool):
-            try:
-                d[key] = float(value)  # YAML reads 1e-4 (no dot) as a string
-            except ValueError:
-                raise ConfigError(f"sheared: {key} must be a number, got {value!r}") from None
-    return ShearedConfig(**d)
+    return yamlconf.load(ShearedConfig, path, overrides, source="sheared config")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,8 +8,7 @@ import dataclasses
 import os
 from typing import Any
 
-import yaml
-
+from prunejax import yamlconf
 from prunejax.config import ConfigError
 
 SCRATCH_SHAPES = ("same", "params", "flops")
@@ -108,36 +107,24 @@ class StudyConfig:
         return method.ratios if method.ratios is not None else self.ratios
 
 
-def _build(cls: type, d: Any, where: str, renames: dict[str, str] | None = None) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-    renames = renames or {}
-    d = {renames.get(k, k): v for k, v in d.items()}
-    fields = {f.name for f in dataclasses.fields(cls)} - {"source"}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
 def from_dict(d: dict[str, Any], source: str = "study config") -> StudyConfig:
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     d = dict(d)
-    d["data"] = _build(DataSpec, d.get("data", {}), f"{source}: data")
+    d["data"] = yamlconf.build(DataSpec, d.get("data", {}), f"{source}: data")
     if isinstance(d["data"].text, list | str):
         d["data"] = dataclasses.replace(
             d["data"], text=tuple([d["data"].text] if isinstance(d["data"].text, str) else d["data"].text)
         )
-    parent = _build(ParentSpec, d.get("parent", {}), f"{source}: parent", {"import": "import_"})
+    parent = d.get("parent", {})
+    if isinstance(parent, dict):  # `import` is a Python keyword
+        parent = {("import_" if k == "import" else k): v for k, v in parent.items()}
+    parent = yamlconf.build(ParentSpec, parent, f"{source}: parent")
     d["parent"] = dataclasses.replace(parent, tokens=parse_tokens(parent.tokens))
     methods = []
     for i, m in enumerate(d.get("methods", [])):
         m = {"name": m} if isinstance(m, str) else m
-        spec = _build(MethodSpec, m, f"{source}: methods[{i}]")
+        spec = yamlconf.build(MethodSpec, m, f"{source}: methods[{i}]")
         if spec.ratios is not None:
             spec = dataclasses.replace(spec, ratios=tuple(float(r) for r in spec.ratios))
         methods.append(spec)
@@ -151,11 +138,11 @@ def from_dict(d: dict[str, Any], source: str = "study config") -> StudyConfig:
         d["seeds"] = tuple(int(s) for s in d["seeds"])
     if "sheared_prune_tokens" in d:
         d["sheared_prune_tokens"] = parse_tokens(d["sheared_prune_tokens"])
-    d["calibration"] = _build(CalibrationSpec, d.get("calibration", {}), f"{source}: calibration")
-    d["eval"] = _build(EvalSpec, d.get("eval", {}), f"{source}: eval")
+    d["calibration"] = yamlconf.build(CalibrationSpec, d.get("calibration", {}), f"{source}: calibration")
+    d["eval"] = yamlconf.build(EvalSpec, d.get("eval", {}), f"{source}: eval")
     eval_spec = d["eval"]
     d["eval"] = dataclasses.replace(eval_spec, max_tokens=parse_tokens(eval_spec.max_tokens))
-    cfg = _build(StudyConfig, {**d, "name": d.get("name", "study")}, source)
+    cfg = yamlconf.build(StudyConfig, {**d, "name": d.get("name", "study")}, source, exclude=("source",))
     cfg = dataclasses.replace(cfg, source=source)
     validate(cfg)
     return cfg
@@ -214,11 +201,4 @@ def validate(cfg: StudyConfig) -> None:
 
 
 def load(path: str) -> StudyConfig:
-    if not os.path.exists(path):
-        raise ConfigError(f"{path}: study config does not exist")
-    with open(path) as f:
-        try:
-            d = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    return from_dict(d, source=path)
+    return from_dict(yamlconf.read(path), source=path)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import yaml
 
+from prunejax import yamlconf
 from prunejax.config import ConfigError
 
 
@@ -88,13 +88,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 def from_dict(d: dict[str, Any], source: str = "config") -> TrainConfig:
-    unknown = sorted(set(d) - set(FIELDS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown train config key(s): {', '.join(unknown)}; valid: {', '.join(FIELDS)}")
-    try:
-        return TrainConfig(**d)
-    except TypeError as e:
-        raise ConfigError(f"{source}: {e}") from e
+    return yamlconf.build(TrainConfig, d, source, kind="train config")
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -105,30 +99,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if key not in FIELDS:
         raise ConfigError(f"unknown train config key {key!r} in override {item!r}")
-    value = yaml.safe_load(raw)
-    if isinstance(value, str) and FIELDS[key].type in ("float", "float | None"):
-        try:
-            value = float(value)  # YAML reads 3e-4 (no dot) as a string
-        except ValueError:
-            pass
-    return key, value
+    return key, yaml.safe_load(raw)
 
 
 def load(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """A TrainConfig from a YAML file (or the defaults) with `key=value` overrides applied."""
-    d: dict[str, Any] = {}
-    if path:
-        if not os.path.exists(path):
-            raise ConfigError(f"{path}: no such config file")
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: a train config is a mapping of keys to values")
-    for key, value in d.items():
-        if isinstance(value, str) and key in FIELDS and FIELDS[key].type in ("float", "float | None"):
-            try:
-                d[key] = float(value)
-            except ValueError:
-                pass
-    d.update(parse_override(o) for o in overrides)
-    return from_dict(d, path or "config")
+    changes = dict(parse_override(o) for o in overrides)
+    return yamlconf.load(TrainConfig, path, changes, source="config", kind="train config")
