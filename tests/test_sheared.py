@@ -213,6 +213,9 @@ def test_bad_targets(params, store):
         sh.sheared(CFG, params, target=Target(heads=3), **kw)
     with pytest.raises(PruneError, match="not a multiple of the 4 q-heads: transformers cannot load"):
         sh.sheared(CFG, params, target=Target(hidden=34), **kw)
+    # the stage itself refuses such a shape with the same shared message (shapes.check_loadable)
+    with pytest.raises(PruneError, match="hidden=33 is not a multiple of the 2 q-heads: transformers cannot load"):
+        sh.train_gates(CFG, params, GOAL.replace(hidden_size=33), SC, store, BUDGET)
     with pytest.raises(PruneError, match="--data"):
         sh.sheared(CFG, params, ratio=0.5, prune_tokens=BUDGET)
     with pytest.raises(PruneError, match="group size"):

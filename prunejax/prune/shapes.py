@@ -106,12 +106,19 @@ def apply_target(cfg: LlamaConfig, target: Target) -> LlamaConfig:
             )
         changes["num_key_value_heads"] = target.heads // group
     new = cfg.replace(**changes)
-    if new.hidden_size % new.num_attention_heads:
-        raise PruneError(
-            f"target hidden={new.hidden_size} is not a multiple of the {new.num_attention_heads} q-heads: "
-            "transformers cannot load such a Llama (LlamaConfig requires hidden_size % num_attention_heads == 0)"
-        )
+    check_loadable(new)
     return new
+
+
+def check_loadable(target: LlamaConfig) -> None:
+    """Refuse a target shape transformers cannot load: its LlamaConfig requires hidden_size %
+    num_attention_heads == 0 even when head_dim is explicit, so such a MODEL_DIR would not load."""
+    if target.hidden_size % target.num_attention_heads:
+        raise PruneError(
+            f"target hidden={target.hidden_size} is not a multiple of the {target.num_attention_heads} q-heads: "
+            "transformers cannot load such a Llama (LlamaConfig requires hidden_size % num_attention_heads == 0); "
+            "prune heads too (heads=) or choose another hidden size"
+        )
 
 
 def linear_ratio(parent: LlamaConfig, child: LlamaConfig) -> float:

@@ -31,6 +31,7 @@ import numpy as np
 
 from prunejax.config import LlamaConfig
 from prunejax.prune.masks import PruneError
+from prunejax.prune.shapes import check_loadable
 
 Gates = dict[str, Any]  # group name -> array (log-alphas, samples, or deterministic values)
 
@@ -169,7 +170,7 @@ def check_reached(log_alpha: Gates, cfg: LlamaConfig, target: LlamaConfig, toler
 
 def validate_target(cfg: LlamaConfig, target: LlamaConfig) -> None:
     """A target the gates can express and transformers loads: no larger than the model, same GQA group
-    size and head_dim, hidden size a multiple of the q-heads."""
+    size and head_dim, hidden size a multiple of the q-heads (`shapes.check_loadable`)."""
     for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
         want, have = getattr(target, field), getattr(cfg, field)
         if want > have:
@@ -182,10 +183,4 @@ def validate_target(cfg: LlamaConfig, target: LlamaConfig) -> None:
             f"sheared prunes whole GQA groups: target heads {target.num_attention_heads}/"
             f"{target.num_key_value_heads} must keep group size {group} and head_dim {cfg.head_dim}"
         )
-    if target.hidden_size % target.num_attention_heads:
-        # transformers' LlamaConfig validates this even when head_dim is explicit: the MODEL_DIR would not load.
-        raise PruneError(
-            f"target hidden_size {target.hidden_size} is not a multiple of its {target.num_attention_heads} "
-            f"attention heads, which transformers' LlamaConfig rejects; prune heads too (heads=) or choose "
-            f"another hidden size (give an explicit --target)"
-        )
+    check_loadable(target)
