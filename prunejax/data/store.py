@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -114,6 +115,108 @@ class TokenStore:
         return out
 
 
+def hash_shards(directory: str, shards: list[dict[str, Any]], digest: Any) -> None:
+    """Feed the bytes of `shards` (meta.json entries) to `digest`, in order."""
+    for shard in shards:
+        with open(os.path.join(directory, shard["file"]), "rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+
+
+class ShardWriter:
+    """Appends one split's tokens to `<split>-NNNNN.bin` shards of `shard_tokens` each.
+
+    Opened at `tokens` > 0 it continues a split written before: shard bytes past `tokens` (written
+    after the last commit of an interrupted build) are cut off first, so the layout depends only on
+    the token stream, never on where a build stopped. `digest`, when given, is fed every byte in order.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        split: str,
+        vocab_size: int,
+        *,
+        shard_tokens: int = SHARD_TOKENS,
+        tokens: int = 0,
+        digest: Any = None,
+    ):
+        self.directory, self.split, self.vocab_size = directory, split, vocab_size
+        self.dtype, self.shard_tokens, self.tokens, self.digest = token_dtype(vocab_size), shard_tokens, 0, digest
+        self._file: Any = None
+        names = [n for n in os.listdir(directory) if re.fullmatch(rf"{re.escape(split)}-\d{{5}}\.bin", n)]
+        for shard in self._layout(tokens):
+            path = os.path.join(directory, shard["file"])
+            size = shard["tokens"] * self.dtype.itemsize
+            if not os.path.exists(path) or os.path.getsize(path) < size:
+                raise DataError(f"{path}: missing or shorter than the {shard['tokens']:,} tokens committed")
+            os.truncate(path, size)
+            names.remove(shard["file"])
+        for name in names:  # whole shards begun after the last commit
+            os.remove(os.path.join(directory, name))
+        self.tokens = tokens
+        if digest is not None:
+            hash_shards(directory, self.shards, digest)
+
+    def _layout(self, tokens: int) -> list[dict[str, Any]]:
+        full, rest = divmod(tokens, self.shard_tokens)
+        sizes = [self.shard_tokens] * full + ([rest] if rest else [])
+        return [{"file": f"{self.split}-{i:05d}.bin", "tokens": n} for i, n in enumerate(sizes)]
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        """The shard list meta.json records for this split."""
+        return self._layout(self.tokens)
+
+    def write(self, chunk: np.ndarray) -> None:
+        chunk = np.asarray(chunk)
+        if chunk.size and (chunk.min() < 0 or chunk.max() >= self.vocab_size):
+            raise DataError(f"split {self.split!r}: token ids outside [0, {self.vocab_size})")
+        data = chunk.astype(self.dtype)
+        while data.size:
+            used = self.tokens % self.shard_tokens
+            if self._file is None or used == 0:
+                self.close()
+                name = f"{self.split}-{self.tokens // self.shard_tokens:05d}.bin"
+                self._file = open(os.path.join(self.directory, name), "ab")  # noqa: SIM115 - closed by close()
+            piece, data = data[: self.shard_tokens - used], data[self.shard_tokens - used :]
+            self._file.write(piece.tobytes())
+            if self.digest is not None:
+                self.digest.update(piece.tobytes())
+            self.tokens += int(piece.size)
+
+    def sync(self) -> None:
+        """Make everything written so far durable (before a progress record claims it)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def new_meta(
+    vocab_size: int,
+    eos_id: int | None,
+    bos_id: int | None = None,
+    tokenizer: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """meta.json before its splits and fingerprint are known."""
+    return {
+        "format": FORMAT,
+        "vocab_size": vocab_size,
+        "eos_id": eos_id,
+        "bos_id": bos_id,
+        "dtype": token_dtype(vocab_size).str,
+        "tokenizer": tokenizer or {},
+        "splits": {},
+        **(extra or {}),
+    }
+
+
 def write_data_dir(
     out_dir: str,
     splits: dict[str, Iterable[np.ndarray]],
@@ -130,46 +233,19 @@ def write_data_dir(
     """Write token chunks (iterables of 1-D int arrays) per split as a DATA_DIR, atomically."""
     import shutil
 
-    dtype = token_dtype(vocab_size)
     digest = hashlib.sha256()
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "vocab_size": vocab_size,
-        "eos_id": eos_id,
-        "bos_id": bos_id,
-        "dtype": dtype.str,
-        "tokenizer": tokenizer or {},
-        "splits": {},
-        **(extra or {}),
-    }
+    meta = new_meta(vocab_size, eos_id, bos_id, tokenizer, extra)
     with atomic_dir(out_dir, overwrite) as tmp:
         for split, chunks in splits.items():
-            shards: list[dict[str, Any]] = []
-            f = None
-            total = 0
-            for chunk in chunks:
-                chunk = np.asarray(chunk)
-                if chunk.size and (chunk.min() < 0 or chunk.max() >= vocab_size):
-                    raise DataError(f"split {split!r}: token ids outside [0, {vocab_size})")
-                data = chunk.astype(dtype)
-                while data.size:
-                    if f is None or shards[-1]["tokens"] == shard_tokens:
-                        if f is not None:
-                            f.close()
-                        name = f"{split}-{len(shards):05d}.bin"
-                        f = open(os.path.join(tmp, name), "wb")  # noqa: SIM115 - closed below
-                        shards.append({"file": name, "tokens": 0})
-                    room = shard_tokens - shards[-1]["tokens"]
-                    piece, data = data[:room], data[room:]
-                    f.write(piece.tobytes())
-                    digest.update(piece.tobytes())
-                    shards[-1]["tokens"] += int(piece.size)
-                    total += int(piece.size)
-            if f is not None:
-                f.close()
-            if total == 0:
+            writer = ShardWriter(tmp, split, vocab_size, shard_tokens=shard_tokens, digest=digest)
+            try:
+                for chunk in chunks:
+                    writer.write(chunk)
+            finally:
+                writer.close()
+            if writer.tokens == 0:
                 raise DataError(f"split {split!r} is empty")
-            meta["splits"][split] = {"tokens": total, "shards": shards}
+            meta["splits"][split] = {"tokens": writer.tokens, "shards": writer.shards}
         meta["fingerprint"] = digest.hexdigest()[:16]
         if tokenizer_dir:
             shutil.copytree(tokenizer_dir, os.path.join(tmp, "tokenizer"))
