@@ -4,6 +4,8 @@
 float32 sums of what pruning methods need; `sequential` is a plain Python loop over the layers in
 which layer i's statistics are taken on the outputs of the (already pruned) layers before it.
 No hooks, no in-place writes: a method gets statistics and returns new layer parameters.
+Every driver takes an optional `mesh`: each batch is then split over its (data, fsdp) axes (the
+parameters stay where they are); without one everything runs on the default device.
 
 Statistics (all sums over the calibration tokens of one layer; "inputs" are the four distinct
 projection inputs: `attn` = input RMSNorm output (q/k/v), `o` = attention output per head
@@ -20,6 +22,7 @@ projection inputs: `attn` = input RMSNorm output (q/k/v), `o` = attention output
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +35,9 @@ from jax.sharding import Mesh
 from prunejax.config import LlamaConfig
 from prunejax.data.store import DataError, TokenStore
 from prunejax.model import apply_rope, embed, head, rms_norm, rope_tables
+
+log = logging.getLogger(__name__)
+_unsharded: set[tuple[int, int]] = set()
 
 Params = dict[str, Any]
 Stats = dict[str, Any]
@@ -144,12 +150,17 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 
 
 def _place(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    """A batch on the devices: sharded over the mesh's batch axes when it divides them."""
+    """A batch on the devices: sharded over the mesh's batch axes when it divides them (else on one
+    device, said once per batch size)."""
     if mesh is None:
         return jnp.asarray(x)
     from prunejax.sharding import BATCH_AXES, batch_sharding
 
-    if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if x.shape[0] % shards:
+        if (x.shape[0], shards) not in _unsharded:
+            _unsharded.add((x.shape[0], shards))
+            log.warning("calibration batch of %d rows does not divide %d batch shards: not sharded", x.shape[0], shards)
         return jnp.asarray(x)
     return jax.device_put(x, batch_sharding(mesh, x.ndim))
 
@@ -162,10 +173,12 @@ def check_finite(stats: Stats, where: str) -> None:
             raise CalibrationError(f"{where}: statistic {name} holds NaN or Inf (the model or the data is broken)")
 
 
-def embed_tokens(cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def embed_tokens(
+    cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, batch_size: int = 8, mesh: Mesh | None = None
+) -> np.ndarray:
     """Hidden states entering layer 0, [N,L,D] float32 on the host."""
     return np.concatenate(
-        [np.asarray(_embed(cfg, params, jnp.asarray(tokens_NL[s]))) for s in _batches(len(tokens_NL), batch_size)]
+        [np.asarray(_embed(cfg, params, _place(tokens_NL[s], mesh))) for s in _batches(len(tokens_NL), batch_size)]
     )
 
 
@@ -189,7 +202,7 @@ def sequential(
     if unknown:
         raise CalibrationError(f"unknown statistic(s) {', '.join(unknown)}; valid: {', '.join(STATS)}")
     stats = tuple(sorted(stats))
-    x_NLD = embed_tokens(cfg, params, tokens_NL, batch_size)
+    x_NLD = embed_tokens(cfg, params, tokens_NL, batch_size, mesh)
     check_finite({"embeddings": x_NLD}, "calibration inputs")
     new_layers: Params = {}
     all_stats: dict[str, Stats] = {}
@@ -214,19 +227,28 @@ def sequential(
     return {**params, "layers": new_layers}, all_stats
 
 
-def lm_loss(cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, *, batch_size: int = 8) -> float:
+def lm_loss(
+    cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, *, batch_size: int = 8, mesh: Mesh | None = None
+) -> float:
     """Mean next-token cross-entropy of a model on tokens [N,L] (the layers run one at a time)."""
     total = 0.0
     for s in _batches(len(tokens_NL), batch_size):
-        x = _embed(cfg, params, jnp.asarray(tokens_NL[s]))
+        tokens = _place(tokens_NL[s], mesh)
+        x = _embed(cfg, params, tokens)
         for key in sorted(params["layers"], key=int):
             x = layer_apply(cfg, params["layers"][key], x)
-        total += float(head_loss(cfg, _head_params(params), x, jnp.asarray(tokens_NL[s])))
+        total += float(head_loss(cfg, _head_params(params), x, tokens))
     return total / (tokens_NL.shape[0] * (tokens_NL.shape[1] - 1))
 
 
 def block_removal_losses(
-    cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, block: int, *, batch_size: int = 8
+    cfg: LlamaConfig,
+    params: Params,
+    tokens_NL: np.ndarray,
+    block: int,
+    *,
+    batch_size: int = 8,
+    mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, float]:
     """(mean calibration LM loss after removing layers [s, s+block) for every start s, dense loss).
 
@@ -240,7 +262,7 @@ def block_removal_losses(
     dense = 0.0
     head_params = _head_params(params)
     for s in _batches(len(tokens_NL), batch_size):
-        tokens = jnp.asarray(tokens_NL[s])
+        tokens = _place(tokens_NL[s], mesh)
         h = _embed(cfg, params, tokens)
         for start in range(n - block + 1):
             x = h

@@ -1,6 +1,8 @@
 """Calibration engine: statistics equal hand computations, batching and sharding do not change them,
 pruned layers feed the next layer, and bad data fails clearly."""
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,6 +61,17 @@ def test_batching_and_sharding_do_not_change_statistics(params, tokens):
         for name in calibrate.INPUTS:
             np.testing.assert_allclose(small[k]["hessian"][name], one[k]["hessian"][name], rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(sharded[k]["hessian"][name], one[k]["hessian"][name], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_the_mesh_cannot_split_stays_on_one_device_visibly(monkeypatch, caplog):
+    monkeypatch.setattr(calibrate, "_unsharded", set())
+    mesh = make_mesh(data=-1)
+    with caplog.at_level(logging.WARNING, logger="prunejax.calibrate"):
+        for _ in range(2):
+            x = calibrate._place(np.zeros((3, 2), np.float32), mesh)
+    assert len(x.sharding.device_set) == 1
+    assert sum("batch of 3 rows does not divide 8 batch shards" in r.getMessage() for r in caplog.records) == 1
+    assert calibrate._place(np.zeros((16, 2), np.float32), mesh).sharding.shard_shape((16, 2)) == (2, 2)
 
 
 def test_pruned_layer_feeds_the_next(params, tokens):

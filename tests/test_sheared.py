@@ -21,6 +21,7 @@ from prunejax.prune import sheared_gates as sg
 from prunejax.prune.masks import PruneError
 from prunejax.prune.shapes import Target
 from prunejax.prune.sheared_model import fold, masked_forward
+from prunejax.sharding import make_mesh
 
 CFG = TINY  # 4 layers, hidden 64, FFN 176, 4 q-heads / 2 kv-heads, head_dim 16
 GOAL = CFG.replace(
@@ -249,6 +250,10 @@ def test_configs_load_and_reject_unknown_keys():
         sh.load_config(lagrangian_warmup_frac=1.5)
     with pytest.raises(ConfigError, match="does not split over data x fsdp = 8"):
         sh.make_stage_mesh(sh.load_config(batch_size=4))
+    given = make_mesh(data=1, fsdp=4, tp=2)  # a mesh passed in replaces the config's sizes, same check
+    assert sh.make_stage_mesh(SC, given) is given
+    with pytest.raises(ConfigError, match="does not split over data x fsdp = 8"):
+        sh.make_stage_mesh(SC, make_mesh(data=-1))
 
 
 # ---- CLI ---------------------------------------------------------------------------------------

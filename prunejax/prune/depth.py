@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from prunejax import calibrate
 from prunejax.config import LlamaConfig
@@ -45,11 +46,12 @@ def minitron_depth(
     target: Target | None = None,
     pattern: Any = None,
     batch_size: int = 8,
+    mesh: Mesh | None = None,
 ) -> PruneResult:
     """Drop the contiguous block whose removal keeps calibration LM loss lowest."""
     keep_n, how = _layers_to_keep(cfg, "minitron-depth", ratio, target, pattern)
     removed = cfg.num_hidden_layers - keep_n
-    losses, dense = calibrate.block_removal_losses(cfg, params, tokens_NL, removed, batch_size=batch_size)
+    losses, dense = calibrate.block_removal_losses(cfg, params, tokens_NL, removed, batch_size=batch_size, mesh=mesh)
     start = int(np.argmin(np.abs(losses - dense)))  # closest to the dense loss; ties: the earliest start
     kept = [i for i in range(cfg.num_hidden_layers) if not start <= i < start + removed]
     new_cfg, new_params = shrink(cfg, params, "layers", kept)
@@ -63,9 +65,11 @@ def minitron_depth(
     return structured_result(cfg, new_cfg, new_params, report)
 
 
-def block_influence(cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, *, batch_size: int = 8) -> np.ndarray:
+def block_influence(
+    cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, *, batch_size: int = 8, mesh: Mesh | None = None
+) -> np.ndarray:
     """BI per layer [n] on the dense model."""
-    _, stats = calibrate.sequential(cfg, params, tokens_NL, ("cosine",), batch_size=batch_size)
+    _, stats = calibrate.sequential(cfg, params, tokens_NL, ("cosine",), batch_size=batch_size, mesh=mesh)
     return np.array([1.0 - stats[k]["cosine"] / stats[k]["tokens"] for k in sorted(stats, key=int)])
 
 
@@ -78,10 +82,11 @@ def shortgpt(
     target: Target | None = None,
     pattern: Any = None,
     batch_size: int = 8,
+    mesh: Mesh | None = None,
 ) -> PruneResult:
     """Drop the layers with the lowest Block Influence."""
     keep_n, how = _layers_to_keep(cfg, "shortgpt", ratio, target, pattern)
-    bi = block_influence(cfg, params, tokens_NL, batch_size=batch_size)
+    bi = block_influence(cfg, params, tokens_NL, batch_size=batch_size, mesh=mesh)
     removed = sorted(int(i) for i in np.argsort(bi, kind="stable")[: cfg.num_hidden_layers - keep_n])
     kept = [i for i in range(cfg.num_hidden_layers) if i not in removed]
     new_cfg, new_params = shrink(cfg, params, "layers", kept)

@@ -1,7 +1,9 @@
 """The pruning methods by name: a plain dict that grep can follow.
 
-Every method is `fn(cfg, params, tokens_NL, *, ratio=None, target=None, pattern=None, batch_size=8)
--> PruneResult`; calibration tokens [N, L] may be None for methods that need none (magnitude).
+Every method is `fn(cfg, params, tokens_NL, *, ratio=None, target=None, pattern=None, batch_size=8,
+mesh=None) -> PruneResult`; calibration tokens [N, L] may be None for methods that need none
+(magnitude). A `mesh` splits each calibration batch over its (data, fsdp) axes (see
+`prunejax.calibrate`); Sheared trains on it instead of the mesh its config names.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def get_method(name: str) -> Method:
 def prune(
     cfg: LlamaConfig, params: dict[str, Any], method: str, tokens_NL: np.ndarray | None = None, **options: Any
 ) -> PruneResult:
-    """Run a method by name (options: ratio, target, pattern, batch_size)."""
+    """Run a method by name (options: ratio, target, pattern, batch_size, mesh)."""
     fn = get_method(method)
     if tokens_NL is None and method not in NO_CALIBRATION:
         raise PruneError(f"{method} needs calibration tokens")

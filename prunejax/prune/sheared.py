@@ -127,9 +127,10 @@ def _jitted_step(cfg: LlamaConfig, target: LlamaConfig, sc: ShearedConfig, p: Pl
     )
 
 
-def make_stage_mesh(sc: ShearedConfig) -> Mesh:
-    """The (data, fsdp, tp) mesh of the settings; the batch must split evenly over data x fsdp."""
-    mesh = sharding.make_mesh(sc.mesh_data, sc.mesh_fsdp, sc.mesh_tp)
+def make_stage_mesh(sc: ShearedConfig, mesh: Mesh | None = None) -> Mesh:
+    """`mesh`, or else the (data, fsdp, tp) mesh of the settings; the batch must split evenly over data x fsdp."""
+    if mesh is None:
+        mesh = sharding.make_mesh(sc.mesh_data, sc.mesh_fsdp, sc.mesh_tp)
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
     if sc.batch_size % rows or sc.batch_size % jax.process_count():
         raise ConfigError(
@@ -175,10 +176,12 @@ def train_gates(
     *,
     run_dir: str | None = None,
     stop_after: int | None = None,
+    mesh: Mesh | None = None,
     log: Callable[[str], None] = print,
 ) -> State:
     """Joint training of weights, gates and lambdas; resumes from `run_dir` if it holds a checkpoint.
-    `stop_after` ends after that many total steps (the state is checkpointed), as a preemption would."""
+    `stop_after` ends after that many total steps (the state is checkpointed), as a preemption would.
+    `mesh` replaces the one the settings name (mesh_data, mesh_fsdp, mesh_tp)."""
     sg.validate_target(cfg, target)
     p = plan(sc, prune_tokens)
     end = sc.data_offset + p.tokens + 1
@@ -189,7 +192,7 @@ def train_gates(
         )
     if store.vocab_size > cfg.vocab_size:
         raise DataError(f"{store.data_dir}: vocab {store.vocab_size} exceeds the model's {cfg.vocab_size}")
-    mesh = make_stage_mesh(sc)
+    mesh = make_stage_mesh(sc, mesh)
     state = place_state(mesh, init_state(cfg, params, sc, p))
     ckpt = writer = None
     if run_dir:
@@ -253,11 +256,12 @@ def shear(
     prune_tokens: int,
     *,
     run_dir: str | None = None,
+    mesh: Mesh | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[LlamaConfig, Params, dict[str, Any]]:
     """The whole stage: train the gates, check they reached the target, fold. Returns the folded
     (cfg, params) and a report (tokens consumed, final expected sizes and gaps, kept indices)."""
-    state = train_gates(cfg, params, target, sc, store, prune_tokens, run_dir=run_dir, log=log)
+    state = train_gates(cfg, params, target, sc, store, prune_tokens, run_dir=run_dir, mesh=mesh, log=log)
     gaps = sg.check_reached(state["log_alpha"], cfg, target, sc.fold_tolerance)
     gates, keep = sg.deterministic_gates(state["log_alpha"], target)
     new_cfg, new_params = fold(cfg, state["params"], gates, keep)
@@ -305,6 +309,7 @@ def sheared(
     target: Target | None = None,
     pattern: Any = None,
     batch_size: int = 8,
+    mesh: Mesh | None = None,
     data: str | TokenStore | None = None,
     prune_tokens: int | None = None,
     config: ShearedConfig | str | None = None,
@@ -312,8 +317,9 @@ def sheared(
     seed: int | None = None,
     log: Callable[[str], None] = print,
 ) -> PruneResult:
-    """Registry entry: learn gates on `prune_tokens` tokens of DATA_DIR `data` and fold them.
-    Calibration tokens and batch_size are unused (the stage trains on the data range instead)."""
+    """Registry entry: learn gates on `prune_tokens` tokens of DATA_DIR `data` and fold them, on `mesh`
+    if given (else the config's mesh). Calibration tokens and batch_size are unused (the stage
+    trains on the data range instead)."""
     del tokens_NL, batch_size
     if pattern is not None:
         raise PruneError("sheared removes structures; an N:M pattern applies to sparse methods only")
@@ -325,6 +331,6 @@ def sheared(
     store = data if isinstance(data, TokenStore) else TokenStore(data)
     goal, how = resolve_goal(cfg, ratio, target)
     dtype = jax.tree.leaves(params)[0].dtype
-    new_cfg, new_params, report = shear(cfg, params, goal, sc, store, prune_tokens, run_dir=run_dir, log=log)
+    new_cfg, new_params, report = shear(cfg, params, goal, sc, store, prune_tokens, run_dir=run_dir, mesh=mesh, log=log)
     new_params = jax.tree.map(lambda x: x.astype(dtype), new_params)
     return structured_result(cfg, new_cfg, new_params, {"method": "sheared", "target_from": how, **report})

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from prunejax import calibrate
 from prunejax.config import LlamaConfig
@@ -81,8 +82,9 @@ def magnitude(
     pattern: tuple[int, int] | None = None,
     target: Any = None,
     batch_size: int = 8,
+    mesh: Mesh | None = None,
 ) -> PruneResult:
-    """Prune the smallest |W| (no calibration data needed)."""
+    """Prune the smallest |W| (no calibration data needed, so no use for `tokens_NL`, `batch_size`, `mesh`)."""
     ratio = check_sparse_request(ratio, target, pattern)
     check_pattern_fits(params, pattern)
 
@@ -112,6 +114,7 @@ def wanda(
     pattern: tuple[int, int] | None = None,
     target: Any = None,
     batch_size: int = 8,
+    mesh: Mesh | None = None,
 ) -> PruneResult:
     """Wanda: layer-sequential, scores compared within each output row."""
     ratio = check_sparse_request(ratio, target, pattern)
@@ -126,7 +129,9 @@ def wanda(
         new_lp, masks[key] = _prune_layer_with(lp, prune_matrix)
         return new_lp
 
-    new_params, _ = calibrate.sequential(cfg, params, tokens_NL, ("sq_norm",), prune_layer, batch_size=batch_size)
+    new_params, _ = calibrate.sequential(
+        cfg, params, tokens_NL, ("sq_norm",), prune_layer, batch_size=batch_size, mesh=mesh
+    )
     return sparse_result(cfg, new_params, {"layers": masks}, {"method": "wanda", "comparison": "per output row"})
 
 
@@ -221,6 +226,7 @@ def sparsegpt(
     pattern: tuple[int, int] | None = None,
     target: Any = None,
     batch_size: int = 8,
+    mesh: Mesh | None = None,
     block_size: int = BLOCK_SIZE,
     damp: float = DAMP,
 ) -> PruneResult:
@@ -239,6 +245,8 @@ def sparsegpt(
         new_lp, masks[key] = _prune_layer_with(lp, prune_matrix)
         return new_lp
 
-    new_params, _ = calibrate.sequential(cfg, params, tokens_NL, ("hessian",), prune_layer, batch_size=batch_size)
+    new_params, _ = calibrate.sequential(
+        cfg, params, tokens_NL, ("hessian",), prune_layer, batch_size=batch_size, mesh=mesh
+    )
     report = {"method": "sparsegpt", "block_size": block_size, "damp": damp}
     return sparse_result(cfg, new_params, {"layers": masks}, report)

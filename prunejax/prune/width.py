@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from prunejax import calibrate
 from prunejax.config import LlamaConfig
@@ -34,9 +35,11 @@ def top_indices(scores: np.ndarray, count: int) -> np.ndarray:
     return np.sort(order[:count])
 
 
-def width_importance(cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, *, batch_size: int = 8) -> dict[str, Any]:
+def width_importance(
+    cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, *, batch_size: int = 8, mesh: Mesh | None = None
+) -> dict[str, Any]:
     """{'embed': [D], 'mlp': {layer: [F]}, 'heads': {layer: [N]}} on the dense model."""
-    _, stats = calibrate.sequential(cfg, params, tokens_NL, ("act",), batch_size=batch_size)
+    _, stats = calibrate.sequential(cfg, params, tokens_NL, ("act",), batch_size=batch_size, mesh=mesh)
     keys = sorted(stats, key=int)
     return {
         "embed": np.sqrt(sum(stats[k]["act"]["embed"] for k in keys)),
@@ -54,6 +57,7 @@ def minitron_width(
     target: Target | None = None,
     pattern: Any = None,
     batch_size: int = 8,
+    mesh: Mesh | None = None,
 ) -> PruneResult:
     """Keep the most active hidden channels, FFN neurons (and kv groups when `heads=` is given)."""
     if pattern is not None:
@@ -62,7 +66,7 @@ def minitron_width(
     if tgt.layers is not None:
         raise PruneError("minitron-width keeps every layer; the target may name hidden=, ffn= and heads=")
     goal = apply_target(cfg, tgt)
-    imp = width_importance(cfg, params, tokens_NL, batch_size=batch_size)
+    imp = width_importance(cfg, params, tokens_NL, batch_size=batch_size, mesh=mesh)
     new_cfg, new_params = cfg, params
     if goal.num_key_value_heads < cfg.num_key_value_heads:
         group = cfg.num_attention_heads // cfg.num_key_value_heads
