@@ -77,6 +77,27 @@ def make_mesh(data: int = -1, fsdp: int = 1, tp: int = 1, devices: list[Any] | N
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
+def parse_mesh(spec: str, devices: list[Any] | None = None) -> Mesh:
+    """The mesh named by 'data=2,fsdp=2,tp=2', the CLI spelling of `make_mesh`'s sizes: one size may be
+    -1 (the rest of the devices); axes left out are 1, except data, which takes the rest unless
+    another axis does ('fsdp=4' on 8 devices is data=2, fsdp=4, tp=1)."""
+    sizes: dict[str, int] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in MESH_AXES or key in sizes:
+            raise ValueError(f"mesh {spec!r}: expected AXIS=INT items, each AXIS once among {', '.join(MESH_AXES)}")
+        try:
+            sizes[key] = int(value)
+        except ValueError:
+            raise ValueError(f"mesh {spec!r}: {key} must be an integer, got {value.strip()!r}") from None
+        if sizes[key] < 1 and sizes[key] != -1:
+            raise ValueError(f"mesh {spec!r}: {key} must be positive or -1")
+    if -1 in sizes.values():
+        sizes.setdefault("data", 1)
+    return make_mesh(**sizes, devices=devices)
+
+
 def partition_spec(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
     """Map logical axes to mesh axes, replicating any dimension its mesh axis does not divide."""
     spec = []

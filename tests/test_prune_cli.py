@@ -81,6 +81,19 @@ def test_magnitude_needs_no_calibration(dirs):
     assert json.loads((out / hf.PROVENANCE_FILE).read_text())["calibration"] is None
 
 
+def test_mesh_option_splits_calibration_and_keeps_the_masks(dirs):
+    """Default: every device on the batch axis (as train and eval; 4 rows do not divide 8, so they stay on
+    one device); --mesh fsdp=2,tp=2 splits each batch of 4 over data x fsdp = 4 devices. Same masks."""
+    wanda = ["--method", "wanda", "--ratio", "0.5", "--batch-size", "4"]
+    assert run(dirs, *wanda, out="wanda_default") == 0
+    assert run(dirs, *wanda, "--mesh", "fsdp=2,tp=2", out="wanda_m") == 0
+    default, split = (hf.load_provenance(str(dirs / d))["options"]["mesh"] for d in ("wanda_default", "wanda_m"))
+    assert default == {"data": 8, "fsdp": 1, "tp": 1} and split == {"data": 2, "fsdp": 2, "tp": 2}
+    cfg = hf.load_config(str(dirs / "wanda_m"))
+    masks = [hf.load_masks(str(dirs / d), cfg) for d in ("wanda_default", "wanda_m")]
+    jax.tree.map(np.testing.assert_array_equal, *masks)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -98,6 +111,8 @@ def test_magnitude_needs_no_calibration(dirs):
             ["--method", "wanda", "--ratio", "0.5", "--calib-samples", "64"],
             "needs 64 x 32 = 2,048 tokens, the train split has 128",
         ),
+        (["--method", "wanda", "--ratio", "0.5", "--mesh", "data=3"], "needs 3 devices, 8 available"),
+        (["--method", "wanda", "--ratio", "0.5", "--mesh", "dp=8"], "expected AXIS=INT items"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(dirs, capsys, args, message):

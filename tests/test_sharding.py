@@ -21,6 +21,22 @@ def test_mesh_fills_remaining_axis():
         sharding.make_mesh(data=4, fsdp=2, tp=2)
 
 
+def test_parse_mesh_spells_make_mesh_sizes():
+    assert dict(sharding.parse_mesh("data=2,fsdp=2,tp=2").shape) == {"data": 2, "fsdp": 2, "tp": 2}
+    assert dict(sharding.parse_mesh("data=-1").shape) == {"data": 8, "fsdp": 1, "tp": 1}
+    assert dict(sharding.parse_mesh("fsdp=4").shape) == {"data": 2, "fsdp": 4, "tp": 1}  # data takes the rest
+    assert dict(sharding.parse_mesh("tp=-1").shape) == {"data": 1, "fsdp": 1, "tp": 8}
+    for bad, message in [
+        ("dp=2", "expected AXIS=INT items, each AXIS once among data, fsdp, tp"),
+        ("data=2,data=4", "each AXIS once"),
+        ("tp=two", "tp must be an integer, got 'two'"),
+        ("fsdp=0", "fsdp must be positive or -1"),
+        ("data=3", "needs 3 devices, 8 available"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            sharding.parse_mesh(bad)
+
+
 def test_rules_and_visible_fallback(caplog):
     mesh = sharding.make_mesh(data=1, fsdp=2, tp=4)
     assert sharding.partition_spec(("embed", "q_heads", "head_dim"), (64, 4, 16), mesh) == P("fsdp", "tp", None)

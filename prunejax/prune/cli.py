@@ -2,12 +2,13 @@
 
   prunejax prune --model SRC --method M (--ratio R | --target hidden=..,ffn=..,layers=..,heads=..)
                  [--pattern N:M] --calib DATA_DIR [--calib-samples N] [--calib-seq-len L]
-                 --out MODEL_DIR [--overwrite]
+                 [--mesh data=N,fsdp=M,tp=K] --out MODEL_DIR [--overwrite]
   sheared trains its masks instead: --data DATA_DIR --prune-tokens N [--sheared-config YAML] [--run-dir DIR]
                  [--seed S]
 
-Calibration reads the first N x L tokens of the DATA_DIR's train split. Everything is validated
-before any work that writes; the MODEL_DIR appears complete or not at all.
+Calibration reads the first N x L tokens of the DATA_DIR's train split; each batch is split over
+the mesh's data x fsdp devices (default data=-1: every device, as train and eval do). Everything
+is validated before any work that writes; the MODEL_DIR appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prunejax import calibrate, hf
+from prunejax import calibrate, hf, sharding
 from prunejax.config import LlamaConfig
 from prunejax.data.store import TokenStore
 from prunejax.prune.masks import PruneError, parse_pattern
 from prunejax.prune.registry import METHODS, NO_CALIBRATION, TRAINED, get_method
 from prunejax.prune.result import PruneResult
 from prunejax.prune.shapes import parse_target
+
+DEFAULT_MESH = "data=-1"  # every device on the batch axis: train's and eval's default mesh
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -45,6 +48,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--calib-samples", type=int, default=calibrate.DEFAULT_SAMPLES, help="calibration sequences")
     p.add_argument("--calib-seq-len", type=int, default=calibrate.DEFAULT_SEQ_LEN, help="tokens per sequence")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per calibration batch")
+    p.add_argument(
+        "--mesh",
+        help=f"device mesh, e.g. data=2,fsdp=2,tp=2 (default {DEFAULT_MESH}; sheared: its config's mesh_* sizes)",
+    )
     p.add_argument("--data", help="DATA_DIR whose train split a trained method (sheared) learns on")
     p.add_argument("--prune-tokens", type=int, help="token budget of a trained method's pruning stage")
     p.add_argument("--sheared-config", help="YAML of sheared settings (default: configs/prune/sheared.yaml values)")
@@ -68,7 +75,13 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise PruneError(f"{args.method} needs calibration data: give --calib DATA_DIR")
     if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists and is not empty (pass --overwrite)")
-    options = {"ratio": args.ratio, "target": target, "pattern": pattern, "batch_size": args.batch_size}
+    if args.mesh is not None:
+        mesh = sharding.parse_mesh(args.mesh)
+    elif args.method in TRAINED:
+        mesh = None  # sheared trains on the mesh its config names (mesh_data, mesh_fsdp, mesh_tp)
+    else:
+        mesh = sharding.parse_mesh(DEFAULT_MESH)
+    options = {"ratio": args.ratio, "target": target, "pattern": pattern, "batch_size": args.batch_size, "mesh": mesh}
     trained = {
         "data": args.data,
         "prune_tokens": args.prune_tokens,
@@ -145,6 +158,7 @@ def run(args: argparse.Namespace) -> PruneResult:
             "calib_samples": args.calib_samples if tokens is not None else None,
             "calib_seq_len": args.calib_seq_len if tokens is not None else None,
             "batch_size": args.batch_size,
+            "mesh": dict(options["mesh"].shape) if options["mesh"] is not None else None,
         },
         "requested_ratio": requested,
         "realized_ratio": result.report["realized_ratio"],
