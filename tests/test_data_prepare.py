@@ -1,4 +1,5 @@
-"""`data prepare` and `train-tokenizer`: sources, EOS separation, held-out split, meta.json, CLI errors."""
+"""`data prepare` and `train-tokenizer`: sources, EOS separation, held-out split, worker processes, meta.json,
+CLI errors."""
 
 import gzip
 import io
@@ -7,11 +8,15 @@ import os
 import tarfile
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from prunejax import cli
 from prunejax.data import sources
-from prunejax.data.prepare import prepare, val_every
+from prunejax.data.build import val_every
+from prunejax.data.prepare import prepare
 from prunejax.data.store import DataError, TokenStore
 from prunejax.data.tokenizer import load_tokenizer, train_bpe
 
@@ -78,18 +83,67 @@ def test_file_sources(tmp_path):
         list(sources.read_files([str(tmp_path / "missing.txt")]))
 
 
-def test_parquet_source_or_clear_error(tmp_path):
+def _files(directory):
+    """Every file under `directory` by relative path -> bytes."""
+    return {
+        os.path.relpath(os.path.join(root, n), directory): open(os.path.join(root, n), "rb").read()
+        for root, _, names in os.walk(directory)
+        for n in names
+    }
+
+
+def test_worker_processes_write_the_same_bytes(tok, tmp_path):
+    kw = dict(val_fraction=0.1, batch_docs=3, progress=False, shard_tokens=500)
+    one = prepare(DOCS, tok, str(tmp_path / "one"), workers=1, **kw)
+    two = prepare(iter(DOCS), tok, str(tmp_path / "two"), workers=2, **kw)
+    assert len(TokenStore(one).meta["splits"]["train"]["shards"]) > 1
+    assert _files(one) == _files(two)
+    with pytest.raises(DataError, match="workers must be at least 1"):
+        prepare(DOCS, tok, str(tmp_path / "zero"), workers=0, progress=False)
+
+
+def test_compressed_jsonl_and_parquet_give_the_tokens_of_plain_text(tok, tmp_path):
+    docs = DOCS[:20]
+    for i, doc in enumerate(docs):
+        (tmp_path / f"plain-{i:02d}.txt").write_text(doc)
+    lines = "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs))
+    with gzip.open(tmp_path / "docs.jsonl.gz", "wt") as f:
+        f.write(lines)
+    (tmp_path / "docs.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    pq.write_table(pa.table({"id": list(range(20)), "text": docs}), tmp_path / "docs.parquet", row_group_size=6)
+    outs = {}
+    for name, pattern in [
+        ("plain", "plain-*.txt"),
+        ("gz", "docs.jsonl.gz"),
+        ("zst", "docs.jsonl.zst"),
+        ("parquet", "docs.parquet"),
+    ]:
+        files = [str(tmp_path / pattern)]
+        assert list(sources.read_files(files)) == docs
+        outs[name] = TokenStore(prepare(sources.read_files(files), tok, str(tmp_path / name), progress=False))
+    plain = outs.pop("plain")
+    for store in outs.values():  # the fingerprint is over the token bytes
+        assert store.fingerprint == plain.fingerprint
+        np.testing.assert_array_equal(store.read("train"), plain.read("train"))
+
+
+def test_parquet_is_read_in_row_batches(tmp_path, monkeypatch):
     path = str(tmp_path / "x.parquet")
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        open(path, "wb").close()
-        with pytest.raises(DataError, match="needs the pyarrow package"):
-            list(sources.read_files([path]))
-        return
-    pq.write_table(pa.table({"text": ["a", "b"]}), path)
-    assert list(sources.read_files([path])) == ["a", "b"]
+    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(10)] + [None, ""]}), path)
+    sizes = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, **kwargs):
+        for batch in iter_batches(self, *args, **kwargs):
+            sizes.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    docs = sources.read_parquet(path, batch_rows=4)
+    assert next(docs) == "doc 0" and sizes == [4]  # lazy: one batch read for the first document
+    assert list(docs) == [f"doc {i}" for i in range(1, 10)] and sizes == [4, 4, 4]  # null and empty rows skipped
+    with pytest.raises(DataError, match="no column 'body'; columns: text"):
+        list(sources.read_parquet(path, "body"))
 
 
 def test_kjv_corpus_one_document_per_chapter():

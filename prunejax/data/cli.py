@@ -7,20 +7,30 @@ import itertools
 import json
 from collections.abc import Iterator
 
-from prunejax.data.sources import CORPORA, corpus_documents, read_files
+from prunejax.data.prepare import default_workers, prepare
+from prunejax.data.sources import CORPORA, corpus_documents, expand_files, read_files
 from prunejax.data.store import DataError, TokenStore
 
 
-def _documents(args: argparse.Namespace) -> tuple[Iterator[str], str]:
+def _documents(args: argparse.Namespace) -> tuple[Iterator[str], str, list[str]]:
+    """(documents, source name, the files they are read from)."""
     if bool(args.text) == bool(args.corpus):
         raise DataError("give exactly one of --text FILES... or --corpus NAME")
     if args.corpus:
-        docs, source = corpus_documents(args.corpus, args.corpus_path), f"corpus:{args.corpus}"
+        docs, source, files = corpus_documents(args.corpus, args.corpus_path), f"corpus:{args.corpus}", []
     else:
-        docs, source = read_files(args.text, args.field), "files:" + ",".join(args.text)
+        files = expand_files(args.text)
+        docs, source = read_files(files, args.field), "files:" + ",".join(args.text)
     if args.max_documents:
         docs = itertools.islice(docs, args.max_documents)
-    return docs, source
+        source += f"[:{args.max_documents}]"
+    return docs, source, files
+
+
+def _print_summary(out: str) -> None:
+    store = TokenStore(out)
+    sizes = ", ".join(f"{s} {store.num_tokens(s):,}" for s in store.splits())
+    print(f"wrote {out}: {sizes} tokens, vocab {store.vocab_size}, fingerprint {store.fingerprint}")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +51,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="DATA_DIR to write")
     p.add_argument("--val-fraction", type=float, default=0.05, help="documents held out (every 1/F-th)")
     p.add_argument("--batch-docs", type=int, default=256, help="documents per tokenizer batch")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="tokenizer processes (default: CPUs, at most 8; 1 = in this process on the tokenizer's threads)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace OUT; discard a partial run of other arguments")
 
     t = sub.add_parser("train-tokenizer", help="train a small byte-level BPE")
     _add_source_args(t)
@@ -54,25 +70,23 @@ def main(argv: list[str]) -> int:
 
     args = parser.parse_args(argv)
     if args.cmd == "prepare":
-        from prunejax.data.prepare import prepare
-
-        docs, source = _documents(args)
+        docs, source, files = _documents(args)
         out = prepare(
             docs,
             args.tokenizer,
             args.out,
             val_fraction=args.val_fraction,
             batch_docs=args.batch_docs,
+            workers=args.workers,
             source=source,
+            inputs=files,
             overwrite=args.overwrite,
         )
-        store = TokenStore(out)
-        sizes = ", ".join(f"{s} {store.num_tokens(s):,}" for s in store.splits())
-        print(f"wrote {out}: {sizes} tokens, vocab {store.vocab_size}, fingerprint {store.fingerprint}")
+        _print_summary(out)
     elif args.cmd == "train-tokenizer":
         from prunejax.data.tokenizer import train_bpe
 
-        docs, _ = _documents(args)
+        docs, _, _ = _documents(args)
         out = train_bpe(docs, args.out, vocab_size=args.vocab_size, overwrite=args.overwrite)
         print(f"wrote {out}: byte-level BPE, vocab {args.vocab_size}")
     else:

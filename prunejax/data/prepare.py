@@ -1,25 +1,39 @@
 """`prepare`: documents -> token ids (EOS after each document) -> a DATA_DIR with a held-out split.
 
-Documents are tokenized in batches by the Rust fast tokenizer (`encode_batch`, which runs on all
-cores through its own thread pool) and streamed to the shards, so memory holds one batch, never
-the corpus. Every k-th document (k = round(1/val_fraction)) goes to the validation split: the
-assignment is deterministic, spread over the whole corpus, and independent of batch sizes.
+Documents are tokenized in batches, either in this process by the Rust fast tokenizer
+(`encode_batch`, on all cores through its own thread pool) or by `workers` spawned processes, each
+loading the tokenizer once and tokenizing whole batches on one thread. Results come back in order,
+so the output is byte-identical whatever the worker count, and at most two batches per worker are
+in flight, so memory holds a bounded number of batches, never the corpus (input that fits in that
+first window is tokenized in-process: starting the processes would cost more). Every k-th document
+(k = round(1/val_fraction)) goes to the validation split: the assignment is deterministic, spread
+over the whole corpus, and independent of batch sizes. Writing is resumable (`build`).
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
+import multiprocessing
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+import signal
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from prunejax.data import store as store_lib
-from prunejax.data.store import DataError
-from prunejax.data.tokenizer import load_tokenizer, tokenizer_dir, tokenizer_info
-from prunejax.hf import TOKENIZER_FILES
+from prunejax.data.build import Batch, build_data_dir, every_kth, file_stamps, files_digest
+from prunejax.data.store import SHARD_TOKENS, DataError
+from prunejax.data.tokenizer import load_tokenizer, tokenizer_dir, tokenizer_files, tokenizer_info
+
+_WORKER: tuple[Any, int] | None = None  # (tokenizer, EOS id) of a pool worker process
+
+
+def default_workers() -> int:
+    """Tokenizer processes when not told: the CPUs this process may use, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, 8)
 
 
 def _batches(documents: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -33,66 +47,55 @@ def _batches(documents: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def val_every(val_fraction: float) -> int:
-    """Every k-th document is held out; 0 means no validation split."""
-    if not 0.0 <= val_fraction < 0.5:
-        raise DataError(f"val_fraction must be in [0, 0.5), got {val_fraction}")
-    return 0 if val_fraction == 0 else max(2, round(1 / val_fraction))
+def encode(batch: list[str], tokenizer: Any, eos_id: int) -> Batch:
+    """Token ids of `batch` with EOS after each document, and each document's token count."""
+    encodings = tokenizer.encode_batch(batch, add_special_tokens=False)
+    docs = [np.append(np.asarray(e.ids, np.int32), np.int32(eos_id)) for e in encodings]
+    return np.concatenate(docs), np.asarray([len(d) for d in docs], np.int64)
 
 
-def tokenize_documents(
-    documents: Iterable[str],
-    tok: Any,
-    *,
-    val_fraction: float = 0.05,
-    batch_docs: int = 256,
-    progress: bool = True,
-) -> tuple[Iterator[np.ndarray], Iterator[np.ndarray], dict[str, int]]:
-    """(train chunks, validation chunks, counts). Train must be consumed first: it fills validation."""
-    from tqdm import tqdm
+def _init_worker(tokenizer_json: str, eos_id: int) -> None:
+    """Pool initializer: load the tokenizer once per process; Ctrl-C is left to the parent."""
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+    from tokenizers import Tokenizer
 
-    k = val_every(val_fraction)
-    eos = np.asarray([tok.eos_token_id], np.int32)
-    backend = tok.backend_tokenizer
-    counts = {"documents": 0, "validation_documents": 0}
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed when validation is consumed
+    _WORKER = (Tokenizer.from_str(tokenizer_json), eos_id)
 
-    def train_chunks() -> Iterator[np.ndarray]:
-        bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress)
-        for batch in _batches(documents, batch_docs):
-            encodings = backend.encode_batch(batch, add_special_tokens=False)
-            train_parts, val_parts = [], []
-            for enc in encodings:
-                ids = np.concatenate([np.asarray(enc.ids, np.int32), eos])
-                counts["documents"] += 1
-                if k and counts["documents"] % k == 0:
-                    counts["validation_documents"] += 1
-                    val_parts.append(ids)
-                else:
-                    train_parts.append(ids)
-            if val_parts:
-                spool.write(np.concatenate(val_parts).astype("<i4").tobytes())
-            bar.update(len(batch))
-            if train_parts:
-                yield np.concatenate(train_parts)
-        bar.close()
-        if counts["documents"] == 0:
-            raise DataError("no documents to tokenize")
-        if k and counts["validation_documents"] == 0:
-            raise DataError(
-                f"only {counts['documents']} document(s): none held out for validation at every {k}th; "
-                "lower --val-fraction to 0 or add documents"
-            )
 
-    def val_chunks() -> Iterator[np.ndarray]:
-        try:
-            spool.seek(0)
-            while chunk := spool.read(1 << 24):
-                yield np.frombuffer(chunk, "<i4")
-        finally:
-            spool.close()
+def _encode_in_worker(batch: list[str]) -> Batch:
+    assert _WORKER is not None, "_init_worker did not run"
+    return encode(batch, *_WORKER)
 
-    return train_chunks(), val_chunks(), counts
+
+def encode_batches(documents: Iterable[str], tok: Any, *, batch_docs: int = 256, workers: int = 1) -> Iterator[Batch]:
+    """`encode` over batches of `batch_docs` documents, in order, in this process or `workers` processes."""
+    batches = _batches(documents, batch_docs)
+    if workers > 1:
+        # starting processes costs seconds: input that fits in the first window is tokenized here
+        head = list(itertools.islice(batches, 2 * workers))
+        if len(head) == 2 * workers:
+            yield from _encode_in_pool(itertools.chain(head, batches), tok, workers)
+            return
+        batches = iter(head)
+    for batch in batches:
+        yield encode(batch, tok.backend_tokenizer, tok.eos_token_id)
+
+
+def _encode_in_pool(batches: Iterator[list[str]], tok: Any, workers: int) -> Iterator[Batch]:
+    # spawn: forking a process that runs JAX or the tokenizer's threads is unsafe
+    init = (tok.backend_tokenizer.to_str(), tok.eos_token_id)
+    with multiprocessing.get_context("spawn").Pool(workers, _init_worker, init) as pool:
+        # Pool.imap would read the documents into its task queue as fast as it can; a window of two
+        # batches per worker bounds memory and keeps results in order.
+        pending: collections.deque = collections.deque()
+        for batch in batches:
+            pending.append(pool.apply_async(_encode_in_worker, (batch,)))
+            if len(pending) == 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 def prepare(
@@ -102,32 +105,49 @@ def prepare(
     *,
     val_fraction: float = 0.05,
     batch_docs: int = 256,
+    workers: int = 1,
     source: str = "",
+    inputs: Sequence[str] = (),
     overwrite: bool = False,
     progress: bool = True,
+    commit_seconds: float = 10.0,
+    shard_tokens: int = SHARD_TOKENS,
 ) -> str:
-    """Tokenize `documents` with the tokenizer at `tokenizer_src` and write a DATA_DIR at `out_dir`."""
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass --overwrite)")
-    with tokenizer_dir(tokenizer_src) as tok_dir, tempfile.TemporaryDirectory() as files_only:
+    """Tokenize `documents` with the tokenizer at `tokenizer_src` and write a DATA_DIR at `out_dir`.
+
+    An interrupted run is resumed when called again with the same arguments and the same documents:
+    `source` names them and `inputs` lists the files they are read from (their sizes must match).
+    """
+    is_validation = every_kth(val_fraction)
+    if workers < 1:
+        raise DataError(f"workers must be at least 1, got {workers}")
+    with tokenizer_dir(tokenizer_src) as tok_dir:
         tok = load_tokenizer(tok_dir)
-        for name in TOKENIZER_FILES:  # a MODEL_DIR also holds weights: copy only the tokenizer
-            if os.path.exists(os.path.join(tok_dir, name)):
-                shutil.copy(os.path.join(tok_dir, name), files_only)
-        train, val, counts = tokenize_documents(
-            documents, tok, val_fraction=val_fraction, batch_docs=batch_docs, progress=progress
-        )
-        splits = {"train": train, "validation": val} if val_fraction > 0 else {"train": train}
+        files = tokenizer_files(tok_dir)
         info = tokenizer_info(tok, tokenizer_src)
-        extra = {"source": source, "val_fraction": val_fraction, "counts": counts}
-        return store_lib.write_data_dir(
+        meta = store_lib.new_meta(
+            len(tok), tok.eos_token_id, tok.bos_token_id, info, {"source": source, "val_fraction": val_fraction}
+        )
+        fingerprint = {
+            "source": source,
+            "inputs": file_stamps(inputs),
+            "tokenizer": files_digest(files),
+            "val_fraction": val_fraction,
+        }
+
+        def batches(skip: int) -> Iterator[Batch]:
+            docs = itertools.islice(documents, skip, None)
+            return encode_batches(docs, tok, batch_docs=batch_docs, workers=workers)
+
+        return build_data_dir(
             out_dir,
-            splits,
-            vocab_size=len(tok),
-            eos_id=tok.eos_token_id,
-            bos_id=tok.bos_token_id,
-            tokenizer=info,
-            tokenizer_dir=files_only,
-            extra=extra,
+            batches,
+            meta,
+            fingerprint=fingerprint,
+            is_validation=is_validation,
+            tokenizer_files=files,
             overwrite=overwrite,
+            progress="tokenizing" if progress else None,
+            commit_seconds=commit_seconds,
+            shard_tokens=shard_tokens,
         )

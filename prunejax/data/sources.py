@@ -78,21 +78,26 @@ def read_parquet(path: str, field: str = "text", batch_rows: int = 1024) -> Iter
         yield from (t for t in batch.column(0).to_pylist() if t)
 
 
+def expand_files(patterns: list[str]) -> list[str]:
+    """The files `patterns` name (globs sorted, in the order given); a missing one is an error."""
+    paths = [p for pattern in patterns for p in (sorted(glob.glob(pattern)) or [pattern])]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file")
+    return paths
+
+
 def read_files(paths: list[str], field: str = "text") -> Iterator[str]:
     """Documents from files: `.jsonl`/`.json` lines and `.parquet` by `field`; any other file is one document."""
-    for pattern in paths:
-        matches = sorted(glob.glob(pattern)) or [pattern]
-        for path in matches:
-            if not os.path.isfile(path):
-                raise DataError(f"{path}: no such file")
-            ext = _base_ext(path)
-            if ext in (".jsonl", ".json", ".ndjson"):
-                yield from read_jsonl(path, field)
-            elif ext == ".parquet":
-                yield from read_parquet(path, field)
-            else:
-                with _open_text(path) as f:
-                    yield f.read()
+    for path in expand_files(paths):
+        ext = _base_ext(path)
+        if ext in (".jsonl", ".json", ".ndjson"):
+            yield from read_jsonl(path, field)
+        elif ext == ".parquet":
+            yield from read_parquet(path, field)
+        else:
+            with _open_text(path) as f:
+                yield f.read()
 
 
 # ---- built-in corpora ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prunejax.data.store import DataError
-from prunejax.hf import atomic_dir
+from prunejax.hf import TOKENIZER_FILES, atomic_dir
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -43,6 +43,11 @@ def load_tokenizer(directory: str) -> Any:
     if tok.eos_token_id is None:
         raise DataError(f"{directory}: tokenizer has no EOS token to separate documents")
     return tok
+
+
+def tokenizer_files(directory: str) -> list[str]:
+    """The tokenizer files in `directory` (a MODEL_DIR also holds weights: only these are copied)."""
+    return [os.path.join(directory, n) for n in TOKENIZER_FILES if os.path.exists(os.path.join(directory, n))]
 
 
 def tokenizer_info(tok: Any, directory: str) -> dict[str, Any]:

@@ -1,0 +1,181 @@
+"""Resumable DATA_DIR builds: shards cut back to the last commit, interrupted and killed prepares resume to the
+same bytes, other arguments and damaged partial builds are refused, bad input leaves nothing behind."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from prunejax.data.build import PROGRESS, work_dir
+from prunejax.data.prepare import prepare
+from prunejax.data.store import DataError, ShardWriter, TokenStore
+from prunejax.data.tokenizer import train_bpe
+
+DOCS = [f"Line {i}: a document about {'cats ' * (i % 4)}and {'dogs ' * (i % 3)}in the garden." for i in range(60)]
+KW = dict(val_fraction=0.1, batch_docs=4, progress=False, shard_tokens=256, commit_seconds=0)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupting(docs, after):
+    for i, doc in enumerate(docs):
+        if i == after:
+            raise Interrupted
+        yield doc
+
+
+def _files(directory):
+    """Every file under `directory` by relative path -> bytes."""
+    return {
+        os.path.relpath(os.path.join(root, n), directory): open(os.path.join(root, n), "rb").read()
+        for root, _, names in os.walk(directory)
+        for n in names
+    }
+
+
+def _progress(out):
+    return json.load(open(os.path.join(work_dir(out), PROGRESS)))
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_bpe(DOCS * 2, str(tmp_path_factory.mktemp("tok") / "tok"), vocab_size=280)
+
+
+@pytest.fixture(scope="module")
+def reference(tok, tmp_path_factory):
+    """An uninterrupted prepare of DOCS."""
+    out = prepare(DOCS, tok, str(tmp_path_factory.mktemp("ref") / "data"), **KW)
+    assert len(TokenStore(out).meta["splits"]["train"]["shards"]) > 3
+    return _files(out)
+
+
+def test_shard_writer_reopens_at_the_committed_length(tmp_path):
+    tokens = np.arange(10)
+    whole, resumed = hashlib.sha256(), hashlib.sha256()
+    os.mkdir(tmp_path / "a")
+    os.mkdir(tmp_path / "b")
+    w = ShardWriter(str(tmp_path / "a"), "train", 100, shard_tokens=4, digest=whole)
+    w.write(tokens)
+    w.close()
+    w = ShardWriter(str(tmp_path / "b"), "train", 100, shard_tokens=4)
+    w.write(tokens[:5])
+    w.write(np.full(6, 99))  # written after the "commit" at 5 tokens: cut off on reopening
+    w.close()
+    assert sorted(os.listdir(tmp_path / "b")) == ["train-00000.bin", "train-00001.bin", "train-00002.bin"]
+    w = ShardWriter(str(tmp_path / "b"), "train", 100, shard_tokens=4, tokens=5, digest=resumed)
+    assert w.shards == [{"file": "train-00000.bin", "tokens": 4}, {"file": "train-00001.bin", "tokens": 1}]
+    assert sorted(os.listdir(tmp_path / "b")) == ["train-00000.bin", "train-00001.bin"]
+    w.write(tokens[5:])
+    w.close()
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") and resumed.digest() == whole.digest()
+    with pytest.raises(DataError, match="shorter than the 4 tokens committed"):
+        ShardWriter(str(tmp_path / "b"), "train", 100, shard_tokens=4, tokens=12)
+
+
+def test_interrupted_prepare_resumes_to_the_same_bytes(tok, reference, tmp_path):
+    out = str(tmp_path / "data")
+    with pytest.raises(Interrupted):
+        prepare(_interrupting(DOCS, 30), tok, out, **KW)
+    assert not os.path.exists(out)
+    record = _progress(out)
+    assert record["counts"] == {"documents": 28, "validation_documents": 2}  # 7 whole batches of 4
+    # bytes written after the last commit, as a kill mid-batch would leave them
+    with open(os.path.join(work_dir(out), "train-00001.bin"), "ab") as f:
+        f.write(b"\x07\x00" * 300)
+    open(os.path.join(work_dir(out), "train-00009.bin"), "wb").write(b"junk")
+    prepare(iter(DOCS), tok, out, **{**KW, "batch_docs": 7})  # batch size is not part of the output
+    assert _files(out) == reference
+    assert not os.path.exists(work_dir(out))
+
+
+def test_killed_prepare_resumes_to_the_same_bytes(tok, reference, tmp_path):
+    out = str(tmp_path / "data")
+    (tmp_path / "args.json").write_text(json.dumps({"docs": DOCS, "kw": KW}))
+    script = (
+        "import json, sys, time\n"
+        "from prunejax.data.prepare import prepare\n"
+        "args = json.load(open(sys.argv[3]))\n"
+        "def slow():\n"
+        "    for doc in args['docs']:\n"
+        "        time.sleep(0.05)\n"
+        "        yield doc\n"
+        "prepare(slow(), sys.argv[1], sys.argv[2], **args['kw'])\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, tok, out, str(tmp_path / "args.json")])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.exists(work_dir(out)) and _progress(out)["counts"]["documents"] >= 12:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not os.path.exists(out) and 12 <= _progress(out)["counts"]["documents"] < len(DOCS)
+    prepare(DOCS, tok, out, **KW)
+    assert _files(out) == reference
+
+
+def test_resume_refuses_other_arguments_until_overwrite(tok, reference, tmp_path):
+    out = str(tmp_path / "data")
+    with pytest.raises(Interrupted):
+        prepare(_interrupting(DOCS, 10), tok, out, **KW)
+    with pytest.raises(DataError, match=r"other arguments \(val_fraction: 0.1 then, 0.2 now\).*--overwrite"):
+        prepare(DOCS, tok, out, **{**KW, "val_fraction": 0.2})
+    with pytest.raises(DataError, match=r"source: \"\" then, \"other\" now"):
+        prepare(DOCS, tok, out, source="other", **KW)
+    assert _progress(out)["counts"]["documents"] == 8  # refused runs leave the partial build alone
+    prepare(DOCS, tok, out, overwrite=True, **{**KW, "val_fraction": 0.2})
+    assert TokenStore(out).meta["val_fraction"] == 0.2 and not os.path.exists(work_dir(out))
+    prepare(DOCS, tok, out, overwrite=True, **KW)  # --overwrite replaces a finished DATA_DIR
+    assert _files(out) == reference
+
+
+def test_damaged_partial_build_is_refused_until_overwrite(tok, reference, tmp_path):
+    out = str(tmp_path / "data")
+    with pytest.raises(Interrupted):
+        prepare(_interrupting(DOCS, 10), tok, out, **KW)
+    path = os.path.join(work_dir(out), PROGRESS)
+    text = open(path).read()
+    for damaged, message in [
+        (text[:20], "Unterminated string"),  # cut short
+        (text.replace('"documents": 8', '"documents": -8'), "counts and tokens must be non-negative integers"),
+        ("[]", "format is not 'prunejax-partial/1'"),
+    ]:
+        open(path, "w").write(damaged)
+        with pytest.raises(DataError, match=rf"progress.json: not a readable progress record \({message}.*--overwrite"):
+            prepare(DOCS, tok, out, **KW)
+    open(path, "w").write(text)
+    os.remove(os.path.join(work_dir(out), "train-00000.bin"))
+    with pytest.raises(DataError, match=r"train-00000.bin: missing or shorter than the 202 tokens committed; pass"):
+        prepare(DOCS, tok, out, **KW)
+    os.remove(path)
+    with pytest.raises(DataError, match="No such file"):
+        prepare(DOCS, tok, out, **KW)
+    prepare(DOCS, tok, out, overwrite=True, **KW)
+    assert _files(out) == reference
+
+
+def test_bad_input_leaves_nothing_behind(tok, tmp_path):
+    out = str(tmp_path / "data")
+    with pytest.raises(DataError, match="no documents: the source is empty"):
+        prepare([], tok, out, **KW)
+
+    def bad_at_20():
+        yield from DOCS[:20]
+        raise DataError("docs.jsonl:21: not valid JSON")
+
+    with pytest.raises(DataError, match="not valid JSON"):
+        prepare(bad_at_20(), tok, out, **KW)
+    with pytest.raises(DataError, match="none held out"):
+        prepare(DOCS[:5], tok, out, **KW)
+    assert not os.path.exists(out) and not os.path.exists(work_dir(out))
