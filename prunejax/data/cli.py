@@ -1,4 +1,5 @@
-"""`prunejax data prepare|train-tokenizer|info`: text -> DATA_DIR, a small BPE for tiny models, a summary."""
+"""`prunejax data prepare|index|train-tokenizer|info`: text or pre-tokenized ArrayRecord -> DATA_DIR, a small
+BPE for tiny models, a summary."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import json
 from collections.abc import Iterator
 
+from prunejax.data.index import RECORD_DTYPES, index_array_records
 from prunejax.data.prepare import default_workers, prepare
 from prunejax.data.sources import CORPORA, corpus_documents, expand_files, read_files
 from prunejax.data.store import DataError, TokenStore
@@ -59,6 +61,28 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--overwrite", action="store_true", help="replace OUT; discard a partial run of other arguments")
 
+    x = sub.add_parser("index", help="build a DATA_DIR from ArrayRecord files of pre-tokenized documents")
+    x.add_argument("--array-record", nargs="+", required=True, help="ArrayRecord files or globs, a document a record")
+    x.add_argument("--tokenizer", required=True, help="the tokenizer of the ids: dir, MODEL_DIR, HF dir or .gguf")
+    x.add_argument("--out", required=True, help="DATA_DIR to write")
+    v = x.add_mutually_exclusive_group()
+    v.add_argument("--val-fraction", type=float, default=0.05, help="records held out (every 1/F-th)")
+    v.add_argument("--val-files", nargs="+", default=[], help="ArrayRecord files that form the validation split")
+    x.add_argument("--feature", help="tf.train.Example int64 feature holding the ids (default: the only one)")
+    x.add_argument(
+        "--record-dtype",
+        choices=["example", *RECORD_DTYPES],
+        default="example",
+        help="records are tf.train.Examples (default) or raw little-endian integers of this type",
+    )
+    x.add_argument(
+        "--no-append-eos",
+        dest="append_eos",
+        action="store_false",
+        help="keep records as they are (default: append EOS where a record does not end with it)",
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace OUT; discard a partial run of other arguments")
+
     t = sub.add_parser("train-tokenizer", help="train a small byte-level BPE")
     _add_source_args(t)
     t.add_argument("--vocab-size", type=int, default=512)
@@ -80,6 +104,19 @@ def main(argv: list[str]) -> int:
             workers=args.workers,
             source=source,
             inputs=files,
+            overwrite=args.overwrite,
+        )
+        _print_summary(out)
+    elif args.cmd == "index":
+        out = index_array_records(
+            args.array_record,
+            args.tokenizer,
+            args.out,
+            val_fraction=args.val_fraction,
+            val_files=args.val_files,
+            feature=args.feature,
+            record_dtype=args.record_dtype,
+            append_eos=args.append_eos,
             overwrite=args.overwrite,
         )
         _print_summary(out)
