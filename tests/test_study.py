@@ -2,6 +2,7 @@
 
 import dataclasses
 import glob
+import json
 import os
 
 import jax
@@ -76,7 +77,7 @@ MINI = {
         },
         "tokens": "6k",
     },
-    "methods": ["minitron-depth", "wanda"],
+    "methods": ["minitron-depth", "wanda", "shortgpt"],  # both depth methods keep 1 of 2 layers
     "ratios": [0.5],
     "retrain_budgets": ["2k", "4k"],
     "scratch_shapes": ["same", "params"],
@@ -189,11 +190,31 @@ def test_mini_study_report(mini_study):
         assert needle in text, needle
     assert os.path.getsize(os.path.join(out, "figure1_left.png")) > 10_000
     rows = open(os.path.join(out, "comparison.csv")).read().splitlines()
-    assert len(rows) == 1 + 2 * 2  # header + (2 methods x 2 budgets)
+    assert len(rows) == 1 + 3 * 2  # header + (3 methods x 2 budgets)
     _, results = report.load_results(out)
     assert all(r["val_loss"] is not None and r["val_loss"] > 0 for r in results)
     match = open(os.path.join(out, "baseline/params/wanda/r0.5/s0/match.json")).read()
     assert '"quantity": "params"' in match
+
+
+def test_same_shape_scratch_runs_are_trained_once(mini_study):
+    # one layer of two: both depth methods give the same shape, and so does matching the parameter count
+    _, out, _, _, _ = mini_study
+    for setting, budget in (("equal_train", "R2k"), ("equal_train", "R4k"), ("equal_total", "R4k")):
+        first = f"scratch/same/minitron-depth/r0.5/s0/{setting}/{budget}"
+        assert not os.path.exists(os.path.join(out, first, "same_as.json"))
+        for reused in (
+            f"scratch/{shape}/{method}/r0.5/s0/{setting}/{budget}"
+            for shape, method in (("same", "shortgpt"), ("params", "shortgpt"), ("params", "minitron-depth"))
+        ):
+            with open(os.path.join(out, reused, "same_as.json")) as f:
+                assert json.load(f)["stage"] == first
+            for name in ("final/config.json", "final/model.safetensors", "metrics.jsonl"):
+                with open(os.path.join(out, first, name), "rb") as a, open(os.path.join(out, reused, name), "rb") as b:
+                    assert a.read() == b.read(), (reused, name)
+    # the sparse control keeps its own masks: never shared
+    for path in glob.glob(os.path.join(out, "scratch/same/wanda/r0.5/s0/*/*")):
+        assert not os.path.exists(os.path.join(path, "same_as.json")), path
 
 
 def test_changed_config_names_invalidated_stages(mini_study):

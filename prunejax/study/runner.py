@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib
 import json
 import os
@@ -210,10 +211,57 @@ class Runner:
             },
         )
 
-    def run_scratch(self, stage: Stage) -> None:
+    def _scratch_source(self, stage: Stage) -> str:
         src = stage.deps[0]
-        source = self.model_dir(src) if self.by_id[src].kind == "prune" else os.path.join(self.out(src), "config.json")
-        args = ["--scratch", source] + (["--reinit"] if stage.spec["reinit"] else [])
+        return self.model_dir(src) if self.by_id[src].kind == "prune" else os.path.join(self.out(src), "config.json")
+
+    def _scratch_key(self, stage: Stage) -> str | None:
+        """What a random-init run depends on: the shape, tokens, recipe, seed and data. None for --reinit
+        runs, which keep a pruned model's masks and so depend on more than the shape."""
+        if stage.spec["reinit"]:
+            return None
+        from prunejax import hf
+
+        source = self._scratch_source(stage)
+        cfg = hf.load_config(source if os.path.isdir(source) else os.path.dirname(source))
+        spec = {k: v for k, v in stage.spec.items() if k != "reinit"}
+        blob = json.dumps([cfg.to_hf_dict(), spec, self.hashes["data"]], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _scratch_twin(self, stage: Stage) -> str | None:
+        """An earlier finished scratch stage that trained exactly this run (e.g. minitron-width and sheared
+        reach the same shape; both depth methods keep the same number of layers)."""
+        key = self._scratch_key(stage)
+        if key is None:
+            return None
+        for other in self.stages:
+            if other.id == stage.id:
+                return None
+            if other.kind != "scratch":
+                continue
+            marker = read_marker(self.dir, other.id)
+            if marker and marker["status"] == "done" and marker["hash"] == self.hashes[other.id]:
+                if self._scratch_key(other) == key:
+                    return other.id
+        return None
+
+    def run_scratch(self, stage: Stage) -> None:
+        out = self.out(stage.id)
+        twin = None if os.path.exists(out) else self._scratch_twin(stage)
+        if twin is not None:  # the same random-init run: take its output instead of training it twice
+            # hard links cost no space and keep this copy whole if the twin is later invalidated and removed
+            tmp = f"{out}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                shutil.copytree(self.out(twin), tmp, copy_function=os.link)
+            except OSError:  # another file system: copy
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(self.out(twin), tmp)
+            write_json(os.path.join(tmp, "same_as.json"), {"stage": twin})
+            os.replace(tmp, out)
+            print(f"{stage.id}: same shape, tokens, recipe, seed and data as {twin}; its run reused")
+            return
+        args = ["--scratch", self._scratch_source(stage)] + (["--reinit"] if stage.spec["reinit"] else [])
         cli("train", args + self._train_args(stage, 0, stage.spec["tokens"]))
 
     def run_eval(self, stage: Stage) -> None:
