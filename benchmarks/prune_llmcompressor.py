@@ -79,7 +79,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         calib = read_split(args.calib, "train", args.calib_samples * args.calib_seq_len)
         calib = calib.reshape(args.calib_samples, args.calib_seq_len)
         ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": np.ones_like(calib).tolist()})
-        common = dict(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["lm_head"])
+        # `ignore=["lm_head"]` is NOT enough in llmcompressor 0.14: the sequential pipeline makes
+        # lm_head its own target layer, the modifier names its Linear "lm_head." and the exact-name
+        # match misses it, so the (tied!) head and embedding get pruned too. The regex form matches.
+        common = dict(sparsity=0.5, mask_structure=structure, targets=["Linear"], ignore=["re:.*lm_head"])
         modifier = (
             SparseGPTModifier(block_size=128, dampening_frac=0.01, **common)
             if method == "sparsegpt"
@@ -95,12 +98,20 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         )
     seconds = time.time() - t0
     model.eval()
+    if args.save_weights:
+        from safetensors.torch import save_file
+
+        os.makedirs(args.save_weights, exist_ok=True)
+        weights = {n: p.detach().contiguous() for n, p in model.named_parameters()}
+        save_file(weights, os.path.join(args.save_weights, name.replace(" ", "_").replace(":", "-") + ".safetensors"))
     zeros = total = 0
     for n, p in model.named_parameters():
         if "layers." in n and p.ndim == 2:
             zeros += int((p == 0).sum())
             total += p.numel()
+    embed = model.get_input_embeddings().weight
     out = {"name": name, "seconds": seconds, "zero_fraction": zeros / total}
+    out["embedding_zero_fraction"] = float((embed == 0).float().mean())  # must stay the dense model's
     for label, data_dir in (("calib_domain", args.calib), ("other_domain", args.other)):
         toks = read_split(data_dir, "validation", args.eval_windows * args.eval_seq_len)
         out[label] = perplexity(model, toks.reshape(args.eval_windows, args.eval_seq_len), args.batch_size)
@@ -119,6 +130,7 @@ def main() -> None:
     p.add_argument("--eval-seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--runs", default=",".join(RUNS))
+    p.add_argument("--save-weights", help="directory for each run's pruned weights (RUN.safetensors)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--out-json", default="llmcompressor_results.jsonl")
     args = p.parse_args()
