@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from prunejax import cli
+from prunejax.data import cli as data_cli
 from prunejax.data.build import PROGRESS, work_dir
 from prunejax.data.prepare import prepare
 from prunejax.data.store import DataError, ShardWriter, TokenStore
@@ -25,10 +27,10 @@ class Interrupted(Exception):
     pass
 
 
-def _interrupting(docs, after):
+def _interrupting(docs, after, error=Interrupted):
     for i, doc in enumerate(docs):
         if i == after:
-            raise Interrupted
+            raise error
         yield doc
 
 
@@ -179,3 +181,17 @@ def test_bad_input_leaves_nothing_behind(tok, tmp_path):
     with pytest.raises(DataError, match="none held out"):
         prepare(DOCS[:5], tok, out, **KW)
     assert not os.path.exists(out) and not os.path.exists(work_dir(out))
+
+
+def test_cli_interrupt_says_how_to_resume(tok, reference, tmp_path, monkeypatch, capsys):
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    out = str(tmp_path / "data")
+    argv = ["data", "prepare", "--text", str(tmp_path / "docs.jsonl"), "--tokenizer", tok, "--out", out]
+    argv += ["--val-fraction", "0.1", "--workers", "1"]
+    read_files = data_cli.read_files
+    monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
+    assert cli.main(argv) == 130
+    assert f"run the same command again to resume from {work_dir(out)}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    assert TokenStore(out).fingerprint == json.loads(reference["meta.json"])["fingerprint"]

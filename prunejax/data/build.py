@@ -44,8 +44,8 @@ def val_every(val_fraction: float) -> int:
     return 0 if val_fraction == 0 else max(2, round(1 / val_fraction))
 
 
-def every_kth(val_fraction: float) -> Callable[[np.ndarray], np.ndarray] | None:
-    """The held-out rule for document indices (0-based): documents k, 2k, ... counting from 1."""
+def validation_rule(val_fraction: float) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Which documents (by 0-based index) are held out: the k-th, 2k-th, ... counting from 1 (None: none)."""
     k = val_every(val_fraction)
     return None if k == 0 else lambda index: (index + 1) % k == 0
 

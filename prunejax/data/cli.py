@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import sys
 from collections.abc import Iterator
 
+from prunejax.data.build import work_dir
 from prunejax.data.index import RECORD_DTYPES, index_array_records
 from prunejax.data.prepare import default_workers, prepare
 from prunejax.data.sources import CORPORA, corpus_documents, expand_files, read_files
@@ -93,6 +96,16 @@ def main(argv: list[str]) -> int:
     i.add_argument("data_dir")
 
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        if args.cmd not in ("prepare", "index") or not os.path.exists(work_dir(args.out)):
+            raise
+        print(f"interrupted: run the same command again to resume from {work_dir(args.out)}", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "prepare":
         docs, source, files = _documents(args)
         out = prepare(

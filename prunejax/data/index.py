@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from prunejax.data import store as store_lib
-from prunejax.data.build import Batch, build_data_dir, every_kth, file_stamps, files_digest
+from prunejax.data.build import Batch, build_data_dir, file_stamps, files_digest, validation_rule
 from prunejax.data.sources import expand_files
 from prunejax.data.store import SHARD_TOKENS, DataError
 from prunejax.data.tokenizer import load_tokenizer, tokenizer_dir, tokenizer_files, tokenizer_info
@@ -219,7 +219,7 @@ def index_array_records(
     n_train = sum(sizes[: len(train)])
     if val and n_train == sum(sizes):
         raise DataError(f"the validation files hold no records: {', '.join(val)}")
-    is_validation = (lambda index: index >= n_train) if val else every_kth(val_fraction)
+    is_validation = (lambda index: index >= n_train) if val else validation_rule(val_fraction)
     split_rule: dict[str, Any] = {"val_files": val} if val else {"val_fraction": val_fraction}
     source = "array_record:" + ",".join(files)
     with tokenizer_dir(tokenizer_src) as tok_dir:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from prunejax.data import store as store_lib
-from prunejax.data.build import Batch, build_data_dir, every_kth, file_stamps, files_digest
+from prunejax.data.build import Batch, build_data_dir, file_stamps, files_digest, validation_rule
 from prunejax.data.store import SHARD_TOKENS, DataError
 from prunejax.data.tokenizer import load_tokenizer, tokenizer_dir, tokenizer_files, tokenizer_info
 
@@ -118,7 +118,7 @@ def prepare(
     An interrupted run is resumed when called again with the same arguments and the same documents:
     `source` names them and `inputs` lists the files they are read from (their sizes must match).
     """
-    is_validation = every_kth(val_fraction)
+    is_validation = validation_rule(val_fraction)
     if workers < 1:
         raise DataError(f"workers must be at least 1, got {workers}")
     with tokenizer_dir(tokenizer_src) as tok_dir:
