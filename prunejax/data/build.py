@@ -51,7 +51,7 @@ def validation_rule(val_fraction: float) -> Callable[[np.ndarray], np.ndarray] |
 
 
 def file_stamps(paths: Sequence[str]) -> list[list[Any]]:
-    """[path, size] of each input file, for the fingerprint: a changed input cannot be resumed."""
+    """[path, size] of each input file, for the fingerprint: a file that changed size is not resumed."""
     return [[os.path.abspath(p), os.path.getsize(p)] for p in paths]
 
 
