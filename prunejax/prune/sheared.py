@@ -32,7 +32,7 @@ from prunejax.config import ConfigError, LlamaConfig
 from prunejax.data.store import DataError, TokenStore
 from prunejax.prune import sheared_gates as sg
 from prunejax.prune.masks import PruneError
-from prunejax.prune.result import PruneResult, structured_result
+from prunejax.prune.result import PruneResult, shape_of, structured_result
 from prunejax.prune.shapes import Target, apply_target, resolve_target
 from prunejax.prune.sheared_config import Plan, ShearedConfig, load_config, plan
 from prunejax.prune.sheared_model import fold, masked_forward
@@ -265,13 +265,8 @@ def shear(
     gaps = sg.check_reached(state["log_alpha"], cfg, target, sc.fold_tolerance)
     gates, keep = sg.deterministic_gates(state["log_alpha"], target)
     new_cfg, new_params = fold(cfg, state["params"], gates, keep)
-    shape = {
-        f: getattr(new_cfg, f)
-        for f in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
-    }
-    want = {f: getattr(target, f) for f in shape}
-    if shape != want:  # the top-k fold guarantees this; a mismatch is a bug, never silently accepted
-        raise PruneError(f"fold produced {shape}, target is {want}")
+    if shape_of(new_cfg) != shape_of(target):  # the top-k fold guarantees this; a mismatch is a bug
+        raise PruneError(f"fold produced {shape_of(new_cfg)}, target is {shape_of(target)}")
     p = plan(sc, prune_tokens)
     report = {
         "prune_tokens": p.tokens,
