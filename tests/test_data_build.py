@@ -195,3 +195,9 @@ def test_cli_interrupt_says_how_to_resume(tok, reference, tmp_path, monkeypatch,
     monkeypatch.undo()
     assert cli.main(argv) == 0
     assert TokenStore(out).fingerprint == json.loads(reference["meta.json"])["fingerprint"]
+
+
+def test_out_in_a_directory_that_does_not_exist_yet(tok, reference, tmp_path):
+    out = str(tmp_path / "data" / "kjv-smol")  # the README's `--out data/kjv-smol` on a fresh checkout
+    prepare(DOCS, tok, out, **KW)
+    assert _files(out) == reference

@@ -236,6 +236,7 @@ def _start(work: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
         "counts": {"documents": 0, "validation_documents": 0},
         "tokens": {},
     }
+    os.makedirs(os.path.dirname(work), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(work), prefix=f".{os.path.basename(work)}-")
     _write_record(tmp, record)
     os.replace(tmp, work)
