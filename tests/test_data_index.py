@@ -188,3 +188,27 @@ def test_bad_array_records_are_clear_errors(tok, files, tmp_path):
         index([empty], val_fraction=0)
     with pytest.raises(DataError, match="both as a training and as a validation file"):
         index(files["int32"], val_files=files["int32"][1:], record_dtype="int32")
+
+
+def _raw_example(int64_list):
+    """A tf.train.Example with one feature 'ids' whose Int64List message is the bytes `int64_list`."""
+    entry = b"\x0a\x03ids" + b"\x12" + bytes([len(int64_list) + 2]) + b"\x1a" + bytes([len(int64_list)]) + int64_list
+    return b"\x0a" + bytes([len(entry) + 2]) + b"\x0a" + bytes([len(entry)]) + entry
+
+
+def test_varints_past_64_bits_are_clear_errors(tok, tmp_path, capsys):
+    assert index_lib._int64_list(memoryview(b"\x08" + b"\xff" * 9 + b"\x01")).tolist() == [-1]  # 2**64 - 1
+    assert index_lib._int64_list(memoryview(b"\x0a\x0a" + b"\xff" * 9 + b"\x01")).tolist() == [-1]  # packed
+    for bad, message in [
+        (b"\x08" + b"\xff" * 10 + b"\x7f", "varint longer than 10 bytes"),
+        (b"\x08" + b"\xff" * 9 + b"\x02", "varint above 2\\*\\*64"),
+        (b"\x0a\x0a" + b"\xff" * 9 + b"\x02", "varint above 2\\*\\*64"),  # packed
+    ]:
+        with pytest.raises(ValueError, match=message):
+            index_lib._int64_list(memoryview(bad))
+    path = _write(tmp_path / "bad.array_record", [_example([1, 2]), _raw_example(b"\x08" + b"\xff" * 10 + b"\x7f")])
+    with pytest.raises(DataError, match="bad.array_record record 1: not a tf.train.Example .*longer than 10 bytes"):
+        index_array_records([path], tok, str(tmp_path / "d"), **{**KW, "val_fraction": 0})
+    argv = ["data", "index", "--array-record", path, "--tokenizer", tok, "--out", str(tmp_path / "c")]
+    assert cli.main([*argv, "--val-fraction", "0"]) == 1
+    assert "bad.array_record record 1: not a tf.train.Example" in capsys.readouterr().err

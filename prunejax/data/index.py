@@ -33,14 +33,19 @@ RECORD_DTYPES = {"uint16": "<u2", "int32": "<i4", "uint32": "<u4", "int64": "<i8
 
 # ---- records --------------------------------------------------------------------------------
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it; at most 10 bytes and below 2**64, as protobuf allows."""
     value = shift = 0
     while True:
         if pos >= len(buf):
             raise ValueError("truncated protobuf varint")
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
+            if value >> 64:
+                raise ValueError("varint above 2**64 - 1")
             return value, pos
         shift += 7
 
@@ -84,6 +89,8 @@ def _packed_varints(data: memoryview) -> np.ndarray:
     shifts = 7 * (np.arange(b.size) - np.repeat(starts, ends - starts + 1))
     if shifts.max() > 63:
         raise ValueError("varint longer than 10 bytes")
+    if np.any((shifts == 63) & (b > 1)):  # a 10th byte holds only bit 63: more would not fit 64 bits
+        raise ValueError("varint above 2**64 - 1")
     return np.add.reduceat((b & 0x7F).astype(np.uint64) << shifts.astype(np.uint64), starts).view(np.int64)
 
 
