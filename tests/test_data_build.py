@@ -201,3 +201,23 @@ def test_out_in_a_directory_that_does_not_exist_yet(tok, reference, tmp_path):
     out = str(tmp_path / "data" / "kjv-smol")  # the README's `--out data/kjv-smol` on a fresh checkout
     prepare(DOCS, tok, out, **KW)
     assert _files(out) == reference
+
+
+def test_shard_writer_sync_makes_every_shard_durable(tmp_path, monkeypatch):
+    synced = []
+    fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    w = ShardWriter(str(tmp_path), "train", 100, shard_tokens=4)
+    w.write(np.arange(10))  # three shards: the first two closed at rollover
+    w.sync()  # what a progress record claims must be on disk: every shard, and the directory's entries for them
+    assert {"train-00000.bin", "train-00001.bin", "train-00002.bin", tmp_path.name} <= set(synced)
+    synced.clear()
+    w.write(np.arange(2))  # fills the open shard: no new file, nothing else to sync
+    w.sync()
+    assert synced == ["train-00002.bin"]
+    w.close()

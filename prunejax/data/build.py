@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from prunejax.data.store import FORMAT, SHARD_TOKENS, DataError, ShardWriter, hash_shards
+from prunejax.data.store import FORMAT, SHARD_TOKENS, DataError, ShardWriter, fsync_dir, hash_shards
 from prunejax.hf import atomic_dir
 
 PARTIAL_FORMAT = "prunejax-partial/1"
@@ -219,11 +219,7 @@ def _write_record(directory: str, record: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def _start(work: str, fingerprint: dict[str, Any]) -> dict[str, Any]:

@@ -115,6 +115,15 @@ class TokenStore:
         return out
 
 
+def fsync_dir(directory: str) -> None:
+    """Make the entries of `directory` (files created, renamed or removed in it) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def hash_shards(directory: str, shards: list[dict[str, Any]], digest: Any) -> None:
     """Feed the bytes of `shards` (meta.json entries) to `digest`, in order."""
     for shard in shards:
@@ -144,6 +153,7 @@ class ShardWriter:
         self.directory, self.split, self.vocab_size = directory, split, vocab_size
         self.dtype, self.shard_tokens, self.tokens, self.digest = token_dtype(vocab_size), shard_tokens, 0, digest
         self._file: Any = None
+        self._new_entry = False  # a shard file was created since the last sync: the directory needs an fsync too
         names = [n for n in os.listdir(directory) if re.fullmatch(rf"{re.escape(split)}-\d{{5}}\.bin", n)]
         for shard in self._layout(tokens):
             path = os.path.join(directory, shard["file"])
@@ -176,9 +186,10 @@ class ShardWriter:
         while data.size:
             used = self.tokens % self.shard_tokens
             if self._file is None or used == 0:
-                self.close()
+                self.close(sync=True)  # a full shard: durable before a later commit claims it
                 name = f"{self.split}-{self.tokens // self.shard_tokens:05d}.bin"
                 self._file = open(os.path.join(self.directory, name), "ab")  # noqa: SIM115 - closed by close()
+                self._new_entry = True
             piece, data = data[: self.shard_tokens - used], data[self.shard_tokens - used :]
             self._file.write(piece.tobytes())
             if self.digest is not None:
@@ -186,13 +197,20 @@ class ShardWriter:
             self.tokens += int(piece.size)
 
     def sync(self) -> None:
-        """Make everything written so far durable (before a progress record claims it)."""
+        """Make everything written so far durable (before a progress record claims it): shards closed at
+        rollover were synced then; here the open shard and, when a shard was created, the directory."""
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())
+        if self._new_entry:
+            fsync_dir(self.directory)
+            self._new_entry = False
 
-    def close(self) -> None:
+    def close(self, sync: bool = False) -> None:
         if self._file is not None:
+            if sync:
+                self._file.flush()
+                os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
 
