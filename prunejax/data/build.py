@@ -51,8 +51,14 @@ def validation_rule(val_fraction: float) -> Callable[[np.ndarray], np.ndarray] |
 
 
 def file_stamps(paths: Sequence[str]) -> list[list[Any]]:
-    """[path, size] of each input file, for the fingerprint: a file that changed size is not resumed."""
-    return [[os.path.abspath(p), os.path.getsize(p)] for p in paths]
+    """[path, size, mtime in ns] of each input file, for the fingerprint: a file that changed size or was
+    written since (an edit that keeps the size included) is not resumed. Contents are not hashed: that
+    would read the whole corpus before every run."""
+    stamps = []
+    for path in paths:
+        st = os.stat(path)
+        stamps.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+    return stamps
 
 
 def files_digest(paths: Sequence[str]) -> str:

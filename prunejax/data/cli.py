@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from prunejax.data.build import work_dir
 from prunejax.data.index import RECORD_DTYPES, index_array_records
 from prunejax.data.prepare import default_workers, prepare
-from prunejax.data.sources import CORPORA, corpus_documents, expand_files, read_files
+from prunejax.data.sources import CORPORA, corpus_documents, corpus_file, expand_files, read_files
 from prunejax.data.store import DataError, TokenStore
 
 
@@ -22,7 +22,8 @@ def _documents(args: argparse.Namespace) -> tuple[Iterator[str], str, list[str]]
     if bool(args.text) == bool(args.corpus):
         raise DataError("give exactly one of --text FILES... or --corpus NAME")
     if args.corpus:
-        docs, source, files = corpus_documents(args.corpus, args.corpus_path), f"corpus:{args.corpus}", []
+        files = [corpus_file(args.corpus, args.corpus_path)]
+        docs, source = corpus_documents(args.corpus, files[0]), f"corpus:{args.corpus}"
     else:
         files = expand_files(args.text)
         docs, source = read_files(files, args.field), "files:" + ",".join(args.text)
@@ -117,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
             workers=args.workers,
             source=source,
             inputs=files,
+            field=None if args.corpus else args.field,
             overwrite=args.overwrite,
         )
         _print_summary(out)

