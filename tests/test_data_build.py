@@ -270,3 +270,59 @@ def test_resume_refuses_a_changed_field_corpus_path_or_input_file(tok, tmp_path,
     assert "other arguments (inputs:" in capsys.readouterr().err
     assert cli.main([*argv, "--corpus-path", os.path.dirname(a)]) == 0  # the same archive, found through its dir
     assert TokenStore(out).meta["counts"]["documents"] == 1
+
+
+def _fail_once(monkeypatch, module, name, error, when=lambda *a: True):
+    """Make `module.name` raise `error` the first time it is called with arguments `when` accepts."""
+    real, failed = getattr(module, name), []
+
+    def fail(*args, **kwargs):
+        if not failed and when(*args):
+            failed.append(args)
+            raise error
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, fail)
+    return failed
+
+
+@pytest.mark.parametrize("step", ["copy tokenizer", "rename", "remove progress record"])
+def test_interrupted_finish_resumes_to_the_same_bytes(tok, reference, tmp_path, monkeypatch, step):
+    import shutil
+
+    from prunejax.data import prepare as prepare_lib
+
+    out = str(tmp_path / "data")
+    if step == "copy tokenizer":
+        failed = _fail_once(monkeypatch, shutil, "copy", KeyboardInterrupt)
+    elif step == "rename":
+        failed = _fail_once(monkeypatch, os, "replace", KeyboardInterrupt, lambda src, dst: dst == out)
+    else:
+        failed = _fail_once(monkeypatch, os, "remove", KeyboardInterrupt, lambda path: path.startswith(out + os.sep))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(DOCS, tok, out, **KW)
+    monkeypatch.undo()
+    assert failed
+    if step != "remove progress record":  # every document is committed: the partial build is kept whole
+        assert not os.path.exists(out) and _progress(out)["counts"]["documents"] == len(DOCS)
+
+    def no_tokenizing(*args):
+        raise AssertionError("a resumed finish tokenizes nothing")
+
+    monkeypatch.setattr(prepare_lib, "encode", no_tokenizing)
+    prepare(DOCS, tok, out, **KW)
+    assert _files(out) == reference
+    assert sorted(os.listdir(tmp_path)) == ["data"]
+
+
+def test_failed_rename_over_an_old_data_dir_restores_it(tok, reference, tmp_path, monkeypatch):
+    out = str(tmp_path / "data")
+    old = _files(prepare(DOCS[:40], tok, out, **KW))
+    _fail_once(monkeypatch, os, "replace", OSError("disk gone"), lambda src, dst: dst == out and src == work_dir(out))
+    with pytest.raises(OSError, match="disk gone"):
+        prepare(DOCS, tok, out, overwrite=True, **KW)
+    monkeypatch.undo()
+    assert _files(out) == old and _progress(out)["counts"]["documents"] == len(DOCS)
+    prepare(DOCS, tok, out, overwrite=True, **KW)
+    assert _files(out) == reference
+    assert sorted(os.listdir(tmp_path)) == ["data"]

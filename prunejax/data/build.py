@@ -9,6 +9,12 @@ cuts the shards back to the committed token counts, skips the committed document
 Shard boundaries depend only on the token stream, so the result is byte-identical to an
 uninterrupted build; batch size and worker count do not change the output and are not fingerprinted.
 
+Finishing happens in the work directory too: `tokenizer/` and `meta.json` are written and fsynced
+there, the directory is renamed to `<out>` (under `--overwrite` an old `<out>` is moved aside first and
+put back if the rename fails), and `progress.json` is removed last. Until the rename a rerun finds a
+partial build with every document committed and only finishes again; after it, a rerun finds `<out>`
+holding the progress record of the same arguments and just removes it.
+
 A partial build is kept only for interruptions: bad input (a DataError while building) removes it,
 since a resume would stop at the same input. `--overwrite` replaces a finished `<out>` and discards a
 partial build of other arguments; a partial build of the same arguments is resumed either way.
@@ -28,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from prunejax.data.store import FORMAT, SHARD_TOKENS, DataError, ShardWriter, fsync_dir, hash_shards
-from prunejax.hf import atomic_dir
+from prunejax.hf import _default_permissions
 
 PARTIAL_FORMAT = "prunejax-partial/1"
 PROGRESS = "progress.json"
@@ -94,9 +100,11 @@ def build_data_dir(
     validation split); `progress` is the progress bar's label (None: no bar). An interrupted build
     with the same `fingerprint` is resumed.
     """
+    fingerprint = json.loads(json.dumps({**fingerprint, "format": FORMAT, "shard_tokens": shard_tokens}))
+    if _finished(out_dir, fingerprint):
+        return out_dir
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (pass --overwrite)")
-    fingerprint = json.loads(json.dumps({**fingerprint, "format": FORMAT, "shard_tokens": shard_tokens}))
     work = work_dir(out_dir)
     splits = ["train", "validation"] if is_validation else ["train"]
     record = _resume(work, fingerprint, overwrite)
@@ -134,19 +142,62 @@ def build_data_dir(
         "counts": record["counts"],
         "fingerprint": digest.hexdigest()[:16],
     }
-    with atomic_dir(out_dir, overwrite) as tmp:
-        os.remove(os.path.join(work, PROGRESS))
-        for split in meta["splits"].values():
-            for shard in split["shards"]:
-                os.replace(os.path.join(work, shard["file"]), os.path.join(tmp, shard["file"]))
-        shutil.rmtree(work)  # whatever else an interruption left there
-        if tokenizer_files:
-            os.makedirs(os.path.join(tmp, "tokenizer"))
-            for path in tokenizer_files:
-                shutil.copy(path, os.path.join(tmp, "tokenizer"))
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=2)
+    _finish(work, out_dir, meta, tokenizer_files, overwrite)
     return out_dir
+
+
+def _finish(work: str, out_dir: str, meta: dict[str, Any], tokenizer_files: Sequence[str], overwrite: bool) -> None:
+    """Make the work directory the DATA_DIR: tokenizer/ and meta.json written durably inside it, renamed to
+    `out_dir`, then its progress record removed. Every document is committed by now, so an interruption
+    before the rename leaves a partial build whose rerun only finishes again."""
+    tok_dir = os.path.join(work, "tokenizer")
+    if os.path.exists(tok_dir):  # from an interrupted finish
+        shutil.rmtree(tok_dir)
+    if tokenizer_files:
+        os.makedirs(tok_dir)
+        for path in tokenizer_files:
+            _fsync_file(shutil.copy(path, tok_dir))
+        fsync_dir(tok_dir)
+    _write_json(work, "meta.json", meta)
+    _default_permissions(work)
+    parent = os.path.dirname(work)
+    aside = None
+    try:
+        if os.path.exists(out_dir):
+            if os.listdir(out_dir) and not overwrite:  # appeared while we were building
+                raise FileExistsError(f"{out_dir} exists and is not empty (pass --overwrite)")
+            aside = os.path.join(tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-"), "x")
+            os.replace(out_dir, aside)
+        os.replace(work, out_dir)
+    except BaseException:
+        if aside is not None and os.path.exists(aside) and not os.path.exists(out_dir):
+            os.replace(aside, out_dir)
+        if aside is not None:
+            shutil.rmtree(os.path.dirname(aside), ignore_errors=True)
+        raise
+    fsync_dir(parent)
+    os.remove(os.path.join(out_dir, PROGRESS))
+    fsync_dir(out_dir)
+    if aside is not None:
+        shutil.rmtree(os.path.dirname(aside))
+
+
+def _finished(out_dir: str, fingerprint: dict[str, Any]) -> bool:
+    """Whether `out_dir` is this very build, renamed into place but interrupted before its progress record
+    was removed; if so, remove it now."""
+    path = os.path.join(out_dir, PROGRESS)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return False
+    if not os.path.exists(os.path.join(out_dir, "meta.json")):
+        return False
+    os.remove(path)
+    fsync_dir(out_dir)
+    return True
 
 
 def _writers(
@@ -219,13 +270,26 @@ def _commit(work: str, record: dict[str, Any], writers: dict[str, ShardWriter]) 
 
 def _write_record(directory: str, record: dict[str, Any]) -> None:
     """Replace `directory/progress.json` atomically and durably."""
-    path = os.path.join(directory, PROGRESS)
+    _write_json(directory, PROGRESS, record)
+
+
+def _write_json(directory: str, name: str, obj: dict[str, Any]) -> None:
+    """Replace `directory/name` atomically and durably (write, fsync, rename, fsync the directory)."""
+    path = os.path.join(directory, name)
     with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
+        json.dump(obj, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
     fsync_dir(directory)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _start(work: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
