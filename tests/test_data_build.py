@@ -326,3 +326,47 @@ def test_failed_rename_over_an_old_data_dir_restores_it(tok, reference, tmp_path
     prepare(DOCS, tok, out, overwrite=True, **KW)
     assert _files(out) == reference
     assert sorted(os.listdir(tmp_path)) == ["data"]
+
+
+def test_a_missing_reader_is_refused_before_a_partial_build_is_touched(tok, tmp_path, monkeypatch, capsys):
+    import zstandard
+
+    lines = ["".join(json.dumps({"text": d}) + "\n" for d in docs) for docs in (DOCS[:30], DOCS[30:])]
+    (tmp_path / "a.jsonl").write_text(lines[0])
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines[1].encode()))
+    out = str(tmp_path / "data")
+    argv = ["data", "prepare", "--text", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl.zst")]
+    argv += ["--tokenizer", tok, "--out", out, "--val-fraction", "0.1"]
+    read_files = data_cli.read_files
+    monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 20, KeyboardInterrupt))
+    assert cli.main(argv) == 130
+    monkeypatch.undo()
+    record = _progress(out)
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # not installed here: found out before reading a.jsonl
+    assert cli.main(argv) == 1
+    assert "b.jsonl.zst: reading .zst needs the zstandard package" in capsys.readouterr().err
+    assert _progress(out) == record
+    with pytest.raises(DataError, match="reading .zst needs the zstandard package"):
+        read_files([str(tmp_path / "b.jsonl.zst")])  # when called, not when first iterated
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "c.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match="c.parquet: reading parquet needs the pyarrow package"):
+        read_files([str(tmp_path / "c.parquet")])
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    assert TokenStore(out).meta["counts"] == {"documents": 60, "validation_documents": 6}
+
+
+def test_bad_input_removes_even_a_resumed_partial_build(tok, tmp_path):
+    out = str(tmp_path / "data")
+    with pytest.raises(Interrupted):
+        prepare(_interrupting(DOCS, 30), tok, out, **KW)
+    assert _progress(out)["counts"]["documents"] == 28
+
+    def bad_at_40():
+        yield from DOCS[:40]
+        raise DataError("docs.jsonl:41: not valid JSON")  # mending the file changes its stamp: never resumable
+
+    with pytest.raises(DataError, match="not valid JSON"):
+        prepare(bad_at_40(), tok, out, **KW)
+    assert not os.path.exists(out) and not os.path.exists(work_dir(out))

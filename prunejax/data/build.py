@@ -15,9 +15,14 @@ put back if the rename fails), and `progress.json` is removed last. Until the re
 partial build with every document committed and only finishes again; after it, a rerun finds `<out>`
 holding the progress record of the same arguments and just removes it.
 
-A partial build is kept only for interruptions: bad input (a DataError while building) removes it,
-since a resume would stop at the same input. `--overwrite` replaces a finished `<out>` and discards a
-partial build of other arguments; a partial build of the same arguments is resumed either way.
+Which errors keep a partial build: a DataError while building is about the input itself (a malformed
+record, a token id outside the vocabulary, an empty split). A resume would stop at the same input, and
+mending it changes something fingerprinted (a file's size or mtime, the field, the split rule), so the
+partial build could never be resumed: it is removed. Errors of the environment or the arguments (a
+missing file, corpus or tokenizer, zstandard or pyarrow not installed) are raised before the work
+directory is touched, so they never cost a partial build. Anything else (Ctrl-C, kill, a full disk, an
+OSError, a bug) keeps it for the rerun. `--overwrite` replaces a finished `<out>` and discards a partial
+build of other arguments; a partial build of the same arguments is resumed either way.
 """
 
 from __future__ import annotations

@@ -78,18 +78,37 @@ def read_parquet(path: str, field: str = "text", batch_rows: int = 1024) -> Iter
         yield from (t for t in batch.column(0).to_pylist() if t)
 
 
+def _check_reader(path: str) -> None:
+    """Raise now, not hours into a build, when reading `path` needs a package that is not installed."""
+    try:
+        if path.endswith(".zst"):
+            import zstandard  # noqa: F401
+        if _base_ext(path) == ".parquet":
+            import pyarrow.parquet  # noqa: F401
+    except ImportError as e:
+        package, kind = ("zstandard", ".zst") if path.endswith(".zst") else ("pyarrow", "parquet")
+        raise DataError(f"{path}: reading {kind} needs the {package} package (pip install {package})") from e
+
+
 def expand_files(patterns: list[str]) -> list[str]:
-    """The files `patterns` name (globs sorted, in the order given); a missing one is an error."""
+    """The files `patterns` name (globs sorted, in the order given); one that is missing, or whose reader
+    (zstandard, pyarrow) is not installed, is an error."""
     paths = [p for pattern in patterns for p in (sorted(glob.glob(pattern)) or [pattern])]
     for path in paths:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
+        _check_reader(path)
     return paths
 
 
 def read_files(paths: list[str], field: str = "text") -> Iterator[str]:
-    """Documents from files: `.jsonl`/`.json` lines and `.parquet` by `field`; any other file is one document."""
-    for path in expand_files(paths):
+    """Documents from files: `.jsonl`/`.json` lines and `.parquet` by `field`; any other file is one document.
+    The files are found and checked (`expand_files`) when called; documents are read as they are taken."""
+    return _read_files(expand_files(paths), field)
+
+
+def _read_files(paths: list[str], field: str) -> Iterator[str]:
+    for path in paths:
         ext = _base_ext(path)
         if ext in (".jsonl", ".json", ".ndjson"):
             yield from read_jsonl(path, field)
