@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"prunejax {verb}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the shell's 128 + SIGINT, no traceback
+        return 130
 
 
 if __name__ == "__main__":

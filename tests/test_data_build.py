@@ -370,3 +370,18 @@ def test_bad_input_removes_even_a_resumed_partial_build(tok, tmp_path):
     with pytest.raises(DataError, match="not valid JSON"):
         prepare(bad_at_40(), tok, out, **KW)
     assert not os.path.exists(out) and not os.path.exists(work_dir(out))
+
+
+def test_ctrl_c_in_a_study_data_stage_stops_the_study(tok, tmp_path, monkeypatch, capsys):
+    from prunejax.study import runner
+
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    out = str(tmp_path / "data")
+    argv = ["prepare", "--text", str(tmp_path / "docs.jsonl"), "--tokenizer", tok, "--out", out, "--workers", "1"]
+    read_files = data_cli.read_files
+    monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # not a RuntimeError that would mark the stage failed and go on
+        runner.cli("data", argv)
+    assert f"run the same command again to resume from {work_dir(out)}" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        data_cli.main(argv)

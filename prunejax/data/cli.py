@@ -100,10 +100,10 @@ def main(argv: list[str]) -> int:
     try:
         return _run(args)
     except KeyboardInterrupt:
-        if args.cmd not in ("prepare", "index") or not os.path.exists(work_dir(args.out)):
-            raise
-        print(f"interrupted: run the same command again to resume from {work_dir(args.out)}", file=sys.stderr)
-        return 130
+        # re-raised, not an exit status: a study calls this in-process and must stop, not log a failed stage
+        if args.cmd in ("prepare", "index") and os.path.exists(work_dir(args.out)):
+            print(f"interrupted: run the same command again to resume from {work_dir(args.out)}", file=sys.stderr)
+        raise
 
 
 def _run(args: argparse.Namespace) -> int:
