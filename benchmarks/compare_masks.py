@@ -56,7 +56,7 @@ def main() -> None:
         gap = float(np.abs(a - b).max())
         if ".layers." in name and a.ndim == 2:
             settled = dense[name] != 0
-            flips = float(((a != 0) != (b != 0))[settled].mean())
+            flips = float(((a != 0) != (b != 0))[settled].mean()) if settled.any() else 0.0
             if flips or args.all:
                 print(f"{name:48s} mask differs at {flips:.6f} of positions, max |ours - theirs| {gap:.3g}")
             differ += flips > 0

@@ -57,6 +57,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         result = prune(cfg, params, method, tokens, batch_size=args.batch_size, **options)
         cfg, params, realized = result.cfg, result.params, result.report["realized_ratio"]
     seconds = time.time() - t0
+    if args.save_dir and method:
+        from prunejax import hf
+
+        out = os.path.join(args.save_dir, name.replace(" ", "_").replace(":", "-"))
+        hf.save(out, cfg, params, result.masks, provenance={"benchmark": name}, overwrite=True)
     ppl = {}
     for label, data_dir in (("calib_domain", args.calib), ("other_domain", args.other)):
         toks = eval_tokens(data_dir, args.eval_windows, args.eval_seq_len)
@@ -76,6 +81,7 @@ def main() -> None:
     p.add_argument("--eval-seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of: " + ", ".join(RUNS))
+    p.add_argument("--save-dir", help="write each pruned model as a MODEL_DIR under this directory")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--out-json", default="prune_results.jsonl")
     args = p.parse_args()

@@ -39,9 +39,11 @@ def build(cls: type[T], d: Any, where: str, *, kind: str = "", exclude: Collecti
     if not isinstance(d, Mapping):
         raise ConfigError(f"{where}: expected a mapping of {words}keys to values, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in exclude}  # type: ignore[arg-type]
-    unknown = sorted(set(d) - set(fields))
+    unknown = sorted(set(d) - set(fields), key=str)  # YAML keys need not be strings
     if unknown:
-        raise ConfigError(f"{where}: unknown {words}key(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        raise ConfigError(
+            f"{where}: unknown {words}key(s) {', '.join(map(str, unknown))}; valid: {', '.join(sorted(fields))}"
+        )
     d = dict(d)
     for key, value in d.items():
         if fields[key].type in FLOAT_TYPES and value is not None and not isinstance(value, float):

@@ -212,6 +212,12 @@ def test_same_shape_scratch_runs_are_trained_once(mini_study):
             for name in ("final/config.json", "final/model.safetensors", "metrics.jsonl"):
                 with open(os.path.join(out, first, name), "rb") as a, open(os.path.join(out, reused, name), "rb") as b:
                     assert a.read() == b.read(), (reused, name)
+            # reused, not retrained: the weights are the same file; appendable logs are the reuser's own copy
+            weights = [os.path.join(out, d, "final/model.safetensors") for d in (first, reused)]
+            assert os.path.samefile(*weights)
+            assert not os.path.samefile(
+                os.path.join(out, first, "metrics.jsonl"), os.path.join(out, reused, "metrics.jsonl")
+            )
     # the sparse control keeps its own masks: never shared
     for path in glob.glob(os.path.join(out, "scratch/same/wanda/r0.5/s0/*/*")):
         assert not os.path.exists(os.path.join(path, "same_as.json")), path

@@ -28,6 +28,8 @@ def test_build_checks_keys_and_reads_numeric_strings_as_floats():
         yamlconf.build(Knobs, {"foo": 1, "bar": 2, "source": "s"}, "here", exclude=("source",))
     with pytest.raises(ConfigError, match=r"^f.yaml: unknown knob key\(s\) foo; valid: "):
         yamlconf.build(Knobs, {"foo": 1}, "f.yaml", kind="knob")
+    with pytest.raises(ConfigError, match=r"^here: unknown key\(s\) 1, foo; valid: "):  # YAML allows `1: 2`
+        yamlconf.build(Knobs, {"foo": 1, 1: 2}, "here")
     with pytest.raises(ConfigError, match="^here: lr must be a number, got 'fast'$"):
         yamlconf.build(Knobs, {"lr": "fast"}, "here")
     with pytest.raises(ConfigError, match="^here: lr must be a number, got True$"):

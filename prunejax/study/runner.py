@@ -35,6 +35,9 @@ class StudyError(ValueError):
     """A study that cannot start: changed config over existing results, too little data, ..."""
 
 
+TEXT_RECORDS = (".json", ".jsonl", ".yaml", ".txt", ".log")
+
+
 class StudyInterrupted(BaseException):  # like KeyboardInterrupt: not an error of the stage
     """A stage stopped early (SIGTERM/preemption: training saved a checkpoint and returned)."""
 
@@ -49,6 +52,19 @@ def read_marker(study_dir: str, stage_id: str) -> dict[str, Any] | None:
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Weights and checkpoints are hard-linked: no space, the copy stays whole if the original is removed,
+    and nothing rewrites them in place. Text records (metrics.jsonl, which a resumed run appends to,
+    JSON, YAML, logs) are copied so the two runs never share them."""
+    if not src.endswith(TEXT_RECORDS):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or no hard links
+            pass
+    shutil.copy2(src, dst)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -249,14 +265,9 @@ class Runner:
         out = self.out(stage.id)
         twin = None if os.path.exists(out) else self._scratch_twin(stage)
         if twin is not None:  # the same random-init run: take its output instead of training it twice
-            # hard links cost no space and keep this copy whole if the twin is later invalidated and removed
-            tmp = f"{out}.tmp-{os.getpid()}"
+            tmp = f"{out}.reuse-tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                shutil.copytree(self.out(twin), tmp, copy_function=os.link)
-            except OSError:  # another file system: copy
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(self.out(twin), tmp)
+            shutil.copytree(self.out(twin), tmp, copy_function=_link_or_copy)
             write_json(os.path.join(tmp, "same_as.json"), {"stage": twin})
             os.replace(tmp, out)
             print(f"{stage.id}: same shape, tokens, recipe, seed and data as {twin}; its run reused")
