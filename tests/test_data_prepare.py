@@ -205,3 +205,15 @@ def test_cli_prepare_from_model_dir_tokenizer(tok, tmp_path, capsys):
     assert "exactly one of --text" in capsys.readouterr().err
     assert cli.main(["data", "prepare", "--corpus", "kjv", "--tokenizer", str(tmp_path), "--out", "y"]) == 1
     assert "no tokenizer.json" in capsys.readouterr().err
+
+
+def test_held_out_rule_rounds_halves_up_and_the_cli_reports_the_realized_fraction(tok, tmp_path, capsys):
+    # the fractions in configs/ and tests keep their k; 1/0.4 = 2.5 rounds up to 3 (33%), not to even 2 (50%)
+    assert [val_every(f) for f in (0.02, 0.05, 0.1, 0.2, 0.25, 0.4)] == [50, 20, 10, 5, 4, 3]
+    ks = [val_every(f) for f in np.linspace(0.001, 0.499, 4000)]
+    assert all(a >= b for a, b in zip(ks, ks[1:], strict=False))  # more held out never means fewer
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    out = str(tmp_path / "d")
+    argv = ["data", "prepare", "--text", str(tmp_path / "docs.jsonl"), "--tokenizer", tok, "--out", out]
+    assert cli.main([*argv, "--val-fraction", "0.4"]) == 0
+    assert "validation: 1 document in 3 (--val-fraction 0.4), 13 of 40 held out (32.5%)" in capsys.readouterr().out

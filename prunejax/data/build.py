@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -49,10 +50,11 @@ Batch = tuple[np.ndarray, np.ndarray]
 
 
 def val_every(val_fraction: float) -> int:
-    """Every k-th document is held out; 0 means no validation split."""
+    """Every k-th document is held out, k = 1/val_fraction rounded half up (0.4 -> 3, 33%); 0 means no
+    validation split. k never grows with the fraction; 1/k is the fraction realized."""
     if not 0.0 <= val_fraction < 0.5:
         raise DataError(f"val_fraction must be in [0, 0.5), got {val_fraction}")
-    return 0 if val_fraction == 0 else max(2, round(1 / val_fraction))
+    return 0 if val_fraction == 0 else max(2, math.floor(1 / val_fraction + 0.5))
 
 
 def validation_rule(val_fraction: float) -> Callable[[np.ndarray], np.ndarray] | None:

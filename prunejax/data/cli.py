@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from prunejax.data.build import work_dir
+from prunejax.data.build import val_every, work_dir
 from prunejax.data.index import RECORD_DTYPES, index_array_records
 from prunejax.data.prepare import default_workers, prepare
 from prunejax.data.sources import CORPORA, corpus_documents, corpus_file, expand_files, read_files
@@ -37,6 +37,11 @@ def _print_summary(out: str) -> None:
     store = TokenStore(out)
     sizes = ", ".join(f"{s} {store.num_tokens(s):,}" for s in store.splits())
     print(f"wrote {out}: {sizes} tokens, vocab {store.vocab_size}, fingerprint {store.fingerprint}")
+    counts, fraction = store.meta.get("counts"), store.meta.get("val_fraction")
+    if counts and counts["validation_documents"]:
+        held, docs = counts["validation_documents"], counts["documents"]
+        rule = f"1 document in {val_every(fraction)} (--val-fraction {fraction})" if fraction else "the --val-files"
+        print(f"validation: {rule}, {held:,} of {docs:,} held out ({held / docs:.1%})")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -55,7 +60,7 @@ def main(argv: list[str]) -> int:
     _add_source_args(p)
     p.add_argument("--tokenizer", required=True, help="tokenizer dir, MODEL_DIR, HF dir or .gguf")
     p.add_argument("--out", required=True, help="DATA_DIR to write")
-    p.add_argument("--val-fraction", type=float, default=0.05, help="documents held out (every 1/F-th)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="documents held out: 1 in 1/F (rounded half up)")
     p.add_argument("--batch-docs", type=int, default=256, help="documents per tokenizer batch")
     p.add_argument(
         "--workers",
@@ -70,7 +75,7 @@ def main(argv: list[str]) -> int:
     x.add_argument("--tokenizer", required=True, help="the tokenizer of the ids: dir, MODEL_DIR, HF dir or .gguf")
     x.add_argument("--out", required=True, help="DATA_DIR to write")
     v = x.add_mutually_exclusive_group()
-    v.add_argument("--val-fraction", type=float, default=0.05, help="records held out (every 1/F-th)")
+    v.add_argument("--val-fraction", type=float, default=0.05, help="records held out: 1 in 1/F (rounded half up)")
     v.add_argument("--val-files", nargs="+", default=[], help="ArrayRecord files that form the validation split")
     x.add_argument("--feature", help="tf.train.Example int64 feature holding the ids (default: the only one)")
     x.add_argument(

@@ -6,8 +6,9 @@ loading the tokenizer once and tokenizing whole batches on one thread. Results c
 so the output is byte-identical whatever the worker count, and at most two batches per worker are
 in flight, so memory holds a bounded number of batches, never the corpus (input that fits in that
 first window is tokenized in-process: starting the processes would cost more). Every k-th document
-(k = round(1/val_fraction)) goes to the validation split: the assignment is deterministic, spread
-over the whole corpus, and independent of batch sizes. Writing is resumable (`build`).
+(k = 1/val_fraction rounded half up, `build.val_every`) goes to the validation split: the assignment
+is deterministic, spread over the whole corpus, and independent of batch sizes. Writing is resumable
+(`build`).
 """
 
 from __future__ import annotations
