@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from prunejax.data.store import FORMAT, SHARD_TOKENS, DataError, ShardWriter, fsync_dir, hash_shards
+from prunejax.data.store import FORMAT, SHARD_TOKENS, DataError, ShardWriter, fsync_path, hash_shards
 from prunejax.hf import _default_permissions
 
 PARTIAL_FORMAT = "prunejax-partial/1"
@@ -163,8 +163,8 @@ def _finish(work: str, out_dir: str, meta: dict[str, Any], tokenizer_files: Sequ
     if tokenizer_files:
         os.makedirs(tok_dir)
         for path in tokenizer_files:
-            _fsync_file(shutil.copy(path, tok_dir))
-        fsync_dir(tok_dir)
+            fsync_path(shutil.copy(path, tok_dir))
+        fsync_path(tok_dir)
     _write_json(work, "meta.json", meta)
     _default_permissions(work)
     parent = os.path.dirname(work)
@@ -182,9 +182,9 @@ def _finish(work: str, out_dir: str, meta: dict[str, Any], tokenizer_files: Sequ
         if aside is not None:
             shutil.rmtree(os.path.dirname(aside), ignore_errors=True)
         raise
-    fsync_dir(parent)
+    fsync_path(parent)
     os.remove(os.path.join(out_dir, PROGRESS))
-    fsync_dir(out_dir)
+    fsync_path(out_dir)
     if aside is not None:
         shutil.rmtree(os.path.dirname(aside))
 
@@ -203,7 +203,7 @@ def _finished(out_dir: str, fingerprint: dict[str, Any]) -> bool:
     if not os.path.exists(os.path.join(out_dir, "meta.json")):
         return False
     os.remove(path)
-    fsync_dir(out_dir)
+    fsync_path(out_dir)
     return True
 
 
@@ -288,15 +288,7 @@ def _write_json(directory: str, name: str, obj: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
-    fsync_dir(directory)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory)
 
 
 def _start(work: str, fingerprint: dict[str, Any]) -> dict[str, Any]:

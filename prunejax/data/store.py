@@ -115,9 +115,9 @@ class TokenStore:
         return out
 
 
-def fsync_dir(directory: str) -> None:
-    """Make the entries of `directory` (files created, renamed or removed in it) durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: str) -> None:
+    """Make a file's bytes durable, or a directory's entries (files created, renamed or removed in it)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -203,7 +203,7 @@ class ShardWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
         if self._new_entry:
-            fsync_dir(self.directory)
+            fsync_path(self.directory)
             self._new_entry = False
 
     def close(self, sync: bool = False) -> None:
