@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunejax {verb}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: the shell's 128 + SIGINT, no traceback
+        print(f"prunejax {verb}: interrupted", file=sys.stderr)
         return 130
 
 
