@@ -38,6 +38,32 @@ class ConfigError(ValueError):
     """A config that is malformed or describes a model prunejax does not support."""
 
 
+def parse_tokens(value: Any, minimum: int = 0) -> int:
+    """A token count: 200000, '2e5', '300k', '1.5M', '50B' -> int (a whole number >= `minimum`)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        count = float(value)
+    else:
+        text = str(value).strip().lower().replace("_", "").replace(",", "")
+        scale = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}.get(text[-1:], 1)
+        try:
+            count = float(text[:-1] if scale != 1 else text) * scale
+        except ValueError:
+            raise ConfigError(f"not a token count: {value!r}") from None
+    if count != int(count) or count < minimum:
+        raise ConfigError(f"a token count must be a whole number >= {minimum}, got {value!r}")
+    return int(count)
+
+
+def token_arg(text: str) -> int:
+    """`parse_tokens` as an argparse type (a positive count; the message reaches the user)."""
+    import argparse
+
+    try:
+        return parse_tokens(text, minimum=1)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """RoPE frequency rule. `rope_type` default/linear/llama3, as in HF's `rope_scaling`."""

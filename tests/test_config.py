@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import jax
@@ -102,3 +103,23 @@ def _escape(s: str) -> str:
 def test_unknown_preset_lists_valid():
     with pytest.raises(C.ConfigError, match="llama-3.1-8b"):
         C.preset("llama-9b")
+
+
+def test_token_counts_read_like_people_write_them():
+    from prunejax.config import ConfigError, parse_tokens, token_arg
+
+    assert [parse_tokens(v) for v in (200000, "2e5", "300k", "1.5M", "50B", "1_000", "0")] == [
+        200_000,
+        200_000,
+        300_000,
+        1_500_000,
+        50_000_000_000,
+        1000,
+        0,
+    ]
+    for bad, message in (("12x", "not a token count"), ("2.5", "whole number"), (-3, "whole number >= 0")):
+        with pytest.raises(ConfigError, match=message):
+            parse_tokens(bad)
+    assert token_arg("64k") == 64_000
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number >= 1"):
+        token_arg("0")

@@ -66,6 +66,15 @@ def test_eval_writes_complete_results(inputs, capsys) -> None:
     assert "average" in capsys.readouterr().out
 
 
+def test_eval_max_tokens_reads_like_train_tokens(inputs) -> None:
+    out = f"{inputs['root']}/capped.json"
+    argv = ["eval", "--model", inputs["model"], "--data", inputs["data"], "--seq-len", "32", "--max-tokens", "0.1k"]
+    assert cli.main([*argv, "--out", out]) == 0
+    cfg, params = hf.load(inputs["model"])
+    capped = perplexity.validation_loss(cfg, params, inputs["data"], 32, max_tokens=100)
+    assert json.load(open(out))["validation_loss"] == pytest.approx(capped, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

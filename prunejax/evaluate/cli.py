@@ -7,6 +7,7 @@ import os
 
 import jax.numpy as jnp
 
+from prunejax.config import token_arg
 from prunejax.evaluate import tasks
 from prunejax.evaluate.results import DEFAULT_SEQ_LEN, evaluate_model, write_results
 from prunejax.hf import DTYPES
@@ -39,7 +40,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
     parser.add_argument("--seq-len", type=int, help=f"window length (default min({DEFAULT_SEQ_LEN}, max positions))")
     parser.add_argument("--stride", type=int, help="sliding windows advanced by this many tokens (default: --seq-len)")
-    parser.add_argument("--max-tokens", type=int, help="use at most this many validation tokens of --data")
+    parser.add_argument(
+        "--max-tokens", type=token_arg, help="use at most this many validation tokens of --data (e.g. 64k)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (rounded up to the devices)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype")
     parser.add_argument("--out", required=True, help="results.json to write")

@@ -9,24 +9,12 @@ import os
 from typing import Any
 
 from prunejax import yamlconf
-from prunejax.config import ConfigError
+from prunejax.config import ConfigError, parse_tokens
 
 SCRATCH_SHAPES = ("same", "params", "flops")
 SCRATCH_SETTINGS = ("equal_train", "equal_total")
 STRUCTURED = {"minitron-depth": "depth", "shortgpt": "depth", "minitron-width": "width", "sheared": "mixed"}
 SPARSE = ("magnitude", "wanda", "sparsegpt")
-
-
-def parse_tokens(value: Any) -> int:
-    """200000, '200k', '1.5M', '50B' -> int."""
-    if isinstance(value, int):
-        return value
-    text = str(value).strip().replace("_", "").replace(",", "")
-    scale = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}.get(text[-1:].lower(), 1)
-    try:
-        return int(float(text[:-1] if scale != 1 else text) * scale)
-    except ValueError:
-        raise ConfigError(f"not a token count: {value!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,21 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-
-def parse_tokens(text: str) -> int:
-    """'200000', '2e5', '50B', '10M', '300k' -> tokens."""
-    units = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
-    t = text.strip().lower().replace("_", "").replace(",", "")
-    scale = units.get(t[-1:], 1)
-    if scale != 1:
-        t = t[:-1]
-    try:
-        value = float(t) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a token count: {text!r}") from None
-    if value < 1 or value != int(value):
-        raise argparse.ArgumentTypeError(f"token count must be a positive integer, got {text!r}")
-    return int(value)
+from prunejax.config import token_arg
 
 
 def maybe_init_distributed(args: argparse.Namespace) -> None:
@@ -49,7 +35,7 @@ def main(argv: list[str]) -> int:
     src.add_argument("--scratch", help="random init of this shape: MODEL_DIR, preset name, or model YAML/JSON")
     parser.add_argument("--reinit", action="store_true", help="keep a sparse MODEL_DIR's masks, re-init kept weights")
     parser.add_argument("--data", required=True, help="DATA_DIR")
-    parser.add_argument("--tokens", required=True, type=parse_tokens, help="token budget (e.g. 200000, 50B)")
+    parser.add_argument("--tokens", required=True, type=token_arg, help="token budget (e.g. 200000, 400k, 50B)")
     parser.add_argument("--out", required=True, help="RUN_DIR (an existing one is resumed)")
     parser.add_argument("--teacher", help="teacher MODEL_DIR for distillation (with distill_alpha>0)")
     parser.add_argument("--no-progress", action="store_true")
