@@ -73,6 +73,10 @@ def test_eval_max_tokens_reads_like_train_tokens(inputs) -> None:
     cfg, params = hf.load(inputs["model"])
     capped = perplexity.validation_loss(cfg, params, inputs["data"], 32, max_tokens=100)
     assert json.load(open(out))["validation_loss"] == pytest.approx(capped, rel=1e-6)
+    # the same numbers on an explicit mesh with the weights fsdp/tp-sharded
+    meshed = f"{inputs['root']}/meshed.json"
+    assert cli.main([*argv, "--mesh", "data=2,fsdp=2,tp=2", "--out", meshed]) == 0
+    assert json.load(open(meshed))["validation_loss"] == pytest.approx(capped, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -83,6 +87,7 @@ def test_eval_max_tokens_reads_like_train_tokens(inputs) -> None:
         (["--text", "{text}", "--seq-len", "65"], "longer than the model's 64 positions"),
         (["--text", "{empty}"], "the text is empty"),
         (["--data", "{root}"], "not a DATA_DIR"),
+        (["--data", "{root}", "--mesh", "data=3"], "needs 3 devices, 8 available"),
     ],
 )
 def test_eval_errors_are_clean(inputs, capsys, extra, message) -> None:

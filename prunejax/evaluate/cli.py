@@ -7,6 +7,7 @@ import os
 
 import jax.numpy as jnp
 
+from prunejax import sharding
 from prunejax.config import token_arg
 from prunejax.evaluate import tasks
 from prunejax.evaluate.results import DEFAULT_SEQ_LEN, evaluate_model, write_results
@@ -45,6 +46,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (rounded up to the devices)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype")
+    parser.add_argument("--mesh", help="device mesh, e.g. data=4,fsdp=2 (default: every device on the batch axis)")
     parser.add_argument("--out", required=True, help="results.json to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -64,6 +66,7 @@ def main(argv: list[str]) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         dtype=jnp.dtype(DTYPES[args.dtype]),
+        mesh=sharding.parse_mesh(args.mesh) if args.mesh else None,
     )
     write_results(args.out, results, overwrite=args.overwrite)
     print("\n".join(summary(results)))

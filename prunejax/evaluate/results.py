@@ -62,14 +62,16 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = 8,
     dtype: Any = jnp.float32,
+    mesh: Any = None,
 ) -> dict[str, Any]:
-    """Perplexity per text file, validation loss on a DATA_DIR and zero-shot tasks of one model."""
+    """Perplexity per text file, validation loss on a DATA_DIR and zero-shot tasks of one model, on
+    `mesh` (default: every device on the batch axis, weights laid out by the logical-axis rules)."""
     if not (data or text or task_names):
         raise ValueError("nothing to evaluate: give --data, --text and/or --tasks")
     if task_names and not task_data:
         raise ValueError("--tasks needs --task-data DIR (local copies of the task files)")
     task_names = [tasks.get_task(n).name for n in task_names or []]  # fail on a bad name before loading
-    mesh = make_mesh()
+    mesh = make_mesh() if mesh is None else mesh
     m = load_model(model, mesh=mesh)
     seq_len = seq_len or min(DEFAULT_SEQ_LEN, m.cfg.max_position_embeddings)
     stride = perplexity.check_seq_len(m.cfg, seq_len, stride)
