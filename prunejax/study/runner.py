@@ -257,8 +257,11 @@ class Runner:
                 continue
             marker = read_marker(self.dir, other.id)
             if marker and marker["status"] == "done" and marker["hash"] == self.hashes[other.id]:
-                if self._scratch_key(other) == key:
-                    return other.id
+                try:
+                    if self._scratch_key(other) == key and os.path.isdir(self.model_dir(other.id)):
+                        return other.id
+                except (OSError, ValueError):  # its source is gone or unreadable: not a usable twin
+                    continue
         return None
 
     def run_scratch(self, stage: Stage) -> None:
