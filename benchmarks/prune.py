@@ -16,9 +16,9 @@ import json
 import math
 import os
 import resource
-import subprocess
-import sys
 import time
+
+from one_per_process import file_name, run_each
 
 RUNS: dict[str, tuple[str, dict]] = {
     "dense": ("", {}),
@@ -60,7 +60,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     if args.save_dir and method:
         from prunejax import hf
 
-        out = os.path.join(args.save_dir, name.replace(" ", "_").replace(":", "-"))
+        out = os.path.join(args.save_dir, file_name(name))
         hf.save(out, cfg, params, result.masks, provenance={"benchmark": name}, overwrite=True)
     ppl = {}
     for label, data_dir in (("calib_domain", args.calib), ("other_domain", args.other)):
@@ -88,22 +88,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
-    argv = [a for a in sys.argv[1:]]
-    for name in args.runs.split(","):
-        out = subprocess.run(
-            [sys.executable, __file__, *argv, "--one", name], capture_output=True, text=True, env=os.environ.copy()
-        )
-        if out.returncode:
-            print(f"{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
-            continue
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        with open(args.out_json, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(
-            f"| {row['name']} | {row['realized_ratio']:.3f} | {row['calib_domain']:.2f} | {row['other_domain']:.2f} "
-            f"| {row['seconds']:.0f} | {row['peak_rss_mib']:.0f} |",
-            flush=True,
-        )
+    run_each(__file__, args.runs.split(","), args.out_json, "realized_ratio")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ import json
 import math
 import os
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
+from one_per_process import file_name, run_each
 
 RUNS = {
     "dense": None,
@@ -103,7 +102,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
         os.makedirs(args.save_weights, exist_ok=True)
         weights = {n: p.detach().contiguous() for n, p in model.named_parameters()}
-        save_file(weights, os.path.join(args.save_weights, name.replace(" ", "_").replace(":", "-") + ".safetensors"))
+        save_file(weights, os.path.join(args.save_weights, file_name(name) + ".safetensors"))
     zeros = total = 0
     for n, p in model.named_parameters():
         if "layers." in n and p.ndim == 2:
@@ -137,19 +136,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
-    for name in args.runs.split(","):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", name], capture_output=True, text=True)
-        if out.returncode:
-            print(f"{name}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
-            continue
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        with open(args.out_json, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(
-            f"| {row['name']} | {row['zero_fraction']:.3f} | {row['calib_domain']:.2f} | {row['other_domain']:.2f} "
-            f"| {row['seconds']:.0f} | {row['peak_rss_mib']:.0f} |",
-            flush=True,
-        )
+    run_each(__file__, args.runs.split(","), args.out_json, "zero_fraction")
 
 
 if __name__ == "__main__":
