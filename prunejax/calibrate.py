@@ -34,6 +34,7 @@ from jax.sharding import Mesh
 
 from prunejax.config import LlamaConfig
 from prunejax.data.store import DataError, TokenStore
+from prunejax.distributed import to_host, tree_to_host
 from prunejax.model import apply_rope, embed, head, rms_norm, rope_tables
 
 log = logging.getLogger(__name__)
@@ -150,25 +151,32 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 
 
 def _place(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    """A batch on the devices: sharded over the mesh's batch axes when it divides them (else on one
-    device, said once per batch size)."""
+    """A batch [B, L, ...] on the mesh: B over its batch axes when it divides them, else L (a small
+    batch of long sequences still spreads over every device), else replicated, said once per shape."""
     if mesh is None:
         return jnp.asarray(x)
-    from prunejax.sharding import BATCH_AXES, batch_sharding
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from prunejax.sharding import BATCH_AXES
 
     shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    if x.shape[0] % shards:
-        if (x.shape[0], shards) not in _unsharded:
-            _unsharded.add((x.shape[0], shards))
-            log.warning("calibration batch of %d rows does not divide %d batch shards: not sharded", x.shape[0], shards)
-        return jnp.asarray(x)
-    return jax.device_put(x, batch_sharding(mesh, x.ndim))
+    rest = [None] * (x.ndim - 2)
+    if x.shape[0] % shards == 0:
+        spec = PartitionSpec(BATCH_AXES, None, *rest)
+    elif x.shape[1] % shards == 0:
+        spec = PartitionSpec(None, BATCH_AXES, *rest)
+    else:
+        spec = PartitionSpec()
+        if (x.shape[:2], shards) not in _unsharded:
+            _unsharded.add((x.shape[:2], shards))
+            log.warning("calibration batch %s divides %d batch shards in neither B nor L: replicated", x.shape, shards)
+    return jax.device_put(x, NamedSharding(mesh, spec))
 
 
 def check_finite(stats: Stats, where: str) -> None:
     """Raise CalibrationError naming the first statistic holding NaN or Inf."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(stats):
-        if not np.all(np.isfinite(np.asarray(leaf))):
+        if not np.all(np.isfinite(to_host(leaf))):
             name = "/".join(str(getattr(p, "key", p)) for p in path)
             raise CalibrationError(f"{where}: statistic {name} holds NaN or Inf (the model or the data is broken)")
 
@@ -178,7 +186,7 @@ def embed_tokens(
 ) -> np.ndarray:
     """Hidden states entering layer 0, [N,L,D] float32 on the host."""
     return np.concatenate(
-        [np.asarray(_embed(cfg, params, _place(tokens_NL[s], mesh))) for s in _batches(len(tokens_NL), batch_size)]
+        [to_host(_embed(cfg, params, _place(tokens_NL[s], mesh))) for s in _batches(len(tokens_NL), batch_size)]
     )
 
 
@@ -212,15 +220,15 @@ def sequential(
         y_NLD = np.empty_like(x_NLD)
         for s in _batches(len(x_NLD), batch_size):
             y_BLD, part = layer_statistics(cfg, lp, _place(x_NLD[s], mesh), stats)
-            y_NLD[s] = np.asarray(y_BLD)
+            y_NLD[s] = to_host(y_BLD)
             total = part if total is None else jax.tree.map(jnp.add, total, part)
-        total = jax.tree.map(np.asarray, total)
+        total = tree_to_host(total)
         check_finite(total, f"layer {key}")
         all_stats[key] = total
         if prune_layer is not None:
             lp = prune_layer(key, lp, total)
             for s in _batches(len(x_NLD), batch_size):
-                y_NLD[s] = np.asarray(layer_apply(cfg, lp, _place(x_NLD[s], mesh)))
+                y_NLD[s] = to_host(layer_apply(cfg, lp, _place(x_NLD[s], mesh)))
             check_finite({"outputs": y_NLD}, f"layer {key} after pruning")
         new_layers[key] = lp
         x_NLD = y_NLD

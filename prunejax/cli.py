@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
+from prunejax import distributed
 from prunejax.config import ConfigError
 from prunejax.hf import CheckpointError
 
@@ -33,14 +35,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunejax: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}", file=sys.stderr)
         return 2
     run = importlib.import_module(VERBS[verb]).main
+    rc = 1
     try:
+        # before the verb does any JAX work; a study joins here once for all of its stages
+        distributed.join_from_args(distributed.launch_args(rest))
+        distributed.check_launch(verb, rest, _config_files(rest))
         return run(rest)
     except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"prunejax {verb}: error: {e}", file=sys.stderr)
-        return 1
+        print(f"{_where(verb)}: error: {e}", file=sys.stderr)
     except KeyboardInterrupt:  # Ctrl-C: the shell's 128 + SIGINT, no traceback
-        print(f"prunejax {verb}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{_where(verb)}: interrupted", file=sys.stderr)
+        rc = 130
+    except BaseException:
+        if distributed.process_count() > 1:
+            import traceback
+
+            traceback.print_exc()
+            distributed.abort(1)
+        raise
+    if distributed.process_count() > 1:
+        distributed.abort(rc)  # a clean shutdown would wait for peers that may be stuck in a collective
+    return rc
+
+
+def _where(verb: str) -> str:
+    return f"prunejax {verb}" + (f" [process {distributed.process_index()}]" if distributed.joined() else "")
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    """Config files named on the command line: every process must read the same contents."""
+    return [a for a in argv if a.endswith((".yaml", ".yml", ".json")) and os.path.isfile(a)]
 
 
 if __name__ == "__main__":

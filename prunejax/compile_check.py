@@ -16,6 +16,8 @@ import dataclasses
 import os
 from typing import Any
 
+from prunejax.distributed import add_launch_args
+
 GiB = 2**30
 
 # name -> (topology, chip config, chips per host, HBM bytes per chip)
@@ -159,6 +161,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--topology", required=True, help=f"one of {', '.join(TOPOLOGIES)}")
     parser.add_argument("--calib-samples", type=int, default=8, help="calibration batch (sequences per step)")
     parser.add_argument("--calib-seq-len", type=int, default=8192)
+    add_launch_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology from this CPU host
     from prunejax.train import config as train_config

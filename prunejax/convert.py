@@ -8,6 +8,7 @@ import tempfile
 
 from prunejax import hf
 from prunejax.config import LlamaConfig
+from prunejax.distributed import add_launch_args
 from prunejax.hf import Params
 
 
@@ -44,6 +45,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="MODEL_DIR to write")
     parser.add_argument("--dtype", choices=sorted(hf.DTYPES), help="cast weights (default: as read)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    add_launch_args(parser)
     args = parser.parse_args(argv)
     out = convert(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
     cfg = hf.load_config(out)

@@ -22,6 +22,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from prunejax import distributed
 from prunejax.config import ConfigError, LlamaConfig
 
 Params = dict[str, Any]
@@ -349,7 +350,7 @@ def save(
             raise CheckpointError(
                 f"param {'/'.join(spec.path)} has shape {tuple(x.shape)}, config implies {spec.shape}"
             )
-        tensors.append((spec.hf_name, np.ascontiguousarray(spec.to_hf(np.asarray(jax.device_get(x))))))
+        tensors.append((spec.hf_name, np.ascontiguousarray(spec.to_hf(distributed.to_host(x)))))
     mask_tensors = []
     if masks:
         for spec in specs:
@@ -357,8 +358,30 @@ def save(
                 m = get_path(masks, spec.path)
             except KeyError:
                 continue
-            mask_tensors.append((spec.hf_name, np.ascontiguousarray(spec.to_hf(np.asarray(m, bool)))))
+            mask_tensors.append((spec.hf_name, np.ascontiguousarray(spec.to_hf(distributed.to_host(m).astype(bool)))))
     hf_cfg = cfg.replace(torch_dtype=dtype_name).to_hf_dict()
+    sparsity = realized_sparsity(dict(tensors), dict(mask_tensors)) if mask_tensors else None
+    # every process gathered the tensors (a collective); one writes, the others wait for the directory
+    distributed.one_writer(
+        f"MODEL_DIR {out_dir}",
+        lambda: _write_model_dir(
+            out_dir, tensors, mask_tensors, hf_cfg, sparsity, tokenizer_dir, provenance, max_shard_bytes, overwrite
+        ),
+    )
+    return out_dir
+
+
+def _write_model_dir(
+    out_dir: str,
+    tensors: list[tuple[str, np.ndarray]],
+    mask_tensors: list[tuple[str, np.ndarray]],
+    hf_cfg: dict[str, Any],
+    sparsity: dict[str, float] | None,
+    tokenizer_dir: str | None,
+    provenance: dict[str, Any] | None,
+    max_shard_bytes: int,
+    overwrite: bool,
+) -> None:
     with atomic_dir(out_dir, overwrite) as tmp:
         _write_sharded(tmp, tensors, "model", max_shard_bytes)
         if mask_tensors:
@@ -371,20 +394,17 @@ def save(
                 if os.path.exists(src):
                     shutil.copy(src, os.path.join(tmp, name))
         record = {"format": "prunejax-model/1", "software": software_versions(), **(provenance or {})}
-        if mask_tensors:
-            record["sparsity"] = realized_sparsity(params, masks)
+        if sparsity is not None:
+            record["sparsity"] = sparsity
         with open(os.path.join(tmp, PROVENANCE_FILE), "w") as f:
             json.dump(record, f, indent=2, default=str)
-    return out_dir
 
 
-def realized_sparsity(params: Params, masks: Params) -> dict[str, float]:
-    """Fraction of masked weights that are zero, over all masked leaves and as the mask says."""
+def realized_sparsity(tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, float]:
+    """Fraction of masked weights that are zero, over all masked tensors (host arrays by name) and as the mask says."""
     pruned = zeros = total = 0
-    for path, m in leaf_paths(masks):
-        m = np.asarray(m, bool)
-        w = np.asarray(jax.device_get(get_path(params, path)))
+    for name, m in masks.items():
         pruned += int((~m).sum())
-        zeros += int((w == 0).sum())
+        zeros += int((tensors[name] == 0).sum())
         total += m.size
     return {"mask_sparsity": pruned / max(total, 1), "zero_fraction": zeros / max(total, 1), "masked_weights": total}

@@ -63,15 +63,25 @@ def test_batching_and_sharding_do_not_change_statistics(params, tokens):
             np.testing.assert_allclose(sharded[k]["hessian"][name], one[k]["hessian"][name], rtol=1e-4, atol=1e-4)
 
 
-def test_batch_the_mesh_cannot_split_stays_on_one_device_visibly(monkeypatch, caplog):
+def test_small_batch_shards_the_sequence_and_only_indivisible_shapes_replicate_visibly(monkeypatch, caplog):
     monkeypatch.setattr(calibrate, "_unsharded", set())
     mesh = make_mesh(data=-1)
+    assert calibrate._place(np.zeros((16, 2), np.float32), mesh).sharding.shard_shape((16, 2)) == (2, 2)
+    small = calibrate._place(np.zeros((2, 16, 3), np.float32), mesh)  # batch 2 on 8 devices: split L
+    assert small.sharding.shard_shape((2, 16, 3)) == (2, 2, 3)
+    assert len(small.sharding.device_set) == 8
     with caplog.at_level(logging.WARNING, logger="prunejax.calibrate"):
         for _ in range(2):
             x = calibrate._place(np.zeros((3, 2), np.float32), mesh)
-    assert len(x.sharding.device_set) == 1
-    assert sum("batch of 3 rows does not divide 8 batch shards" in r.getMessage() for r in caplog.records) == 1
-    assert calibrate._place(np.zeros((16, 2), np.float32), mesh).sharding.shard_shape((16, 2)) == (2, 2)
+    assert x.sharding.is_fully_replicated and len(x.sharding.device_set) == 8
+    assert sum("divides 8 batch shards in neither B nor L" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_sequence_sharded_statistics_equal_batch_sharded(params, tokens):
+    _, one = calibrate.sequential(CFG, params, tokens[:2], ("hessian", "act"), batch_size=2)
+    _, seq = calibrate.sequential(CFG, params, tokens[:2], ("hessian", "act"), batch_size=2, mesh=make_mesh(data=-1))
+    for k in one:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), seq[k], one[k])
 
 
 def test_pruned_layer_feeds_the_next(params, tokens):

@@ -10,11 +10,13 @@ import os
 import sys
 from collections.abc import Iterator
 
+from prunejax import distributed
 from prunejax.data.build import val_every, work_dir
 from prunejax.data.index import RECORD_DTYPES, index_array_records
 from prunejax.data.prepare import default_workers, prepare
 from prunejax.data.sources import CORPORA, corpus_documents, corpus_file, expand_files, read_files
 from prunejax.data.store import DataError, TokenStore
+from prunejax.distributed import add_launch_args
 
 
 def _documents(args: argparse.Namespace) -> tuple[Iterator[str], str, list[str]]:
@@ -100,10 +102,16 @@ def main(argv: list[str]) -> int:
 
     i = sub.add_parser("info", help="print a DATA_DIR's meta.json summary")
     i.add_argument("data_dir")
+    for s in (p, x, t, i):
+        add_launch_args(s)
 
     args = parser.parse_args(argv)
     try:
-        return _run(args)
+        if args.cmd == "info":
+            return _run(args)
+        # host work: one process builds, the others wait for it and then read the same DATA_DIR
+        distributed.one_writer(f"data {args.cmd}", lambda: _run(args))
+        return 0
     except KeyboardInterrupt:
         # re-raised, not an exit status: a study calls this in-process and must stop, not log a failed stage
         if args.cmd in ("prepare", "index") and os.path.exists(work_dir(args.out)):

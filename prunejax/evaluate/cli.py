@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from prunejax import sharding
 from prunejax.config import token_arg
+from prunejax.distributed import add_launch_args
 from prunejax.evaluate import tasks
 from prunejax.evaluate.results import DEFAULT_SEQ_LEN, evaluate_model, write_results
 from prunejax.hf import DTYPES
@@ -49,6 +50,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mesh", help="device mesh, e.g. data=4,fsdp=2 (default: every device on the batch axis)")
     parser.add_argument("--out", required=True, help="results.json to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_launch_args(parser)
     args = parser.parse_args(argv)
     if not (args.data or args.text or args.tasks):
         parser.error("give --data DATA_DIR, --text FILES and/or --tasks NAMES")

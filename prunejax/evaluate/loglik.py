@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from prunejax import model
 from prunejax.config import LlamaConfig
+from prunejax.distributed import to_host, tree_to_host
 from prunejax.hf import Params
 from prunejax.sharding import BATCH_AXES, batch_sharding
 
@@ -108,7 +109,7 @@ def score_spans(
         for r, i in enumerate(idx):
             tokens[r, : len(spans[i].tokens)] = spans[i].tokens
         tokens_BL = jax.device_put(tokens, sharding) if sharding is not None else jnp.asarray(tokens)
-        logprob_BL, greedy_BL = jax.device_get(token_logprobs(cfg, params, tokens_BL, dtype=dtype))
+        logprob_BL, greedy_BL = tree_to_host(token_logprobs(cfg, params, tokens_BL, dtype=dtype))
         for r, i in enumerate(idx):
             s = spans[i]
             # target position t holds token t+1, so tokens[first:] are targets first-1 .. n-2
@@ -145,7 +146,7 @@ def sum_logprobs(
         for r, (start, _, end) in enumerate(chunk):
             tokens[r, : end - start] = stream[start:end]
         tokens_BL = jax.device_put(tokens, sharding) if sharding is not None else jnp.asarray(tokens)
-        logprob_BL = np.asarray(jax.device_get(token_logprobs(cfg, params, tokens_BL, dtype=dtype)[0]), np.float64)
+        logprob_BL = to_host(token_logprobs(cfg, params, tokens_BL, dtype=dtype)[0]).astype(np.float64)
         first = (chunk[:, 1] - chunk[:, 0])[:, None]
         end = (chunk[:, 2] - chunk[:, 0])[:, None]
         keep = (target_pos >= first - 1) & (target_pos < end - 1)

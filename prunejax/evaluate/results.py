@@ -11,7 +11,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from prunejax import hf
+from prunejax import distributed, hf
 from prunejax.evaluate import perplexity, tasks, zeroshot
 from prunejax.evaluate.source import load_model
 from prunejax.sharding import make_mesh
@@ -114,6 +114,11 @@ def write_results(path: str, results: dict[str, Any], overwrite: bool = False) -
     """Write results.json atomically (a temporary file renamed into place)."""
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists (pass --overwrite)")
+    distributed.one_writer(f"results {path}", lambda: _write_json_atomic(path, results))
+    return path
+
+
+def _write_json_atomic(path: str, results: dict[str, Any]) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
@@ -124,4 +129,3 @@ def write_results(path: str, results: dict[str, Any], overwrite: bool = False) -
     except BaseException:
         os.unlink(tmp)
         raise
-    return path

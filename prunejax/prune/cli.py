@@ -26,6 +26,7 @@ import numpy as np
 from prunejax import calibrate, hf, sharding
 from prunejax.config import LlamaConfig
 from prunejax.data.store import TokenStore
+from prunejax.distributed import add_launch_args
 from prunejax.prune.masks import PruneError, parse_pattern
 from prunejax.prune.registry import METHODS, NO_CALIBRATION, TRAINED, get_method
 from prunejax.prune.result import PruneResult
@@ -59,6 +60,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="seed of a trained method (sheared: gate init and sampling)")
     p.add_argument("--out", required=True, help="MODEL_DIR to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    add_launch_args(p)
     return p.parse_args(argv)
 
 

@@ -17,6 +17,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from prunejax.distributed import add_launch_args
+
 FINE = ("unstructured", "mixed")  # the paper's fine granularities at equal total tokens
 COARSE = ("depth", "semi-structured")
 
@@ -303,6 +305,7 @@ def main(argv: list[str]) -> int:
         prog="prunejax report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("study_dir", help="STUDY_DIR written by `prunejax study`")
+    add_launch_args(parser)
     args = parser.parse_args(argv)
     paths = write_report(args.study_dir)
     print(open(paths["markdown"]).read())

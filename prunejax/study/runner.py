@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prunejax.config import ConfigError
+from prunejax.distributed import add_launch_args
 from prunejax.study import config as study_config
 from prunejax.study import plan as plan_lib
 from prunejax.study.baselines import matched_config
@@ -461,6 +462,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the plan with tokens and FLOPs, run nothing")
     parser.add_argument("--rerun-changed", action="store_true", help="redo stages whose config changed")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    add_launch_args(parser)
     args = parser.parse_args(argv)
     study = study_config.load(args.config)
     runner = Runner(study, args.out)

@@ -7,21 +7,9 @@ prunejax train --config YAML [key=value ...] (--init MODEL_DIR | --scratch SRC [
 from __future__ import annotations
 
 import argparse
-import os
 
 from prunejax.config import token_arg
-
-
-def maybe_init_distributed(args: argparse.Namespace) -> None:
-    """Join the multi-controller runtime when launched as one of several processes."""
-    import jax
-
-    if args.coordinator or args.num_processes:
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator, num_processes=args.num_processes, process_id=args.process_id
-        )
-    elif os.environ.get("PRUNEJAX_DISTRIBUTED") == "1":  # TPU pods / SLURM: jax finds the cluster itself
-        jax.distributed.initialize()
+from prunejax.distributed import add_launch_args
 
 
 def main(argv: list[str]) -> int:
@@ -39,11 +27,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="RUN_DIR (an existing one is resumed)")
     parser.add_argument("--teacher", help="teacher MODEL_DIR for distillation (with distill_alpha>0)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--coordinator", help="host:port of process 0 (multi-process runs)")
-    parser.add_argument("--num-processes", type=int)
-    parser.add_argument("--process-id", type=int)
+    add_launch_args(parser)
     args = parser.parse_args(argv)
-    maybe_init_distributed(args)
 
     from prunejax.train.run import train
 

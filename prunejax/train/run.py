@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import yaml
 
-from prunejax import hf, sharding
+from prunejax import distributed, hf, sharding
 from prunejax.config import PRESETS, ConfigError, LlamaConfig
 from prunejax.data.pipeline import BatchSpec, WindowSource, eval_dataset, train_dataset, train_iterator
 from prunejax.data.store import DataError, TokenStore
@@ -97,20 +97,13 @@ def _resolved(tcfg: config_lib.TrainConfig, **fields: Any) -> dict[str, Any]:
     return {"train": tcfg.to_dict(), **fields}
 
 
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def _open_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
     """Create or validate RUN_DIR; True when resuming an earlier run of the same config.
     Every process decides before process 0 writes, so all of them agree."""
     try:
         return _check_run_dir(out_dir, resolved)
     finally:
-        _barrier("prunejax-run-dir")
+        distributed.barrier("run-dir")
 
 
 def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
@@ -124,22 +117,13 @@ def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
         return True
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists, is not empty and is not a RUN_DIR")
-    _barrier("prunejax-run-dir-checked")
+    distributed.barrier("run-dir-checked")
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
         with open(path + ".tmp", "w") as f:
             json.dump(resolved, f, indent=2)
         os.replace(path + ".tmp", path)
     return False
-
-
-def _to_host(tree: Any) -> Any:
-    """Full arrays in host memory, leaf by leaf (on many hosts every process gathers, so process 0 can write)."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), tree)
 
 
 def train(
@@ -284,19 +268,17 @@ def train(
                     writer.write({"step": total_steps, "tokens": total_steps * tcfg.tokens_per_step, **val})
                     summary.update(val)
                 checkpointer.wait()
-                final = _to_host({"params": state["params"], "masks": state["masks"]})
-                if jax.process_index() == 0:
-                    provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
-                    provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
-                    hf.save(
-                        final_dir,
-                        cfg,
-                        final["params"],
-                        final["masks"] or None,
-                        tokenizer_dir=store.tokenizer_dir or tok_dir,
-                        provenance=provenance,
-                        overwrite=True,
-                    )
+                provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
+                provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
+                hf.save(  # every process gathers its shards; process 0 writes, the others wait for it
+                    final_dir,
+                    cfg,
+                    state["params"],
+                    state["masks"] or None,
+                    tokenizer_dir=store.tokenizer_dir or tok_dir,
+                    provenance=provenance,
+                    overwrite=True,
+                )
                 summary["final"] = final_dir
     finally:
         checkpointer.close()

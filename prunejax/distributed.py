@@ -1,0 +1,272 @@
+"""One launch contract for every verb: join JAX's multi-controller runtime once, then one writer per file.
+
+A pod slice runs one process per host, each the same `prunejax VERB ...` command. A process joins
+the runtime when launched with `PRUNEJAX_DISTRIBUTED=1` (JAX detects the cluster: TPU VMs, SLURM,
+Open MPI) or with `--coordinator HOST:PORT --num-processes N --process-id I` (GPU clusters, tests).
+`prunejax.cli` joins before the verb runs, so no verb does any JAX work first, and a study joins
+once for all of its stages (`join` is idempotent).
+
+After joining, every process computes on the global mesh; exactly one process (`is_writer`)
+writes each shared file and the others wait for it in `one_writer`, which hands them the writer's
+error if it fails. `agree` checks that every process runs the same thing (argv, code, configs)
+before work starts. A process that dies stops sending heartbeats; JAX's coordination service
+then ends every other process with a message naming the dead task, after `--heartbeat-timeout`
+seconds at most. A process that fails with an error leaves through `abort` (no clean shutdown,
+which would wait for the peers) so the same bound holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+ENV = "PRUNEJAX_DISTRIBUTED"
+DEFAULT_HEARTBEAT_S = 100  # JAX's default: a dead peer is noticed within this many seconds
+WAIT_S = 7 * 24 * 3600  # a writer may take long (a data build); a dead writer is caught by the heartbeat
+
+_joined: dict[str, Any] | None = None
+_counter: dict[str, int] = {}
+_writing = False  # inside one_writer on the writer: nested writes run directly (the others never see them)
+
+
+class LaunchError(ValueError):
+    """A launch that cannot join (bad flags, no cluster) or processes that disagree."""
+
+
+def add_launch_args(parser: argparse.ArgumentParser) -> None:
+    """The multi-process flags, in the same words on every verb."""
+    g = parser.add_argument_group(
+        "multi-process launch", f"one process per host; or set {ENV}=1 to let JAX detect the cluster"
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordination service")
+    g.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
+    g.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=DEFAULT_HEARTBEAT_S,
+        metavar="S",
+        help=f"seconds after which a silent peer counts as dead and all stop (default {DEFAULT_HEARTBEAT_S})",
+    )
+
+
+def launch_args(argv: list[str]) -> argparse.Namespace:
+    """The launch flags out of a verb's argv (the verb's own parser accepts them too)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_launch_args(p)
+    return p.parse_known_args(argv)[0]
+
+
+def join(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    heartbeat_timeout: int = DEFAULT_HEARTBEAT_S,
+    auto: bool | None = None,
+) -> bool:
+    """Join `jax.distributed` when this is one of several processes; True if joined (now or before).
+
+    `auto` (default: the PRUNEJAX_DISTRIBUTED variable) lets JAX detect the cluster. Without flags
+    and without `auto` this is a single-process run and nothing happens."""
+    global _joined
+    auto = os.environ.get(ENV) == "1" if auto is None else auto
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if not any(given) and not auto:
+        return _joined is not None
+    if any(given) and not all(given):
+        raise LaunchError("--coordinator, --num-processes and --process-id go together: give all three")
+    if heartbeat_timeout < 1:
+        raise LaunchError(f"--heartbeat-timeout must be a positive number of seconds, got {heartbeat_timeout}")
+    if all(given):
+        if num_processes < 1:
+            raise LaunchError(f"--num-processes must be positive, got {num_processes}")
+        if not 0 <= process_id < num_processes:
+            raise LaunchError(f"--process-id must be in 0..{num_processes - 1}, got {process_id}")
+        host, sep, port = coordinator.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise LaunchError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+    request = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    if _joined is not None:
+        if all(given) and request != _joined:
+            raise LaunchError(f"already joined as {_joined}; cannot join again as {request}")
+        return True
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise LaunchError("JAX was used before joining the multi-process runtime: join first (prunejax.cli does)")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            heartbeat_timeout_seconds=heartbeat_timeout,
+        )
+    except (ValueError, RuntimeError) as e:
+        if not all(given):
+            raise LaunchError(
+                f"{ENV}=1 but JAX found no cluster to join ({e}); on a TPU VM/SLURM/MPI job this is detected, "
+                "elsewhere pass --coordinator, --num-processes and --process-id"
+            ) from e
+        raise LaunchError(f"could not join the coordinator at {coordinator}: {e}") from e
+    _joined = {
+        "coordinator": coordinator,
+        "num_processes": jax.process_count(),
+        "process_id": jax.process_index(),
+    }
+    return True
+
+
+def join_from_args(args: argparse.Namespace) -> bool:
+    return join(args.coordinator, args.num_processes, args.process_id, heartbeat_timeout=args.heartbeat_timeout)
+
+
+def joined() -> bool:
+    return _joined is not None
+
+
+def process_index() -> int:
+    return _joined["process_id"] if _joined else 0
+
+
+def process_count() -> int:
+    return _joined["num_processes"] if _joined else 1
+
+
+def is_writer() -> bool:
+    """True on the one process that writes shared files (process 0)."""
+    return process_index() == 0
+
+
+def _client() -> Any:
+    from jax._src import distributed as jd  # the coordination service's key-value store and barriers
+
+    return jd.global_state.client
+
+
+def _key(name: str) -> str:
+    """A key unique to this call site and call count: every process makes the same calls in order."""
+    n = _counter[name] = _counter.get(name, 0) + 1
+    return f"prunejax/{name}/{n}"
+
+
+def barrier(name: str, timeout_s: int = WAIT_S) -> None:
+    """Wait until every process reaches this point (no-op in a single process)."""
+    if process_count() > 1:
+        _client().wait_at_barrier(_key(f"barrier/{name}"), timeout_s * 1000)
+
+
+def broadcast(name: str, value: str | None) -> str:
+    """Process 0's `value` on every process."""
+    if process_count() == 1:
+        assert value is not None
+        return value
+    key = _key(f"bcast/{name}")
+    if is_writer():
+        _client().key_value_set(key, value)
+        return value  # type: ignore[return-value]
+    return _client().blocking_key_value_get(key, WAIT_S * 1000)
+
+
+def one_writer(name: str, write: Callable[[], T]) -> T | None:
+    """Run `write` on the writer process only; the others wait for it to finish and raise its error
+    if it failed, so every process leaves with the same outcome. Returns `write`'s value on the writer."""
+    global _writing
+    if process_count() == 1 or _writing:
+        return write()
+    key = _key(f"write/{name}")
+    if is_writer():
+        _writing = True
+        try:
+            result = write()
+        except BaseException as e:
+            _client().key_value_set(key, f"error: {type(e).__name__}: {e}")
+            raise
+        finally:
+            _writing = False
+        _client().key_value_set(key, "ok")
+        return result
+    status = _client().blocking_key_value_get(key, WAIT_S * 1000)
+    if status != "ok":
+        raise LaunchError(f"process 0 failed writing {name}: {status.removeprefix('error: ')}")
+    return None
+
+
+def agree(name: str, value: str) -> None:
+    """Raise LaunchError on every process unless every process passed the same `value`."""
+    if process_count() == 1:
+        return
+    key = _key(f"agree/{name}")
+    client = _client()
+    client.key_value_set(f"{key}/{process_index()}", value)
+    values = [client.blocking_key_value_get(f"{key}/{i}", 600_000) for i in range(process_count())]
+    differ = [i for i, v in enumerate(values) if v != values[0]]
+    if differ:
+        raise LaunchError(
+            f"processes disagree on {name}: process(es) {', '.join(map(str, differ))} differ from process 0 "
+            "(start every process with the same command, code and configs)"
+        )
+
+
+def code_version() -> str:
+    """A hash of prunejax's own source files: processes started from different checkouts disagree."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def file_digest(paths: list[str]) -> str:
+    """A hash of the named files' contents (configs a verb reads), for `agree`; missing files hash as absent."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.encode())
+        h.update(Path(p).read_bytes() if os.path.isfile(p) else b"<absent>")
+    return h.hexdigest()
+
+
+def check_launch(verb: str, argv: list[str], config_files: list[str]) -> None:
+    """Every process runs the same verb, argv (apart from --process-id), code and config contents."""
+    if process_count() == 1:
+        return
+    same = [a for i, a in enumerate(argv) if a != "--process-id" and (i == 0 or argv[i - 1] != "--process-id")]
+    same = [a for a in same if not a.startswith("--process-id=")]
+    agree("command line", hashlib.sha256("\0".join([verb, *same]).encode()).hexdigest())
+    agree("prunejax source code", code_version())
+    agree("config file contents", file_digest(config_files))
+
+
+def to_host(x: Any) -> Any:
+    """A jax.Array as a full numpy array on every process (gathered when other hosts hold parts of it)."""
+    import jax
+    import numpy as np
+
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def tree_to_host(tree: Any) -> Any:
+    import jax
+
+    return jax.tree.map(to_host, tree)
+
+
+def abort(code: int) -> None:
+    """Leave now without the runtime's clean shutdown (which waits for every peer): the peers see
+    this process stop and exit within the heartbeat timeout, naming it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
