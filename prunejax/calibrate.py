@@ -92,12 +92,14 @@ def layer_taps(cfg: LlamaConfig, lp: Params, x_BLD: jax.Array) -> tuple[jax.Arra
     return y_BLD, {"attn": a_BLD, "o": o_BLNH, "mlp": m_BLD, "down": f_BLF}
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "stats"))
-def layer_statistics(cfg: LlamaConfig, lp: Params, x_BLD: jax.Array, stats: tuple[str, ...]) -> tuple[jax.Array, Stats]:
-    """Layer output [B,L,D] and the float32 sums named in `stats` over this batch (see module doc)."""
-    lp = jax.tree.map(lambda w: w.astype(jnp.float32), lp)
-    x_BLD = x_BLD.astype(jnp.float32)
-    y_BLD, taps = layer_taps(cfg, lp, x_BLD)
+def _sample_sums(a_BL_: jax.Array) -> jax.Array:
+    """Σ over positions of |a| per sequence [B, ...] (the mean needs the whole sequence: see `act`)."""
+    return jnp.sum(jnp.abs(a_BL_), axis=1)
+
+
+def _token_sums(x_BLD: jax.Array, y_BLD: jax.Array, taps: dict[str, jax.Array], stats: tuple[str, ...]) -> Stats:
+    """Sums over the tokens held here of every statistic that is a plain token sum, plus the
+    per-sequence position sums that `act` squares once they cover whole sequences."""
     flat = {name: t.reshape(-1, math.prod(t.shape[2:])) for name, t in taps.items()}
     out: Stats = {"tokens": jnp.float32(x_BLD.shape[0] * x_BLD.shape[1])}
     if "hessian" in stats:
@@ -109,15 +111,85 @@ def layer_statistics(cfg: LlamaConfig, lp: Params, x_BLD: jax.Array, stats: tupl
         den_BL = jnp.linalg.norm(x_BLD, axis=-1) * jnp.linalg.norm(y_BLD, axis=-1)
         out["cosine"] = jnp.sum(num_BL / jnp.maximum(den_BL, 1e-12))
     if "act" in stats:
-
-        def per_sample(a_BL_: jax.Array) -> jax.Array:  # mean over positions, square, sum over samples
-            return jnp.sum(jnp.mean(jnp.abs(a_BL_), axis=1) ** 2, axis=0)
-
         out["act"] = {
-            "embed": per_sample(taps["attn"]) + per_sample(taps["mlp"]),
-            "mlp": per_sample(taps["down"]),
-            "heads": per_sample(jnp.linalg.norm(taps["o"], axis=-1)),
+            "embed": (_sample_sums(taps["attn"]), _sample_sums(taps["mlp"])),
+            "mlp": _sample_sums(taps["down"]),
+            "heads": _sample_sums(jnp.linalg.norm(taps["o"], axis=-1)),
         }
+    return out
+
+
+def _finish_act(out: Stats, length: int) -> Stats:
+    """Minitron's reduction: per sequence the mean over positions, squared, summed over sequences."""
+    if "act" not in out:
+        return out
+
+    def sq(s_B_: jax.Array) -> jax.Array:
+        return jnp.sum((s_B_ / length) ** 2, axis=0)
+
+    act = out["act"]
+    return {
+        **out,
+        "act": {"embed": sq(act["embed"][0]) + sq(act["embed"][1]), "mlp": sq(act["mlp"]), "heads": sq(act["heads"])},
+    }
+
+
+def _ordered_sum(tree: Any, axes: tuple[str, ...], n: int) -> Any:
+    """All-reduce by recursive doubling inside shard_map: round r adds the partner i XOR 2^r's value.
+    a + b == b + a exactly, so every device ends with the same bits, and the additions happen in an
+    order fixed by the device index alone: N processes give what 1 process gives, to the bit (an
+    XLA/gloo all-reduce sums in an order that depends on how the devices are split into processes)."""
+    r = 1
+    while r < n:
+        other = jax.lax.ppermute(tree, axes, [(i, i ^ r) for i in range(n)])
+        tree = jax.tree.map(jnp.add, tree, other)
+        r *= 2
+    return tree
+
+
+def split_axis(shape: tuple[int, ...], mesh: Mesh | None) -> int | None:
+    """Which axis of a calibration batch [B, L, ...] the mesh's batch axes split: B when it divides
+    them, else L (a small batch of long sequences still uses every device), else none (replicated)."""
+    if mesh is None:
+        return None
+    from prunejax.sharding import BATCH_AXES
+
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if shards == 1:
+        return None
+    return 0 if shape[0] % shards == 0 else 1 if shape[1] % shards == 0 else None
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "stats", "mesh"))
+def layer_statistics(
+    cfg: LlamaConfig, lp: Params, x_BLD: jax.Array, stats: tuple[str, ...], mesh: Mesh | None = None
+) -> tuple[jax.Array, Stats]:
+    """Layer output [B,L,D] and the float32 sums named in `stats` over this batch (see module doc).
+
+    With a `mesh` the layer runs on the batch as placed by `_place` (split over B or L), each device
+    sums its own tokens, and the partial sums are reduced in a fixed order (`_ordered_sum`)."""
+    lp = jax.tree.map(lambda w: w.astype(jnp.float32), lp)
+    x_BLD = x_BLD.astype(jnp.float32)
+    y_BLD, taps = layer_taps(cfg, lp, x_BLD)
+    axis = split_axis(x_BLD.shape, mesh)
+    if axis is None:
+        return y_BLD, _finish_act(_token_sums(x_BLD, y_BLD, taps, stats), x_BLD.shape[1])
+    from jax.sharding import PartitionSpec
+
+    from prunejax.sharding import BATCH_AXES
+
+    n = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    spec = PartitionSpec(*([None] * axis), BATCH_AXES)
+
+    def local(x: jax.Array, y: jax.Array, t: dict[str, jax.Array]) -> Stats:
+        part = _token_sums(x, y, t, stats)
+        if axis == 1:  # whole sequences only once the position sums are complete
+            return _finish_act(_ordered_sum(part, BATCH_AXES, n), x_BLD.shape[1])
+        return _ordered_sum(_finish_act(part, x_BLD.shape[1]), BATCH_AXES, n)
+
+    reduce = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=PartitionSpec(), check_vma=False)
+    out = reduce(x_BLD, y_BLD, taps)
+    out["tokens"] = jnp.float32(x_BLD.shape[0] * x_BLD.shape[1])
     return y_BLD, out
 
 
@@ -160,14 +232,12 @@ def _place(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
     from prunejax.sharding import BATCH_AXES
 
     shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    rest = [None] * (x.ndim - 2)
-    if x.shape[0] % shards == 0:
-        spec = PartitionSpec(BATCH_AXES, None, *rest)
-    elif x.shape[1] % shards == 0:
-        spec = PartitionSpec(None, BATCH_AXES, *rest)
+    axis = split_axis(x.shape, mesh)
+    if axis is not None:
+        spec = PartitionSpec(*([None] * axis), BATCH_AXES)
     else:
         spec = PartitionSpec()
-        if (x.shape[:2], shards) not in _unsharded:
+        if shards > 1 and (x.shape[:2], shards) not in _unsharded:
             _unsharded.add((x.shape[:2], shards))
             log.warning("calibration batch %s divides %d batch shards in neither B nor L: replicated", x.shape, shards)
     return jax.device_put(x, NamedSharding(mesh, spec))
@@ -219,7 +289,7 @@ def sequential(
         total: Stats | None = None
         y_NLD = np.empty_like(x_NLD)
         for s in _batches(len(x_NLD), batch_size):
-            y_BLD, part = layer_statistics(cfg, lp, _place(x_NLD[s], mesh), stats)
+            y_BLD, part = layer_statistics(cfg, lp, _place(x_NLD[s], mesh), stats, mesh)
             y_NLD[s] = to_host(y_BLD)
             total = part if total is None else jax.tree.map(jnp.add, total, part)
         total = tree_to_host(total)
