@@ -204,12 +204,19 @@ def _embed(cfg: LlamaConfig, params: Params, tokens_BL: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def head_loss(cfg: LlamaConfig, head_params: Params, x_BLD: jax.Array, tokens_BL: jax.Array) -> jax.Array:
-    """Summed next-token cross-entropy (float32) of the final hidden states; `head_params` has norm/embeddings."""
+def head_token_losses(cfg: LlamaConfig, head_params: Params, x_BLD: jax.Array, tokens_BL: jax.Array) -> jax.Array:
+    """Next-token cross-entropy per position [B, L-1] (float32) of the final hidden states; `head_params`
+    has norm/embeddings. Per token, so the sum is taken on the host in one order (`head_loss`)."""
     head_params = jax.tree.map(lambda w: w.astype(jnp.float32), head_params)
     logits_BLV = head(cfg, head_params, x_BLD.astype(jnp.float32))[:, :-1]
     logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
-    return -jnp.sum(jnp.take_along_axis(logp_BLV, tokens_BL[:, 1:, None], axis=-1))
+    return -jnp.take_along_axis(logp_BLV, tokens_BL[:, 1:, None], axis=-1)[..., 0]
+
+
+def head_loss(cfg: LlamaConfig, head_params: Params, x_BLD: jax.Array, tokens_BL: jax.Array) -> float:
+    """Summed next-token cross-entropy, added up on the host in float64: the same number however the
+    batch was split over devices and processes."""
+    return float(np.sum(to_host(head_token_losses(cfg, head_params, x_BLD, tokens_BL)), dtype=np.float64))
 
 
 def _head_params(params: Params) -> Params:
@@ -315,7 +322,7 @@ def lm_loss(
         x = _embed(cfg, params, tokens)
         for key in sorted(params["layers"], key=int):
             x = layer_apply(cfg, params["layers"][key], x)
-        total += float(head_loss(cfg, _head_params(params), x, tokens))
+        total += head_loss(cfg, _head_params(params), x, tokens)
     return total / (tokens_NL.shape[0] * (tokens_NL.shape[1] - 1))
 
 
@@ -346,12 +353,12 @@ def block_removal_losses(
             x = h
             for key in keys[start + block :]:
                 x = layer_apply(cfg, params["layers"][key], x)
-            sums[start] += float(head_loss(cfg, head_params, x, tokens))
+            sums[start] += head_loss(cfg, head_params, x, tokens)
             if start < n - block:
                 h = layer_apply(cfg, params["layers"][keys[start]], h)
         for key in keys[n - block :]:
             h = layer_apply(cfg, params["layers"][key], h)
-        dense += float(head_loss(cfg, head_params, h, tokens))
+        dense += head_loss(cfg, head_params, h, tokens)
     count = tokens_NL.shape[0] * (tokens_NL.shape[1] - 1)
     losses, dense = sums / count, dense / count
     if not (np.all(np.isfinite(losses)) and np.isfinite(dense)):

@@ -46,11 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the shell's 128 + SIGINT, no traceback
         print(f"{_where(verb)}: interrupted", file=sys.stderr)
         rc = 130
-    except BaseException:
+    except BaseException as e:
         if distributed.process_count() > 1:
             import traceback
 
             traceback.print_exc()
+            print(f"{_where(verb)}: error: {type(e).__name__}; stopped: {distributed.dead_peers()}", file=sys.stderr)
             distributed.abort(1)
         raise
     if distributed.process_count() > 1:

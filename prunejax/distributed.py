@@ -95,7 +95,7 @@ def join(
             raise LaunchError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
     request = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
     if _joined is not None:
-        if all(given) and request != _joined:
+        if all(given) and request != {k: _joined[k] for k in request}:
             raise LaunchError(f"already joined as {_joined}; cannot join again as {request}")
         return True
     import jax
@@ -121,6 +121,7 @@ def join(
         "coordinator": coordinator,
         "num_processes": jax.process_count(),
         "process_id": jax.process_index(),
+        "heartbeat_timeout": heartbeat_timeout,
     }
     return True
 
@@ -262,6 +263,24 @@ def tree_to_host(tree: Any) -> Any:
     import jax
 
     return jax.tree.map(to_host, tree)
+
+
+def dead_peers() -> str:
+    """Which peers stopped, after this process saw a collective fail: asks the coordination service
+    until it has noticed (at most the heartbeat timeout); the coordinator itself gone counts as process 0."""
+    import time
+
+    deadline = time.time() + _joined["heartbeat_timeout"] + 5 if _joined else 0
+    while time.time() < deadline:
+        try:
+            live = _client().get_live_nodes(list(range(process_count())))
+        except Exception:  # noqa: BLE001 - the service is unreachable: process 0 (the coordinator) is gone
+            return "process 0 (the coordinator)"
+        dead = [i for i in range(process_count()) if i not in live]
+        if dead:
+            return "process(es) " + ", ".join(map(str, dead))
+        time.sleep(0.5)
+    return "no peer (all still alive)"
 
 
 def abort(code: int) -> None:
