@@ -134,19 +134,6 @@ def _finish_act(out: Stats, length: int) -> Stats:
     }
 
 
-def _ordered_sum(tree: Any, axes: tuple[str, ...], n: int) -> Any:
-    """All-reduce by recursive doubling inside shard_map: round r adds the partner i XOR 2^r's value.
-    a + b == b + a exactly, so every device ends with the same bits, and the additions happen in an
-    order fixed by the device index alone: N processes give what 1 process gives, to the bit (an
-    XLA/gloo all-reduce sums in an order that depends on how the devices are split into processes)."""
-    r = 1
-    while r < n:
-        other = jax.lax.ppermute(tree, axes, [(i, i ^ r) for i in range(n)])
-        tree = jax.tree.map(jnp.add, tree, other)
-        r *= 2
-    return tree
-
-
 def split_axis(shape: tuple[int, ...], mesh: Mesh | None) -> int | None:
     """Which axis of a calibration batch [B, L, ...] the mesh's batch axes split: B when it divides
     them, else L (a small batch of long sequences still uses every device), else none (replicated)."""
@@ -167,7 +154,7 @@ def layer_statistics(
     """Layer output [B,L,D] and the float32 sums named in `stats` over this batch (see module doc).
 
     With a `mesh` the layer runs on the batch as placed by `_place` (split over B or L), each device
-    sums its own tokens, and the partial sums are reduced in a fixed order (`_ordered_sum`)."""
+    sums its own tokens, and the partial sums are reduced in a fixed order (`prunejax.sharding.ordered_sum`)."""
     lp = jax.tree.map(lambda w: w.astype(jnp.float32), lp)
     x_BLD = x_BLD.astype(jnp.float32)
     y_BLD, taps = layer_taps(cfg, lp, x_BLD)
@@ -176,7 +163,7 @@ def layer_statistics(
         return y_BLD, _finish_act(_token_sums(x_BLD, y_BLD, taps, stats), x_BLD.shape[1])
     from jax.sharding import PartitionSpec
 
-    from prunejax.sharding import BATCH_AXES
+    from prunejax.sharding import BATCH_AXES, ordered_sum
 
     n = math.prod(mesh.shape[a] for a in BATCH_AXES)
     spec = PartitionSpec(*([None] * axis), BATCH_AXES)
@@ -184,8 +171,8 @@ def layer_statistics(
     def local(x: jax.Array, y: jax.Array, t: dict[str, jax.Array]) -> Stats:
         part = _token_sums(x, y, t, stats)
         if axis == 1:  # whole sequences only once the position sums are complete
-            return _finish_act(_ordered_sum(part, BATCH_AXES, n), x_BLD.shape[1])
-        return _ordered_sum(_finish_act(part, x_BLD.shape[1]), BATCH_AXES, n)
+            return _finish_act(ordered_sum(part, BATCH_AXES, n), x_BLD.shape[1])
+        return ordered_sum(_finish_act(part, x_BLD.shape[1]), BATCH_AXES, n)
 
     reduce = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=PartitionSpec(), check_vma=False)
     out = reduce(x_BLD, y_BLD, taps)

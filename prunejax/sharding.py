@@ -149,11 +149,27 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     """Pin activations [B, ...] to the batch axes of the mesh set with `jax.set_mesh` (a no-op without
     one). Without this, XLA may follow the fsdp-sharded embedding instead and replicate the batch."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-        return x
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names) or set(BATCH_AXES) & set(mesh.manual_axes):
+        return x  # no mesh, or inside a shard_map over the batch (activations are local there)
     if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
         return x
     return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1))))
+
+
+def ordered_sum(tree: Any, axes: tuple[str, ...], n: int) -> Any:
+    """Sum over the n devices of `axes`, inside shard_map, by recursive doubling: round r adds the
+    value of partner i XOR 2^r. a + b == b + a exactly, so every device ends with the same bits, and
+    the additions happen in an order fixed by the device index alone: N processes give what one
+    process gives, to the bit (an XLA/gloo all-reduce sums in an order that depends on how the
+    devices are split into processes). n that is not a power of two falls back to `psum`."""
+    if n & (n - 1):
+        return jax.lax.psum(tree, axes)
+    r = 1
+    while r < n:
+        other = jax.lax.ppermute(tree, axes, [(i, i ^ r) for i in range(n)])
+        tree = jax.tree.map(lambda a, b: a + b, tree, other)
+        r *= 2
+    return tree
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

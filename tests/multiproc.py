@@ -82,12 +82,15 @@ def launch(argv: list[str], processes: int = 2, devices: int = 4, **extra: str) 
 TIMINGS = {"prunejax.json": ("seconds",)}
 
 
-def tree_bytes(root: str | Path) -> dict[str, bytes]:
-    """Every file under `root` by relative path; JSON files named in TIMINGS lose their timing keys."""
+def tree_bytes(root: str | Path, base: str | Path | None = None) -> dict[str, bytes]:
+    """Every file under `root` by relative path; JSON files named in TIMINGS lose their timing keys,
+    and the absolute path `base` (a run's own output dir, recorded in provenance) reads as <base>."""
     root = Path(root)
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         data = path.read_bytes()
+        if base is not None:
+            data = data.replace(str(base).encode(), b"<base>")
         if path.name in TIMINGS:
             record = json.loads(data)
             for key in TIMINGS[path.name]:
@@ -97,8 +100,8 @@ def tree_bytes(root: str | Path) -> dict[str, bytes]:
     return out
 
 
-def assert_same_tree(a: str | Path, b: str | Path) -> None:
-    ta, tb = tree_bytes(a), tree_bytes(b)
+def assert_same_tree(a: str | Path, b: str | Path, base_a: str | Path | None = None, base_b: str | Path | None = None):
+    ta, tb = tree_bytes(a, base_a), tree_bytes(b, base_b)
     assert sorted(ta) == sorted(tb), f"{a} and {b} hold different files: {sorted(set(ta) ^ set(tb))}"
     differ = [k for k in ta if ta[k] != tb[k]]
     assert not differ, f"{a} and {b} differ in {differ}"

@@ -17,6 +17,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from prunejax import distributed
 from prunejax.distributed import add_launch_args
 
 FINE = ("unstructured", "mixed")  # the paper's fine granularities at equal total tokens
@@ -307,6 +308,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("study_dir", help="STUDY_DIR written by `prunejax study`")
     add_launch_args(parser)
     args = parser.parse_args(argv)
-    paths = write_report(args.study_dir)
-    print(open(paths["markdown"]).read())
+    paths = distributed.one_writer("report", lambda: write_report(args.study_dir))
+    if paths:
+        print(open(paths["markdown"]).read())
     return 0

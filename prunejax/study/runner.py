@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prunejax import distributed
 from prunejax.config import ConfigError
 from prunejax.distributed import add_launch_args
 from prunejax.study import config as study_config
@@ -69,7 +70,11 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Atomic JSON write (temporary file renamed into place)."""
+    """Atomic JSON write (temporary file renamed into place) by the writer process; the others wait."""
+    distributed.one_writer(f"json {path}", lambda: _write_json(path, obj))
+
+
+def _write_json(path: str, obj: Any) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
@@ -269,11 +274,15 @@ class Runner:
         out = self.out(stage.id)
         twin = None if os.path.exists(out) else self._scratch_twin(stage)
         if twin is not None:  # the same random-init run: take its output instead of training it twice
-            tmp = f"{out}.reuse-tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(self.out(twin), tmp, copy_function=_link_or_copy)
-            write_json(os.path.join(tmp, "same_as.json"), {"stage": twin})
-            os.replace(tmp, out)
+
+            def reuse() -> None:
+                tmp = f"{out}.reuse-tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(self.out(twin), tmp, copy_function=_link_or_copy)
+                write_json(os.path.join(tmp, "same_as.json"), {"stage": twin})
+                os.replace(tmp, out)
+
+            distributed.one_writer(f"reuse {stage.id}", reuse)
             print(f"{stage.id}: same shape, tokens, recipe, seed and data as {twin}; its run reused")
             return
         args = ["--scratch", self._scratch_source(stage)] + (["--reinit"] if stage.spec["reinit"] else [])
@@ -297,18 +306,25 @@ class Runner:
         cli("eval", args + (["--max-tokens", str(e.max_tokens)] if e.max_tokens else []))
 
     # ---- bookkeeping -----------------------------------------------------------------------
+    def _log_path(self, stage_id: str) -> str:
+        """Process 0 logs to logs/<stage>.log, any other process i to logs/process-i/<stage>.log."""
+        name = stage_id.replace("/", "__") + ".log"
+        i = distributed.process_index()
+        return os.path.join(self.dir, "logs", *([f"process-{i}"] if i else []), name)
+
     def check_unchanged(self, rerun_changed: bool) -> None:
         """Results of another config are never mixed in: finished or half-run stages whose hash changed
         stop the run before any work (failed stages hold nothing and simply run again)."""
-        changed = []
+        changed, failed = [], []
         for stage in self.stages:
             marker = read_marker(self.dir, stage.id)
             if marker is None or marker["hash"] == self.hashes[stage.id]:
                 continue
-            if marker["status"] == "failed":
-                os.remove(_marker_path(self.dir, stage.id))
-            else:
-                changed.append(stage.id)
+            (failed if marker["status"] == "failed" else changed).append(stage.id)
+        if failed:
+            distributed.one_writer(
+                "drop failed markers", lambda: [os.remove(_marker_path(self.dir, s)) for s in failed]
+            )
         if not changed:
             return
         if not rerun_changed:
@@ -317,10 +333,14 @@ class Runner:
                 f"{self.dir} holds results of a different config; these {len(changed)} stage(s) would be "
                 f"invalidated:\n  {listed}\nrerun with --rerun-changed to redo them, or use another --out"
             )
-        for stage_id in changed:
-            if self.by_id[stage_id].kind != "data" or not self.study.data.data_dir:
-                shutil.rmtree(self.out(stage_id), ignore_errors=True)
-            os.remove(_marker_path(self.dir, stage_id))
+
+        def drop() -> None:
+            for stage_id in changed:
+                if self.by_id[stage_id].kind != "data" or not self.study.data.data_dir:
+                    shutil.rmtree(self.out(stage_id), ignore_errors=True)
+                os.remove(_marker_path(self.dir, stage_id))
+
+        distributed.one_writer("drop changed stages", drop)
 
     def check_data(self) -> None:
         """Every token range of the plan must lie inside the train split."""
@@ -366,10 +386,14 @@ class Runner:
         )
 
     def run(self, rerun_changed: bool = False, log: Callable[[str], None] = print) -> int:
+        # every process builds the same plan from the same config, or none starts
+        distributed.agree("study plan", hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest())
         os.makedirs(self.dir, exist_ok=True)
         self.check_unchanged(rerun_changed)
         if self.study.source and os.path.exists(self.study.source):
-            shutil.copy(self.study.source, os.path.join(self.dir, "study.yaml"))
+            distributed.one_writer(
+                "study.yaml", lambda: shutil.copy(self.study.source, os.path.join(self.dir, "study.yaml"))
+            )
         enable_compile_cache(os.path.join(self.dir, ".jax_cache"))
         status: dict[str, str] = {}
         t_start = time.time()
@@ -387,7 +411,7 @@ class Runner:
             write_json(_marker_path(self.dir, stage.id), {"hash": self.hashes[stage.id], "status": "running"})
             t0 = time.time()
             try:
-                with stage_log(os.path.join(self.dir, "logs", stage.id.replace("/", "__") + ".log")):
+                with stage_log(self._log_path(stage.id)):
                     getattr(self, f"run_{stage.kind}")(stage)
                 if stage.kind in ("parent", "retrain", "scratch") and not os.path.isdir(self.model_dir(stage.id)):
                     log(f"{head}: interrupted; rerun the same command to resume from its checkpoint")
@@ -405,6 +429,8 @@ class Runner:
                         {"hash": self.hashes[stage.id], "status": "failed", "error": error},
                     )
                     raise
+            # a stage that failed on some processes only would leave them out of step: stop instead
+            distributed.agree(f"the outcome of stage {stage.id}", status[stage.id])
             seconds = round(time.time() - t0, 1)
             write_json(
                 _marker_path(self.dir, stage.id),
@@ -476,8 +502,9 @@ def main(argv: list[str]) -> int:
     if not args.no_report:
         from prunejax.study import report
 
-        paths = report.write_report(runner.dir)
-        print(f"report: {paths['markdown']}")
+        paths = distributed.one_writer("report", lambda: report.write_report(runner.dir))
+        if paths:
+            print(f"report: {paths['markdown']}")
     return rc
 
 

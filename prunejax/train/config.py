@@ -50,6 +50,11 @@ class TrainConfig:
     mesh_data: int = -1
     mesh_fsdp: int = 1
     mesh_tp: int = 1
+    # how gradients are summed over the batch devices: "xla" (XLA's all-reduce / reduce-scatter; its
+    # summation order depends on how devices split into processes) or "ordered" (each device's grads
+    # of its rows, summed in one fixed order: N processes train the bits 1 process trains; costs a
+    # replicated copy of the grads per device, so for small models and reproducibility checks)
+    grad_reduce: str = "xla"
     # distillation from a teacher MODEL_DIR (off by default: the paper retrains with plain LM loss)
     distill_alpha: float = 0.0  # weight of the KL term; 1 - alpha weighs cross-entropy
     distill_temperature: float = 1.0
@@ -60,6 +65,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.global_batch % self.grad_accum:
             raise ConfigError(f"global_batch {self.global_batch} is not a multiple of grad_accum {self.grad_accum}")
+        if self.grad_reduce not in ("xla", "ordered"):
+            raise ConfigError(f"grad_reduce must be xla or ordered, got {self.grad_reduce!r}")
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
         if not 0 <= self.warmup_frac < 1 or not 0 <= self.final_lr_frac <= 1:

@@ -212,7 +212,7 @@ def train(
             raise ConfigError(
                 f"teacher vocab_size {teacher_cfg.vocab_size} differs from the student's {cfg.vocab_size}"
             )
-    step_fn = make_train_step(cfg, tcfg, opt, total_steps, teacher_cfg)
+    step_fn = make_train_step(cfg, tcfg, opt, total_steps, teacher_cfg, mesh)
     jitted = state_lib.jit_train_step(step_fn, mesh, state, teacher_params)
     iterator = train_iterator(train_dataset(source, spec, tcfg.seed, total_steps), data_state)
 
@@ -232,7 +232,7 @@ def train(
 
         def evaluate(s: Any) -> dict[str, float]:
             losses = [eval_fn(s["params"], state_lib.global_batch(mesh, b, accumulated=False)) for b in val_data]
-            return {"val_loss": float(np.mean(jax.device_get(losses)))}
+            return {"val_loss": float(np.mean(np.asarray(jax.device_get(losses), np.float64)))}
 
     def save(at: int, s: Any) -> None:
         checkpointer.save(at, s, {"iterator": iterator.get_state(), "step": at})

@@ -12,15 +12,18 @@ The caller jits the step once with shardings and donation (`prunejax.train.state
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, PartitionSpec
 
 from prunejax import model
 from prunejax.config import LlamaConfig
+from prunejax.sharding import BATCH_AXES, ordered_sum
 from prunejax.train.config import TrainConfig
 from prunejax.train.optim import apply_masks, schedule
 
@@ -77,15 +80,16 @@ def make_train_step(
     opt: optax.GradientTransformation,
     total_steps: int,
     teacher_cfg: LlamaConfig | None = None,
+    mesh: Mesh | None = None,
 ) -> Callable[..., tuple[State, dict[str, jax.Array]]]:
-    """The pure step: accumulate grads over A micro-batches, mask them, AdamW, re-apply masks."""
+    """The pure step: accumulate grads over A micro-batches, mask them, AdamW, re-apply masks.
+    With `grad_reduce: ordered` (and a `mesh`) the grads are summed over the batch devices in a fixed
+    order (`prunejax.sharding.ordered_sum`) instead of by XLA's all-reduce."""
     loss_fn = make_loss(cfg, tcfg, teacher_cfg)
     lr_fn = schedule(tcfg, total_steps)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_step(state: State, batch: Batch, teacher: Any = None) -> tuple[State, dict[str, jax.Array]]:
-        params, masks = state["params"], state["masks"]
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
+    def accumulate(params: Any, batch: Batch, teacher: Any) -> tuple[Any, jax.Array, jax.Array]:
         def micro(carry: Any, mb: Batch) -> tuple[Any, None]:
             grads, loss, ce = carry
             (mb_loss, mb_ce), g = grad_fn(params, mb["inputs"], mb["targets"], teacher)
@@ -93,6 +97,23 @@ def make_train_step(
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         (grads, loss, ce), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), batch)
+        return grads, loss, ce
+
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES) if mesh is not None else 1
+    grads_of = accumulate
+    if tcfg.grad_reduce == "ordered" and shards > 1:
+
+        def local(params: Any, batch: Batch, teacher: Any) -> tuple[Any, jax.Array, jax.Array]:
+            # this device's rows (equal counts everywhere: the mean of the means is the global mean)
+            total = ordered_sum(accumulate(params, batch, teacher), BATCH_AXES, shards)
+            return jax.tree.map(lambda x: x / shards, total)
+
+        whole, rows = PartitionSpec(), PartitionSpec(None, BATCH_AXES)
+        grads_of = jax.shard_map(local, mesh=mesh, in_specs=(whole, rows, whole), out_specs=whole, check_vma=False)
+
+    def train_step(state: State, batch: Batch, teacher: Any = None) -> tuple[State, dict[str, jax.Array]]:
+        params, masks = state["params"], state["masks"]
+        grads, loss, ce = grads_of(params, batch, teacher)
         accum = batch["inputs"].shape[0]  # equal-size micro-batches: mean of means = global mean
         grads = apply_masks(jax.tree.map(lambda g: g / accum, grads), masks)
         updates, opt_state = opt.update(grads, state["opt_state"], params)
@@ -110,10 +131,14 @@ def make_train_step(
 
 
 def make_eval_step(cfg: LlamaConfig, tcfg: TrainConfig) -> Callable[[Any, Batch], jax.Array]:
-    """eval(params, batch with inputs/targets [b, L]) -> mean cross-entropy."""
+    """eval(params, batch with inputs/targets [b, L]) -> mean cross-entropy per sequence [b]: each row's
+    mean is computed where the row lives, and the host averages the rows in one order."""
     dtype = compute_dtype(tcfg)
 
     def eval_step(params: Any, batch: Batch) -> jax.Array:
-        return cross_entropy(model.forward(cfg, params, batch["inputs"], dtype=dtype), batch["targets"])
+        logits_BLV = model.forward(cfg, params, batch["inputs"], dtype=dtype)
+        logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
+        nll_BL = -jnp.take_along_axis(logp_BLV, batch["targets"][..., None], axis=-1)[..., 0]
+        return jnp.mean(nll_BL, axis=1)
 
     return eval_step
