@@ -104,6 +104,42 @@ def leaf_paths(tree: Params, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tup
             yield (*prefix, key), value
 
 
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+@jax.jit
+def _finite_flags(leaves: list[Any]) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def nonfinite_leaf(tree: Any) -> str | None:
+    """The path ("layers/0/mlp/up_proj", "opt_state/0/mu/...") of the first float leaf of `tree`
+    holding a NaN or Inf, or None when every float leaf is finite. One jitted reduction, one transfer."""
+    items = [
+        (path, x)
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    if not items:
+        return None
+    flags = np.asarray(jax.device_get(_finite_flags([x for _, x in items])))
+    bad = np.flatnonzero(~flags)
+    if not bad.size:
+        return None
+    return "/".join(_key_name(e) for e in items[int(bad[0])][0])
+
+
+def check_finite(params: Params, source: str) -> None:
+    """A CheckpointError naming `source` and the first weight with a NaN or Inf; nothing for finite weights."""
+    leaf = nonfinite_leaf(params)
+    if leaf is not None:
+        raise CheckpointError(f"{source}: weight {leaf} holds NaN or Inf values; refusing a non-finite model")
+
+
 # ---- reading -------------------------------------------------------------------------------
 def _weight_files(model_dir: str) -> dict[str, str]:
     """tensor name -> file, from the sharded index or the single safetensors file."""

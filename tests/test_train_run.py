@@ -166,6 +166,44 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(kjv, model_yaml
     assert saved and max(saved) < bad
 
 
+def _saved_steps(run_dir):
+    return sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(run_dir, "checkpoints", "[0-9]*")))
+
+
+def test_non_finite_state_is_never_saved_nor_resumed(kjv, model_yaml, tmp_path):
+    # 1e39 is a finite config value that overflows float32: the first update turns every weight into Inf/NaN
+    # while step 1's loss (computed before the update) is still finite
+    out = str(tmp_path / "run")
+    over = [*BASE, "peak_lr=1e39", "warmup_frac=0", "ckpt_every=1"]
+    kw = {"data_dir": kjv, "tokens": 4 * STEP_TOKENS, "scratch": model_yaml, "progress": False}
+    for _ in range(2):  # the rerun starts afresh: nothing non-finite was left to resume from
+        with pytest.raises(TrainingDiverged, match=r"after step 1 holds NaN or Inf in params/\S+: .*no checkpoint"):
+            train(out, overrides=over, **kw)
+        assert _saved_steps(out) == []
+
+
+def test_restore_skips_a_non_finite_checkpoint(tmp_path, caplog):
+    from prunejax.train import checkpoint as ckpt
+
+    good = {"params": {"w": jax.numpy.ones((4, 4))}, "step": jax.numpy.asarray(1)}
+    bad = {"params": {"w": jax.numpy.full((4, 4), np.inf)}, "step": jax.numpy.asarray(2)}
+    c = ckpt.Checkpointer(str(tmp_path))
+    c.save(1, {**good, "masks": {}}, {"step": 1})
+    with pytest.raises(TrainingDiverged, match="after step 2 .* params/w.*last good checkpoint is step 1"):
+        c.save(2, {**bad, "masks": {}}, {"step": 2})
+    assert c.steps() == [1]
+    args = ckpt.ocp.args.Composite(  # what an older version wrote: a checkpoint full of Inf
+        state=ckpt.ocp.args.StandardSave({**bad, "masks": {}}), data=ckpt.ocp.args.JsonSave({"step": 2})
+    )
+    c.manager.save(2, args=args, force=True)
+    c.wait()
+    with caplog.at_level(logging.WARNING):
+        step, state, data = c.restore_latest(ckpt.abstract({**good, "masks": {}}))
+    c.close()
+    assert step == 1 and data == {"step": 1} and np.all(np.asarray(state["params"]["w"]) == 1)
+    assert "checkpoint 2" in caplog.text and "NaN/Inf in params/w" in caplog.text
+
+
 def test_bad_inputs_give_clear_errors(kjv, model_yaml, tmp_path):
     run = str(tmp_path / "r")
     kw = {"data_dir": kjv, "scratch": model_yaml, "progress": False}
