@@ -234,6 +234,19 @@ def test_bad_inputs_give_clear_errors(kjv, model_yaml, tmp_path):
     assert not os.path.exists(run) or not os.listdir(run)  # nothing written by a rejected run
 
 
+def test_train_config_refuses_non_finite_numbers(tmp_path):
+    for override in ("peak_lr=nan", "peak_lr=.inf", "weight_decay=-.inf", "peak_tflops=nan", "eps=NaN"):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=f"^config: {key} must be a finite number"):
+            config_lib.load(None, [override])
+    path = tmp_path / "t.yaml"
+    path.write_text("beta2: .nan\n")
+    with pytest.raises(ConfigError, match=f"^{path}: beta2 must be a finite number, got nan"):
+        config_lib.load(str(path))
+    with pytest.raises(ConfigError, match="^clip_norm must be a finite number, got inf"):
+        config_lib.TrainConfig(clip_norm=float("inf"))
+
+
 def test_cli_errors_and_configs(kjv, model_yaml, tmp_path, capsys):
     argv = ["train", "--scratch", model_yaml, "--data", kjv, "--tokens", "1k", "--out", str(tmp_path / "r")]
     assert cli.main([*argv, "nope=1"]) == 1
