@@ -169,7 +169,7 @@ def test_bad_data_and_models_are_clear_errors(dirs, capsys):
         )
         == 1
     )
-    assert "layer 1: statistic" in capsys.readouterr().err
+    assert "nanmodel: weight layers/1/mlp/gate_proj holds NaN or Inf" in capsys.readouterr().err  # before calibration
     assert (
         main(
             ["prune", "--model", str(dirs / "model"), "--method", "wanda", "--ratio", "0.5", "--out", str(dirs / "bad")]
@@ -177,6 +177,14 @@ def test_bad_data_and_models_are_clear_errors(dirs, capsys):
         == 1
     )
     assert "wanda needs calibration data: give --calib DATA_DIR" in capsys.readouterr().err
+    assert not (dirs / "bad").exists()
+
+
+def test_non_finite_model_is_refused_before_pruning(dirs, capsys):
+    # magnitude needs no calibration, so nothing else would notice: it used to pass the NaN on
+    argv = ["prune", "--model", str(dirs / "nanmodel"), "--method", "magnitude", "--ratio", "0.5"]
+    assert main([*argv, "--out", str(dirs / "bad")]) == 1
+    assert "nanmodel: weight layers/1/mlp/gate_proj holds NaN or Inf" in capsys.readouterr().err
     assert not (dirs / "bad").exists()
 
 

@@ -8,7 +8,8 @@
 
 Calibration reads the first N x L tokens of the DATA_DIR's train split; each batch is split over
 the mesh's data x fsdp devices (default data=-1: every device, as train and eval do). Everything
-is validated before any work that writes; the MODEL_DIR appears complete or not at all.
+is validated before any work that writes; a model with a NaN/Inf weight is refused before pruning and
+a pruned one before saving; the MODEL_DIR appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> PruneResult:
     from prunejax.convert import load_any
 
     cfg, params = load_any(args.model)
+    hf.check_finite(params, args.model)  # magnitude would pass a NaN through; calibration would fail late
     tokens, fingerprint = (None, None)
     if args.calib is not None:
         tokens, fingerprint = load_calibration(args.calib, cfg, args.calib_samples, args.calib_seq_len)
@@ -146,6 +148,7 @@ def run(args: argparse.Namespace) -> PruneResult:
     result.report["requested_ratio"] = requested
     dtype = hf.DTYPES[cfg.torch_dtype]
     out_params = jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), result.params)
+    hf.check_finite(out_params, f"{args.method} result")
     parent_provenance = hf.load_provenance(args.model) if os.path.isdir(args.model) else {}
     provenance = {
         "stage": "prune",
