@@ -114,6 +114,26 @@ def test_sigterm_resume_and_fallback_match_uninterrupted_run(kjv, model_yaml, tm
         np.testing.assert_array_equal(x, y, err_msg="/".join(path))
 
 
+def test_truncated_newest_checkpoint_is_skipped_and_rewritten(kjv, model_yaml, tmp_path, caplog):
+    over = [*BASE, "ckpt_every=2", "keep_checkpoints=3"]
+    kw = {"data_dir": kjv, "tokens": 6 * STEP_TOKENS, "scratch": model_yaml, "overrides": over, "progress": False}
+    full = str(tmp_path / "full")
+    train(full, **kw)
+    cut = str(tmp_path / "cut")
+    assert train(cut, stop_after=4, **kw)["status"] == "stopped"
+    assert _saved_steps(cut) == [2, 4]
+    # a crash mid-write: every file of the newest checkpoint cut to half its length
+    for f in glob.glob(os.path.join(cut, "checkpoints", "4", "**", "*"), recursive=True):
+        if os.path.isfile(f):
+            os.truncate(f, os.path.getsize(f) // 2)
+    with caplog.at_level(logging.WARNING):
+        s = train(cut, **kw)  # resumes from 2 and writes step 4 again: no hand needed
+    assert s["start_step"] == 2 and s["status"] == "done"
+    assert "checkpoint 4" in caplog.text and "unreadable" in caplog.text
+    assert _saved_steps(cut) == [2, 4, 6]
+    assert _losses(cut) == _losses(full)
+
+
 def _sparse_model_dir(path):
     cfg = LlamaConfig.from_hf_dict(MODEL)
     params = jax.device_get(state_lib.random_params(cfg, jax.random.key(7)))
@@ -199,6 +219,7 @@ def test_restore_skips_a_non_finite_checkpoint(tmp_path, caplog):
     c.wait()
     with caplog.at_level(logging.WARNING):
         step, state, data = c.restore_latest(ckpt.abstract({**good, "masks": {}}))
+    assert c.steps() == [1]  # the skipped one is gone, so step 2 can be written again
     c.close()
     assert step == 1 and data == {"step": 1} and np.all(np.asarray(state["params"]["w"]) == 1)
     assert "checkpoint 2" in caplog.text and "NaN/Inf in params/w" in caplog.text

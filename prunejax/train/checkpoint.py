@@ -3,7 +3,8 @@
 RUN_DIR/checkpoints/<step>/ holds `state` (params, optimizer state, masks, step, RNG: Orbax's
 sharded PyTree format, multi-host aware) and `data` (the grain iterator state and run counters as
 JSON). A checkpoint that fails to restore (truncated, corrupt) is skipped with a warning and the
-previous one is used, so a crash during a save never loses the run. A state holding a NaN or Inf
+previous one is used, so a crash during a save never loses the run; the skipped ones are then deleted
+so the resumed run writes those steps again (Orbax refuses to overwrite a step). A state holding a NaN or Inf
 is never saved (the save raises TrainingDiverged naming the step and the leaf), and one found on
 restore (written by an older version) is skipped like an unreadable one.
 """
@@ -59,11 +60,21 @@ class Checkpointer:
                 continue
             leaf = nonfinite_leaf(restored["state"])
             if leaf is None:
+                self._drop_after(step)
                 return step, restored["state"], restored["data"]
             log.warning("checkpoint %d in %s holds NaN/Inf in %s; trying the previous one", step, self.directory, leaf)
         if steps:
             raise CheckpointError(f"{self.directory}: none of the checkpoints {steps} could be restored")
         return None
+
+    def _drop_after(self, step: int) -> None:
+        """Delete the (unreadable or non-finite) checkpoints newer than the one resumed from, so the run can
+        write those steps again; they are removed only once an older one restored, never on a failure."""
+        newer = [s for s in self.steps() if s > step]
+        for s in newer:
+            self.manager.delete(s)
+        if newer:
+            log.warning("removed unusable checkpoint(s) %s of %s; resuming from step %d", newer, self.directory, step)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
