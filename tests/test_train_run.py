@@ -134,6 +134,30 @@ def test_truncated_newest_checkpoint_is_skipped_and_rewritten(kjv, model_yaml, t
     assert _losses(cut) == _losses(full)
 
 
+def test_sigint_saves_a_checkpoint_and_exits_130(kjv, model_yaml, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = str(tmp_path / "run")
+    argv = [sys.executable, "-m", "prunejax.cli", "train", "--scratch", model_yaml, "--data", kjv]
+    argv += ["--tokens", str(20000 * STEP_TOKENS), "--out", out, "--no-progress", *BASE]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, metrics = time.time() + 240, os.path.join(out, "metrics.jsonl")
+        while not (os.path.exists(metrics) and os.path.getsize(metrics)):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0].decode()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # training is under way: the loop saves and stops
+        text = proc.communicate(timeout=240)[0].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, text[-3000:]
+    assert "stopped at a checkpoint" in text
+    saved = _saved_steps(out)
+    assert len(saved) == 1 and 0 < saved[0] < 20000
+
+
 def _sparse_model_dir(path):
     cfg = LlamaConfig.from_hf_dict(MODEL)
     params = jax.device_get(state_lib.random_params(cfg, jax.random.key(7)))

@@ -276,6 +276,7 @@ def train(
                     step, state, batches(), lc, writer, save=save, evaluate=evaluate, on_step=on_step, stop=stop
                 )
             summary["status"] = status
+            summary["signal"] = stop.signum  # SIGTERM/SIGINT that stopped the run, None otherwise
             if status == "done":
                 if start_step < total_steps and (not tcfg.ckpt_every or total_steps % tcfg.ckpt_every):
                     save(total_steps, state)
