@@ -42,6 +42,30 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, or disagrees with its config."""
 
 
+REMOTE_CODE_FILES = ("tokenizer_config.json", "config.json")
+
+
+def check_no_remote_code(directory: str) -> None:
+    """Refuse a tokenizer or model directory whose tokenizer_config.json or config.json has an `auto_map`
+    (classes from Python files in the directory): prunejax never runs code it reads, and every
+    `from_pretrained` passes trust_remote_code=False."""
+    for name in REMOTE_CODE_FILES:
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable or not JSON ({e})") from None
+        if isinstance(d, dict) and d.get("auto_map"):
+            raise CheckpointError(
+                f"{path}: auto_map names custom code ({', '.join(map(str, d['auto_map']))}); prunejax never runs "
+                "code from a model or tokenizer directory (trust_remote_code=False); remove auto_map to use "
+                "the built-in classes"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
     """One HF tensor and where it lives in params. Linear weights are stored (out, in) by HF and

@@ -149,3 +149,17 @@ def test_eval_refuses_non_finite_weights_and_results(inputs, capsys) -> None:
     with pytest.raises(ValueError, match="Out of range float"):  # results.json is always valid JSON
         write_results(out, {"perplexity": float("nan")})
     assert not os.path.exists(out) and not glob.glob(f"{root}/.nan.json.tmp-*")
+
+
+def test_eval_refuses_a_tokenizer_with_auto_map(inputs, capsys) -> None:
+    import shutil
+
+    model = f"{inputs['root']}/remote_code_model"
+    shutil.copytree(inputs["model"], model)
+    path = os.path.join(model, "tokenizer_config.json")
+    d = json.load(open(path))
+    json.dump({**d, "auto_map": {"AutoTokenizer": ["tok.Evil", None]}}, open(path, "w"))
+    argv = ["eval", "--model", model, "--text", inputs["text"], "--seq-len", "16", "--out", f"{model}.json"]
+    assert cli.main(argv) == 1
+    assert f"{path}: auto_map names custom code" in capsys.readouterr().err
+    assert not os.path.exists(f"{model}.json")

@@ -46,7 +46,8 @@ def load_tokenizer(path: str) -> Any | None:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    hf.check_no_remote_code(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
 def apply_masks(params: Params, masks: Params) -> tuple[Params, bool]:
