@@ -36,8 +36,9 @@ def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool
     if dtype is not None:
         params = jax.tree.map(lambda x: x.astype(jnp.dtype(hf.DTYPES[dtype])), params)
     provenance = {"source": os.path.abspath(src), "stage": "convert"}
-    if os.path.isdir(src) and hf.load_provenance(src):
-        provenance["source_provenance"] = hf.load_provenance(src)
+    source_provenance = hf.load_provenance(src) if os.path.isdir(src) else {}
+    if source_provenance:
+        provenance["source_provenance"] = source_provenance
     if src.endswith(".gguf"):
         from prunejax.gguf_import import save_gguf_tokenizer
 

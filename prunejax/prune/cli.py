@@ -143,16 +143,17 @@ def run(args: argparse.Namespace) -> PruneResult:
     options = _options(args)
     from prunejax.convert import load_any
 
+    sparse_input = os.path.isdir(args.model) and os.path.exists(os.path.join(args.model, hf.MASKS_FILE))
+    if sparse_input and args.method not in SPARSE:  # before the weights are read
+        raise PruneError(
+            f"{args.model} is sparse ({hf.MASKS_FILE}): {args.method} removes whole rows, heads or layers and "
+            f"would drop those masks; prune structurally first and sparsify after, or use a sparse method "
+            f"({', '.join(sorted(SPARSE))})"
+        )
     cfg, params = load_any(args.model)
     hf.check_finite(params, args.model)  # magnitude would pass a NaN through; calibration would fail late
-    input_masks = hf.load_masks(args.model, cfg) if os.path.isdir(args.model) else None
+    input_masks = hf.load_masks(args.model, cfg) if sparse_input else None
     if input_masks:
-        if args.method not in SPARSE:
-            raise PruneError(
-                f"{args.model} is sparse ({hf.MASKS_FILE}): {args.method} removes whole rows, heads or layers and "
-                f"would drop those masks; prune structurally first and sparsify after, or use a sparse method "
-                f"({', '.join(sorted(SPARSE))})"
-            )
         params = apply_masks(params, input_masks)  # the method sees the sparse model the directory claims to be
     tokens, fingerprint = (None, None)
     if args.calib is not None:

@@ -3,10 +3,10 @@
 RUN_DIR/checkpoints/<step>/ holds `state` (params, optimizer state, masks, step, RNG: Orbax's
 sharded PyTree format, multi-host aware) and `data` (the grain iterator state and run counters as
 JSON). A checkpoint that fails to restore (truncated, corrupt) is skipped with a warning and the
-previous one is used, so a crash during a save never loses the run; the skipped ones are then deleted
-so the resumed run writes those steps again (Orbax refuses to overwrite a step). A state holding a NaN or Inf
-is never saved (the save raises TrainingDiverged naming the step and the leaf), and one found on
-restore (written by an older version) is skipped like an unreadable one.
+previous one is used, so a crash during a save never loses the run; the skipped ones are then
+deleted so the resumed run writes those steps again (Orbax refuses to overwrite a step). A state
+holding a NaN or Inf is never saved (the save raises TrainingDiverged naming the step and the
+leaf), and one found on restore (written by an older version) is skipped like an unreadable one.
 """
 
 from __future__ import annotations
