@@ -113,6 +113,10 @@ def test_mesh_option_splits_calibration_and_keeps_the_masks(dirs):
         ),
         (["--method", "wanda", "--ratio", "0.5", "--mesh", "data=3"], "needs 3 devices, 8 available"),
         (["--method", "wanda", "--ratio", "0.5", "--mesh", "dp=8"], "expected AXIS=INT items"),
+        (
+            ["--method", "wanda", "--ratio", "0.5", "--calib-seq-len", "1024"],
+            "--calib-seq-len 1024 exceeds the model's max_position_embeddings",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(dirs, capsys, args, message):

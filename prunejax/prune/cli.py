@@ -155,6 +155,11 @@ def run(args: argparse.Namespace) -> PruneResult:
     input_masks = hf.load_masks(args.model, cfg) if sparse_input else None
     if input_masks:
         params = apply_masks(params, input_masks)  # the method sees the sparse model the directory claims to be
+    if args.calib is not None and args.calib_seq_len > cfg.max_position_embeddings:
+        raise PruneError(
+            f"--calib-seq-len {args.calib_seq_len} exceeds the model's max_position_embeddings "
+            f"{cfg.max_position_embeddings} (train and eval refuse it too)"
+        )
     tokens, fingerprint = (None, None)
     if args.calib is not None:
         tokens, fingerprint = load_calibration(args.calib, cfg, args.calib_samples, args.calib_seq_len)
