@@ -185,6 +185,15 @@ def test_reinit_keeps_mask_and_changes_every_kept_weight(tmp_path):
         model_source(None, "tiny", True, seed=0)
 
 
+def test_init_from_a_non_finite_model_is_refused(tmp_path):
+    src = str(tmp_path / "sparse")
+    cfg, params, masks = _sparse_model_dir(src)
+    params["layers"]["0"]["self_attn"]["v_proj"][0, 0, 0] = np.inf
+    hf.save(str(tmp_path / "inf"), cfg, params, masks)
+    with pytest.raises(hf.CheckpointError, match="inf: weight layers/0/self_attn/v_proj holds NaN or Inf"):
+        model_source(str(tmp_path / "inf"), None, False, seed=0)
+
+
 def test_sparse_retrain_keeps_mask(kjv, tmp_path):
     src = str(tmp_path / "sparse")
     _, _, masks = _sparse_model_dir(src)

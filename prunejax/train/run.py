@@ -45,6 +45,7 @@ def model_source(
     key = jax.random.key(seed)
     if init is not None:
         cfg, params = hf.load(init)
+        hf.check_finite(params, init)  # else the first step's NaN loss would blame the learning rate
         masks = hf.load_masks(init, cfg)
     elif scratch in PRESETS:
         cfg, masks = PRESETS[scratch], None
