@@ -75,7 +75,7 @@ def run_torch(model_dir: str, tokens: np.ndarray, seq_len: int, batch_size: int,
 
     from prunejax.evaluate.perplexity import windows
 
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
     wins = windows(tokens.size, seq_len)
 
     def once() -> dict:
@@ -110,7 +110,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or smollm2_dir(tmp)
-        tokens = kjv_tokens(AutoTokenizer.from_pretrained(model_dir), args.tokens)
+        tokens = kjv_tokens(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False), args.tokens)
         fed = len(range(0, args.tokens, args.seq_len)) * args.seq_len
         print(f"model {model_dir}; {args.tokens} KJV tokens, windows of {args.seq_len}, batch {args.batch_size}")
         print(

@@ -48,7 +48,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model_dir = args.model or smollm2_dir()
     cfg, params = hf.load(model_dir)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, trust_remote_code=False
+    ).eval()
     toks = np.random.RandomState(0).randint(0, cfg.vocab_size, (args.batch, args.seq)).astype(np.int32)
     ours_fn = jax.jit(lambda p, t: forward(cfg, p, t))
     toks_j, toks_t = jnp.asarray(toks), torch.tensor(toks, dtype=torch.long)

@@ -66,7 +66,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=False)
     t0 = time.time()
     if RUNS[name] is not None:
         from datasets import Dataset

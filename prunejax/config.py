@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -64,6 +65,20 @@ def token_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def as_float(name: str, value: Any) -> float:
+    """Finite floats from JSON or YAML; PyYAML reads '1e-05' (no dot) as a string, so numeric strings are
+    accepted. NaN and Inf (`nan`, `.inf`) are errors: no knob of a model or a run means anything there."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """RoPE frequency rule. `rope_type` default/linear/llama3, as in HF's `rope_scaling`."""
@@ -75,6 +90,8 @@ class RopeScaling:
     original_max_position_embeddings: int = 8192
 
     def __post_init__(self) -> None:
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            object.__setattr__(self, name, as_float(f"rope_scaling.{name}", getattr(self, name)))
         if self.rope_type not in ROPE_TYPES:
             raise ConfigError(f"unknown rope_type {self.rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
         if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
@@ -244,16 +261,6 @@ class LlamaConfig:
         dense = 2 * (self.linear_params() * linear_density + self.hidden_size * self.vocab_size)
         fwd = dense + attn
         return 3 * fwd if training else fwd
-
-
-def as_float(name: str, value: Any) -> float:
-    """Floats from JSON or YAML; PyYAML reads '1e-05' (no dot) as a string, so numeric strings are accepted."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
 def _rope_from_hf(rope: dict[str, Any] | None) -> RopeScaling:

@@ -1,4 +1,6 @@
-"""`prunejax convert SRC --out DIR`: an HF directory or a Llama GGUF becomes a MODEL_DIR."""
+"""`prunejax convert SRC --out DIR`: an HF directory or a Llama GGUF becomes a MODEL_DIR.
+
+A sparse MODEL_DIR's masks.safetensors comes along (and is applied to the written weights)."""
 
 from __future__ import annotations
 
@@ -22,21 +24,29 @@ def load_any(src: str) -> tuple[LlamaConfig, Params]:
 
 
 def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool = False) -> str:
-    """Write `src` as a MODEL_DIR at `out_dir`, tokenizer included; `dtype` casts the weights."""
+    """Write `src` as a MODEL_DIR at `out_dir`, tokenizer and masks included; `dtype` casts the weights."""
     import jax
     import jax.numpy as jnp
 
     cfg, params = load_any(src)
+    masks = hf.load_masks(src, cfg) if os.path.isdir(src) else None
+    if masks:  # a sparse MODEL_DIR stays sparse: its masks come along, and hold on the written weights
+        from prunejax.prune.masks import apply_masks
+
+        params = apply_masks(params, masks)
     if dtype is not None:
         params = jax.tree.map(lambda x: x.astype(jnp.dtype(hf.DTYPES[dtype])), params)
     provenance = {"source": os.path.abspath(src), "stage": "convert"}
+    source_provenance = hf.load_provenance(src) if os.path.isdir(src) else {}
+    if source_provenance:
+        provenance["source_provenance"] = source_provenance
     if src.endswith(".gguf"):
         from prunejax.gguf_import import save_gguf_tokenizer
 
         with tempfile.TemporaryDirectory() as tok_dir:
             save_gguf_tokenizer(src, tok_dir)
             return hf.save(out_dir, cfg, params, tokenizer_dir=tok_dir, provenance=provenance, overwrite=overwrite)
-    return hf.save(out_dir, cfg, params, tokenizer_dir=src, provenance=provenance, overwrite=overwrite)
+    return hf.save(out_dir, cfg, params, masks, tokenizer_dir=src, provenance=provenance, overwrite=overwrite)
 
 
 def main(argv: list[str]) -> int:

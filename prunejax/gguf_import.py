@@ -129,5 +129,7 @@ def save_gguf_tokenizer(path: str, out_dir: str) -> None:
     """Rebuild the HF tokenizer from the GGUF vocabulary (transformers' own GGUF reader)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
+    tok = AutoTokenizer.from_pretrained(
+        os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path), trust_remote_code=False
+    )
     tok.save_pretrained(out_dir)

@@ -43,6 +43,30 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, or disagrees with its config."""
 
 
+REMOTE_CODE_FILES = ("tokenizer_config.json", "config.json")
+
+
+def check_no_remote_code(directory: str) -> None:
+    """Refuse a tokenizer or model directory whose tokenizer_config.json or config.json has an `auto_map`
+    (classes from Python files in the directory): prunejax never runs code it reads, and every
+    `from_pretrained` passes trust_remote_code=False."""
+    for name in REMOTE_CODE_FILES:
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable or not JSON ({e})") from None
+        if isinstance(d, dict) and d.get("auto_map"):
+            raise CheckpointError(
+                f"{path}: auto_map names custom code ({', '.join(map(str, d['auto_map']))}); prunejax never runs "
+                "code from a model or tokenizer directory (trust_remote_code=False); remove auto_map to use "
+                "the built-in classes"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
     """One HF tensor and where it lives in params. Linear weights are stored (out, in) by HF and
@@ -103,6 +127,42 @@ def leaf_paths(tree: Params, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tup
             yield from leaf_paths(value, (*prefix, key))
         else:
             yield (*prefix, key), value
+
+
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+@jax.jit
+def _finite_flags(leaves: list[Any]) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def nonfinite_leaf(tree: Any) -> str | None:
+    """The path ("layers/0/mlp/up_proj", "opt_state/0/mu/...") of the first float leaf of `tree`
+    holding a NaN or Inf, or None when every float leaf is finite. One jitted reduction, one transfer."""
+    items = [
+        (path, x)
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    if not items:
+        return None
+    flags = np.asarray(distributed.to_host(_finite_flags([x for _, x in items])))
+    bad = np.flatnonzero(~flags)
+    if not bad.size:
+        return None
+    return "/".join(_key_name(e) for e in items[int(bad[0])][0])
+
+
+def check_finite(params: Params, source: str) -> None:
+    """A CheckpointError naming `source` and the first weight with a NaN or Inf; nothing for finite weights."""
+    leaf = nonfinite_leaf(params)
+    if leaf is not None:
+        raise CheckpointError(f"{source}: weight {leaf} holds NaN or Inf values; refusing a non-finite model")
 
 
 # ---- reading -------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def read(path: str) -> Any:
 
 def build(cls: type[T], d: Any, where: str, *, kind: str = "", exclude: Collection[str] = ()) -> T:
     """`cls(**d)`. A non-mapping, an unknown key (`exclude` names fields a file may not set), a float
-    field that is not a number, or a type error is a ConfigError starting with `where`."""
+    field that is not a finite number, or a type error is a ConfigError starting with `where`."""
     words = f"{kind} " if kind else ""
     if not isinstance(d, Mapping):
         raise ConfigError(f"{where}: expected a mapping of {words}keys to values, got {type(d).__name__}")
@@ -46,7 +46,7 @@ def build(cls: type[T], d: Any, where: str, *, kind: str = "", exclude: Collecti
         )
     d = dict(d)
     for key, value in d.items():
-        if fields[key].type in FLOAT_TYPES and value is not None and not isinstance(value, float):
+        if fields[key].type in FLOAT_TYPES and value is not None:  # floats too: YAML's .nan / .inf are refused
             try:
                 d[key] = as_float(key, value)
             except ConfigError as e:

@@ -82,6 +82,9 @@ def test_head_dim_is_kept_explicit():
         ({"num_key_value_heads": 3}, "not a multiple"),
         ({"model_type": "mistral"}, "not 'llama'"),
         ({"attention_bias": True}, "attention_bias"),
+        ({"rope_theta": float("nan")}, "rope_theta must be a finite number, got nan"),
+        ({"rms_norm_eps": float("inf")}, "rms_norm_eps must be a finite number, got inf"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": float("inf")}}, "rope_scaling.factor must be a finite"),
         ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "foo": 1}}, "unknown rope_scaling key(s): foo"),
     ],
 )

@@ -217,3 +217,33 @@ def test_held_out_rule_rounds_halves_up_and_the_cli_reports_the_realized_fractio
     argv = ["data", "prepare", "--text", str(tmp_path / "docs.jsonl"), "--tokenizer", tok, "--out", out]
     assert cli.main([*argv, "--val-fraction", "0.4"]) == 0
     assert "validation: 1 document in 3 (--val-fraction 0.4), 13 of 40 held out (32.5%)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("file", ["tokenizer_config.json", "config.json"])
+def test_tokenizer_with_auto_map_is_refused_and_its_code_never_runs(tok, tmp_path, capsys, file):
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for name in os.listdir(tok):
+        (evil / name).write_bytes(open(os.path.join(tok, name), "rb").read())
+    ran = tmp_path / "ran"
+    (evil / "tokenization_evil.py").write_text(f"open({str(ran)!r}, 'w').write('remote code ran')\n")
+    path = evil / file
+    d = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**d, "auto_map": {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}}))
+    (tmp_path / "t.txt").write_text("\n".join(DOCS))
+    argv = [
+        "data",
+        "prepare",
+        "--text",
+        str(tmp_path / "t.txt"),
+        "--tokenizer",
+        str(evil),
+        "--out",
+        str(tmp_path / "d"),
+    ]
+    assert cli.main([*argv, "--val-fraction", "0"]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: auto_map names custom code (AutoTokenizer)" in err and "trust_remote_code=False" in err, err
+    assert not ran.exists() and not (tmp_path / "d").exists()
+    with pytest.raises(ValueError, match="auto_map"):
+        load_tokenizer(str(evil))

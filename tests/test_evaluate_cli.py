@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import re
 
+import jax
 import numpy as np
 import pytest
 from test_evaluate_loglik import CORPUS, build_model_dir
@@ -12,6 +16,7 @@ from test_evaluate_tasks import write_task_dir
 from prunejax import cli, hf
 from prunejax.data.store import write_data_dir
 from prunejax.evaluate import perplexity
+from prunejax.evaluate.results import write_results
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +121,45 @@ def test_package_works_without_lm_eval() -> None:
         "assert 'prunejax.evaluate.harness' not in sys.modules and callable(e.validation_loss)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _edited_copy(src: str, out: str, path: tuple[str, ...], value: float) -> str:
+    """A copy of MODEL_DIR `src` with column 3 of weight `path` set to `value` (tokenizer kept)."""
+    cfg, params = hf.load(src)
+    params = jax.tree.map(np.asarray, params)
+    w = np.array(hf.get_path(params, path))
+    w[..., 3] = value
+    hf.set_path(params, path, w)
+    return hf.save(out, cfg, params, tokenizer_dir=src)
+
+
+def test_eval_refuses_non_finite_weights_and_results(inputs, capsys) -> None:
+    root = inputs["root"]
+    nan_model = _edited_copy(inputs["model"], f"{root}/nan_model", ("layers", "1", "mlp", "down_proj"), np.nan)
+    out = f"{root}/nan.json"
+    argv = ["eval", "--data", inputs["data"], "--seq-len", "32", "--out", out]
+    assert cli.main([*argv, "--model", nan_model]) == 1
+    assert "nan_model: weight layers/1/mlp/down_proj holds NaN or Inf" in capsys.readouterr().err
+    assert not os.path.exists(out)
+    # finite weights whose outputs are not: token 3's logit overflows float32, so its log-softmax is NaN
+    huge = _edited_copy(inputs["model"], f"{root}/huge_model", ("lm_head",), 3e38)
+    assert cli.main([*argv, "--model", huge]) == 1
+    assert re.search(r"evaluation result validation/\w+ is (nan|inf)", capsys.readouterr().err)
+    assert not os.path.exists(out) and not glob.glob(f"{root}/.nan.json.tmp-*")
+    with pytest.raises(ValueError, match="Out of range float"):  # results.json is always valid JSON
+        write_results(out, {"perplexity": float("nan")})
+    assert not os.path.exists(out) and not glob.glob(f"{root}/.nan.json.tmp-*")
+
+
+def test_eval_refuses_a_tokenizer_with_auto_map(inputs, capsys) -> None:
+    import shutil
+
+    model = f"{inputs['root']}/remote_code_model"
+    shutil.copytree(inputs["model"], model)
+    path = os.path.join(model, "tokenizer_config.json")
+    d = json.load(open(path))
+    json.dump({**d, "auto_map": {"AutoTokenizer": ["tok.Evil", None]}}, open(path, "w"))
+    argv = ["eval", "--model", model, "--text", inputs["text"], "--seq-len", "16", "--out", f"{model}.json"]
+    assert cli.main(argv) == 1
+    assert f"{path}: auto_map names custom code" in capsys.readouterr().err
+    assert not os.path.exists(f"{model}.json")

@@ -194,3 +194,18 @@ def test_save_refuses_to_clobber_and_is_atomic(make_hf_model, tmp_path):
         hf.save(out, cfg, params, overwrite=True)
     assert hf.load(out)[0] == cfg
     assert [f for f in os.listdir(tmp_path) if f.startswith(".out")] == []
+
+
+def test_every_from_pretrained_refuses_remote_code():
+    """Every `from_pretrained` call in the package passes trust_remote_code=False (read from the source)."""
+    import ast
+    import glob
+
+    calls = []
+    for file in glob.glob(os.path.join(os.path.dirname(hf.__file__), "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(file).read())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "from_pretrained":
+                kw = {k.arg: k.value for k in node.keywords}
+                ok = isinstance(kw.get("trust_remote_code"), ast.Constant) and kw["trust_remote_code"].value is False
+                calls.append((f"{file}:{node.lineno}", ok))
+    assert len(calls) >= 3 and all(ok for _, ok in calls), calls

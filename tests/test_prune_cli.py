@@ -113,6 +113,10 @@ def test_mesh_option_splits_calibration_and_keeps_the_masks(dirs):
         ),
         (["--method", "wanda", "--ratio", "0.5", "--mesh", "data=3"], "needs 3 devices, 8 available"),
         (["--method", "wanda", "--ratio", "0.5", "--mesh", "dp=8"], "expected AXIS=INT items"),
+        (
+            ["--method", "wanda", "--ratio", "0.5", "--calib-seq-len", "1024"],
+            "--calib-seq-len 1024 exceeds the model's max_position_embeddings",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(dirs, capsys, args, message):
@@ -169,7 +173,7 @@ def test_bad_data_and_models_are_clear_errors(dirs, capsys):
         )
         == 1
     )
-    assert "layer 1: statistic" in capsys.readouterr().err
+    assert "nanmodel: weight layers/1/mlp/gate_proj holds NaN or Inf" in capsys.readouterr().err  # before calibration
     assert (
         main(
             ["prune", "--model", str(dirs / "model"), "--method", "wanda", "--ratio", "0.5", "--out", str(dirs / "bad")]
@@ -178,6 +182,62 @@ def test_bad_data_and_models_are_clear_errors(dirs, capsys):
     )
     assert "wanda needs calibration data: give --calib DATA_DIR" in capsys.readouterr().err
     assert not (dirs / "bad").exists()
+
+
+def test_non_finite_model_is_refused_before_pruning(dirs, capsys):
+    # magnitude needs no calibration, so nothing else would notice: it used to pass the NaN on
+    argv = ["prune", "--model", str(dirs / "nanmodel"), "--method", "magnitude", "--ratio", "0.5"]
+    assert main([*argv, "--out", str(dirs / "bad")]) == 1
+    assert "nanmodel: weight layers/1/mlp/gate_proj holds NaN or Inf" in capsys.readouterr().err
+    assert not (dirs / "bad").exists()
+
+
+def test_pruning_a_sparse_model_composes_masks_or_refuses(dirs, capsys):
+    model = ["prune", "--model", str(dirs / "model"), "--method", "magnitude", "--ratio", "0.5"]
+    assert main([*model, "--out", str(dirs / "half")]) == 0
+    cfg = hf.load_config(str(dirs / "half"))
+    half = hf.load_masks(str(dirs / "half"), cfg)
+    calib = ["--calib", str(dirs / "data"), "--calib-samples", "4", "--calib-seq-len", "32"]
+    # wanda per row at 0.3 < the input's 0.5: the composition keeps every earlier zero and realizes more than 0.5
+    for method, ratio in (("wanda", "0.3"), ("sparsegpt", "0.7"), ("magnitude", "0.6")):
+        out = dirs / f"again-{method}"
+        again = ["prune", "--model", str(dirs / "half"), "--method", method, "--ratio", ratio, *calib]
+        assert main([*again, "--out", str(out)]) == 0
+        assert "composed with the input's masks (sparsity 0.5000)" in capsys.readouterr().out
+        masks = hf.load_masks(str(out), cfg)
+        _, params = hf.load(str(out))
+        pruned = total = 0
+        for path, m in hf.leaf_paths(half):
+            new = np.asarray(hf.get_path(masks, path))
+            assert not np.any(new & ~np.asarray(m)), "/".join(path)  # pruned once, pruned for good
+            assert not np.any(np.asarray(hf.get_path(params, path))[~new]), "/".join(path)
+            pruned, total = pruned + int((~new).sum()), total + new.size
+        prov = hf.load_provenance(str(out))
+        assert prov["realized_ratio"] == pytest.approx(pruned / total) and prov["input_sparsity"] == 0.5
+        assert prov["realized_ratio"] >= max(0.5, float(ratio)) - 1e-6
+        assert prov["report"]["method_realized_ratio"] == pytest.approx(float(ratio), abs=0.01)
+    assert prov["realized_ratio"] == pytest.approx(0.6, abs=1e-3)  # magnitude's lowest 60% include the zeros
+    for method in ("minitron-width", "shortgpt"):
+        assert (
+            main(
+                [
+                    "prune",
+                    "--model",
+                    str(dirs / "half"),
+                    "--method",
+                    method,
+                    "--ratio",
+                    "0.5",
+                    *calib,
+                    "--out",
+                    str(dirs / "bad"),
+                ]
+            )
+            == 1
+        )
+        err = capsys.readouterr().err
+        assert "half is sparse (masks.safetensors)" in err and "prune structurally first" in err, err
+        assert not (dirs / "bad").exists()
 
 
 def test_existing_output_needs_overwrite(dirs, capsys):

@@ -7,6 +7,7 @@ import os
 
 import jax
 import pytest
+import yaml
 
 from prunejax.config import LLAMA_3_1_8B, TINY, ConfigError
 from prunejax.model import init_params
@@ -111,6 +112,56 @@ def test_plan_ranges_and_hashes():
     assert h1["prune/wanda/r0.5/s0"] == h2["prune/wanda/r0.5/s0"]
     assert h1["retrain/wanda/r0.5/s0/R2k"] == h2["retrain/wanda/r0.5/s0/R2k"]
     assert h1["scratch/same/wanda/r0.5/s0/equal_train/R2k"] == h2["scratch/same/wanda/r0.5/s0/equal_train/R2k"]
+
+
+def test_stage_keys_cover_config_contents_not_paths(tmp_path):
+    train = tmp_path / "train.yaml"
+    train.write_text(open("configs/train/tiny.yaml").read())
+    study = {**MINI, "methods": ["wanda", "sheared"], "sheared_prune_tokens": "4k"}
+    sheared = tmp_path / "sheared.yaml"
+    sheared.write_text(open("configs/prune/sheared_tiny.yaml").read())
+
+    def keys(**change):
+        return plan.hashes(plan.build(study_config.from_dict({**study, **change})))
+
+    base = keys(train_config=str(train), sheared_config=str(sheared))
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(train.read_text() + "\n# a comment changes no value\n")
+    assert keys(train_config=str(moved), sheared_config=str(sheared)) == base
+    train.write_text(train.read_text().replace("peak_lr: 3.0e-3", "peak_lr: 1.0e-2"))
+    edited = keys(train_config=str(train), sheared_config=str(sheared))
+    for sid in ("parent", "retrain/wanda/r0.5/s0/R2k", "scratch/params/wanda/r0.5/s0/equal_total/R4k"):
+        assert edited[sid] != base[sid], sid  # an edited train config is never reported cached
+    assert edited["data"] == base["data"]
+    sheared.write_text(sheared.read_text() + "\nlr: 0.5\n")
+    changed = keys(train_config=str(moved), sheared_config=str(sheared))
+    assert changed["prune/sheared/r0.5/s0"] != base["prune/sheared/r0.5/s0"]
+    assert changed["prune/wanda/r0.5/s0"] == base["prune/wanda/r0.5/s0"]
+    model = tmp_path / "model.yaml"
+    model.write_text(yaml.safe_dump({"vocab_size": 300, **MINI["parent"]["model"]}))
+    inline = keys(train_config=str(moved), sheared_config=str(sheared))
+    from_file = keys(
+        train_config=str(moved), sheared_config=str(sheared), parent={**MINI["parent"], "model": str(model)}
+    )
+    assert from_file["parent"] == inline["parent"]  # the same architecture, however it is written
+    model.write_text(yaml.safe_dump({"vocab_size": 300, **MINI["parent"]["model"], "intermediate_size": 96}))
+    wider = keys(train_config=str(moved), sheared_config=str(sheared), parent={**MINI["parent"], "model": str(model)})
+    assert wider["parent"] != inline["parent"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"ratios": [0.5, 0.5]},
+        {"ratios": [0.3333333, 0.33333334]},  # distinct values, one id r0.333333
+        {"retrain_budgets": ["2k", "2000"]},
+        {"retrain_budgets": ["10k", "10001"]},  # one id R10k
+        {"seeds": [0, 0]},
+    ],
+)
+def test_two_grid_cells_never_share_a_stage(change):
+    with pytest.raises(ConfigError, match="two grid cells map to stage .*list each once"):
+        plan.build(study_config.from_dict({**MINI, **change}))
 
 
 @pytest.mark.parametrize(

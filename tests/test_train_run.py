@@ -114,6 +114,50 @@ def test_sigterm_resume_and_fallback_match_uninterrupted_run(kjv, model_yaml, tm
         np.testing.assert_array_equal(x, y, err_msg="/".join(path))
 
 
+def test_truncated_newest_checkpoint_is_skipped_and_rewritten(kjv, model_yaml, tmp_path, caplog):
+    over = [*BASE, "ckpt_every=2", "keep_checkpoints=3"]
+    kw = {"data_dir": kjv, "tokens": 6 * STEP_TOKENS, "scratch": model_yaml, "overrides": over, "progress": False}
+    full = str(tmp_path / "full")
+    train(full, **kw)
+    cut = str(tmp_path / "cut")
+    assert train(cut, stop_after=4, **kw)["status"] == "stopped"
+    assert _saved_steps(cut) == [2, 4]
+    # a crash mid-write: every file of the newest checkpoint cut to half its length
+    for f in glob.glob(os.path.join(cut, "checkpoints", "4", "**", "*"), recursive=True):
+        if os.path.isfile(f):
+            os.truncate(f, os.path.getsize(f) // 2)
+    with caplog.at_level(logging.WARNING):
+        s = train(cut, **kw)  # resumes from 2 and writes step 4 again: no hand needed
+    assert s["start_step"] == 2 and s["status"] == "done"
+    assert "checkpoint 4" in caplog.text and "unreadable" in caplog.text
+    assert _saved_steps(cut) == [2, 4, 6]
+    assert _losses(cut) == _losses(full)
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(kjv, model_yaml, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = str(tmp_path / "run")
+    argv = [sys.executable, "-m", "prunejax.cli", "train", "--scratch", model_yaml, "--data", kjv]
+    argv += ["--tokens", str(20000 * STEP_TOKENS), "--out", out, "--no-progress", *BASE]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, metrics = time.time() + 240, os.path.join(out, "metrics.jsonl")
+        while not (os.path.exists(metrics) and os.path.getsize(metrics)):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0].decode()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # training is under way: the loop saves and stops
+        text = proc.communicate(timeout=240)[0].decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, text[-3000:]
+    assert "stopped at a checkpoint" in text
+    saved = _saved_steps(out)
+    assert len(saved) == 1 and 0 < saved[0] < 20000
+
+
 def _sparse_model_dir(path):
     cfg = LlamaConfig.from_hf_dict(MODEL)
     params = jax.device_get(state_lib.random_params(cfg, jax.random.key(7)))
@@ -141,6 +185,15 @@ def test_reinit_keeps_mask_and_changes_every_kept_weight(tmp_path):
         model_source(None, "tiny", True, seed=0)
 
 
+def test_init_from_a_non_finite_model_is_refused(tmp_path):
+    src = str(tmp_path / "sparse")
+    cfg, params, masks = _sparse_model_dir(src)
+    params["layers"]["0"]["self_attn"]["v_proj"][0, 0, 0] = np.inf
+    hf.save(str(tmp_path / "inf"), cfg, params, masks)
+    with pytest.raises(hf.CheckpointError, match="inf: weight layers/0/self_attn/v_proj holds NaN or Inf"):
+        model_source(str(tmp_path / "inf"), None, False, seed=0)
+
+
 def test_sparse_retrain_keeps_mask(kjv, tmp_path):
     src = str(tmp_path / "sparse")
     _, _, masks = _sparse_model_dir(src)
@@ -164,6 +217,45 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(kjv, model_yaml
     bad = int(err.value.args[0].split("at step ")[1].split(":")[0])
     saved = sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(out, "checkpoints", "[0-9]*")))
     assert saved and max(saved) < bad
+
+
+def _saved_steps(run_dir):
+    return sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(run_dir, "checkpoints", "[0-9]*")))
+
+
+def test_non_finite_state_is_never_saved_nor_resumed(kjv, model_yaml, tmp_path):
+    # 1e39 is a finite config value that overflows float32: the first update turns every weight into Inf/NaN
+    # while step 1's loss (computed before the update) is still finite
+    out = str(tmp_path / "run")
+    over = [*BASE, "peak_lr=1e39", "warmup_frac=0", "ckpt_every=1"]
+    kw = {"data_dir": kjv, "tokens": 4 * STEP_TOKENS, "scratch": model_yaml, "progress": False}
+    for _ in range(2):  # the rerun starts afresh: nothing non-finite was left to resume from
+        with pytest.raises(TrainingDiverged, match=r"after step 1 holds NaN or Inf in params/\S+: .*no checkpoint"):
+            train(out, overrides=over, **kw)
+        assert _saved_steps(out) == []
+
+
+def test_restore_skips_a_non_finite_checkpoint(tmp_path, caplog):
+    from prunejax.train import checkpoint as ckpt
+
+    good = {"params": {"w": jax.numpy.ones((4, 4))}, "step": jax.numpy.asarray(1)}
+    bad = {"params": {"w": jax.numpy.full((4, 4), np.inf)}, "step": jax.numpy.asarray(2)}
+    c = ckpt.Checkpointer(str(tmp_path))
+    c.save(1, {**good, "masks": {}}, {"step": 1})
+    with pytest.raises(TrainingDiverged, match="after step 2 .* params/w.*last good checkpoint is step 1"):
+        c.save(2, {**bad, "masks": {}}, {"step": 2})
+    assert c.steps() == [1]
+    args = ckpt.ocp.args.Composite(  # what an older version wrote: a checkpoint full of Inf
+        state=ckpt.ocp.args.StandardSave({**bad, "masks": {}}), data=ckpt.ocp.args.JsonSave({"step": 2})
+    )
+    c.manager.save(2, args=args, force=True)
+    c.wait()
+    with caplog.at_level(logging.WARNING):
+        step, state, data = c.restore_latest(ckpt.abstract({**good, "masks": {}}))
+    assert c.steps() == [1]  # the skipped one is gone, so step 2 can be written again
+    c.close()
+    assert step == 1 and data == {"step": 1} and np.all(np.asarray(state["params"]["w"]) == 1)
+    assert "checkpoint 2" in caplog.text and "NaN/Inf in params/w" in caplog.text
 
 
 def test_bad_inputs_give_clear_errors(kjv, model_yaml, tmp_path):
@@ -194,6 +286,19 @@ def test_bad_inputs_give_clear_errors(kjv, model_yaml, tmp_path):
     with pytest.raises(ValueError, match="mask .* has shape"):
         train(run, tokens=10**4, overrides=BASE, init=str(tmp_path / "other"), data_dir=kjv, progress=False)
     assert not os.path.exists(run) or not os.listdir(run)  # nothing written by a rejected run
+
+
+def test_train_config_refuses_non_finite_numbers(tmp_path):
+    for override in ("peak_lr=nan", "peak_lr=.inf", "weight_decay=-.inf", "peak_tflops=nan", "eps=NaN"):
+        key = override.split("=")[0]
+        with pytest.raises(ConfigError, match=f"^config: {key} must be a finite number"):
+            config_lib.load(None, [override])
+    path = tmp_path / "t.yaml"
+    path.write_text("beta2: .nan\n")
+    with pytest.raises(ConfigError, match=f"^{path}: beta2 must be a finite number, got nan"):
+        config_lib.load(str(path))
+    with pytest.raises(ConfigError, match="^clip_norm must be a finite number, got inf"):
+        config_lib.TrainConfig(clip_norm=float("inf"))
 
 
 def test_cli_errors_and_configs(kjv, model_yaml, tmp_path, capsys):

@@ -34,6 +34,11 @@ def test_build_checks_keys_and_reads_numeric_strings_as_floats():
         yamlconf.build(Knobs, {"lr": "fast"}, "here")
     with pytest.raises(ConfigError, match="^here: lr must be a number, got True$"):
         yamlconf.build(Knobs, {"lr": True}, "here")
+    for bad in ("nan", "inf", "-Infinity", float("nan"), float("inf")):  # YAML gives 'nan' or .nan -> float
+        with pytest.raises(ConfigError, match="^here: lr must be a finite number, got "):
+            yamlconf.build(Knobs, {"lr": bad}, "here")
+    with pytest.raises(ConfigError, match="^here: peak must be a finite number, got "):
+        yamlconf.build(Knobs, {"peak": float("-inf")}, "here")
     with pytest.raises(ConfigError, match="^here: expected a mapping of knob keys to values, got list$"):
         yamlconf.build(Knobs, [1, 2], "here", kind="knob")
 

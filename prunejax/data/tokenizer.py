@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prunejax.data.store import DataError
-from prunejax.hf import TOKENIZER_FILES, atomic_dir
+from prunejax.hf import TOKENIZER_FILES, atomic_dir, check_no_remote_code
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -34,10 +34,11 @@ def tokenizer_dir(src: str) -> Iterator[str]:
 
 
 def load_tokenizer(directory: str) -> Any:
-    """The fast tokenizer saved in `directory` (transformers' AutoTokenizer)."""
+    """The fast tokenizer saved in `directory` (transformers' AutoTokenizer, never remote code)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(directory)
+    check_no_remote_code(directory)
+    tok = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
     if not getattr(tok, "is_fast", False):
         raise DataError(f"{directory}: tokenizer is not a fast tokenizer")
     if tok.eos_token_id is None:

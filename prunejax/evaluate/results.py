@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import json
+import math
 import os
 import tempfile
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from prunejax import distributed, hf
 from prunejax.evaluate import perplexity, tasks, zeroshot
@@ -105,13 +107,26 @@ def evaluate_model(
         out["tasks"], out["average"] = zs["tasks"], zs["average"]
         out["fingerprints"].update({r["file"]: file_digest(r["file"]) for r in zs["tasks"].values()})
         out["task_limit"] = limit
+    check_finite_results(out)
     out["metrics"] = METRICS
     out["software"] = software()
     return out
 
 
+def check_finite_results(results: Any, where: str = "") -> None:
+    """A ValueError naming the first number of `results` that is NaN or Inf: no such result is ever written."""
+    if isinstance(results, dict):
+        for key, value in results.items():
+            check_finite_results(value, f"{where}/{key}" if where else str(key))
+    elif isinstance(results, (list, tuple)):
+        for i, value in enumerate(results):
+            check_finite_results(value, f"{where}/{i}")
+    elif isinstance(results, (float, np.floating)) and not math.isfinite(results):
+        raise ValueError(f"evaluation result {where} is {results}: the model's outputs are not finite")
+
+
 def write_results(path: str, results: dict[str, Any], overwrite: bool = False) -> str:
-    """Write results.json atomically (a temporary file renamed into place)."""
+    """Write results.json atomically (a temporary file renamed into place); a NaN/Inf is a ValueError, never a file."""
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists (pass --overwrite)")
     distributed.one_writer(f"results {path}", lambda: _write_json_atomic(path, results))
@@ -124,7 +139,7 @@ def _write_json_atomic(path: str, results: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=2, default=str)
+            json.dump(results, f, indent=2, default=str, allow_nan=False)  # NaN is not JSON
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

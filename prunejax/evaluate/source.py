@@ -3,7 +3,7 @@
 A sparse MODEL_DIR stores its weights already zeroed; the masks in `masks.safetensors` are applied
 again on load anyway (a no-op for a well-formed directory) so that a model whose weights were
 edited after pruning is still evaluated as the sparse model it claims to be, and whether the
-stored weights already agreed with the masks is recorded.
+stored weights already agreed with the masks is recorded. A model with a NaN or Inf weight is refused.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def load_tokenizer(path: str) -> Any | None:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    hf.check_no_remote_code(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
 def apply_masks(params: Params, masks: Params) -> tuple[Params, bool]:
@@ -69,6 +70,7 @@ def load_model(src: str, *, mesh: Mesh | None = None, dtype: Any = jnp.float32) 
         from prunejax.gguf_import import load_gguf, save_gguf_tokenizer
 
         cfg, params = load_gguf(src, dtype=dtype)
+        hf.check_finite(params, src)
         params = shard(mesh, params) if mesh is not None else params
         with tempfile.TemporaryDirectory() as tok_dir:
             save_gguf_tokenizer(src, tok_dir)
@@ -77,6 +79,7 @@ def load_model(src: str, *, mesh: Mesh | None = None, dtype: Any = jnp.float32) 
     if not os.path.isdir(src):
         raise CheckpointError(f"{src}: not a model directory, RUN_DIR or .gguf file")
     cfg, params = hf.load(src, dtype=dtype, place=placer(mesh) if mesh is not None else None)
+    hf.check_finite(params, src)  # a NaN weight would only show up as a NaN metric
     provenance = hf.load_provenance(src)
     if provenance:
         info["provenance"] = {k: provenance[k] for k in ("stage", "method", "parent", "source") if k in provenance}

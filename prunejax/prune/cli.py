@@ -8,7 +8,14 @@
 
 Calibration reads the first N x L tokens of the DATA_DIR's train split; each batch is split over
 the mesh's data x fsdp devices (default data=-1: every device, as train and eval do). Everything
-is validated before any work that writes; the MODEL_DIR appears complete or not at all.
+is validated before any work that writes; a model with a NaN/Inf weight is refused before pruning and
+a pruned one before saving; the MODEL_DIR appears complete or not at all.
+
+A sparse MODEL_DIR (with masks.safetensors) is pruned again only by a sparse method: the new masks are
+the old AND the method's (a weight pruned once stays pruned), and the realized ratio is that of the
+composition (a --ratio below the input's sparsity realizes at least the input's). Structured methods
+refuse a sparse model: their result carries no masks (a retrain would regrow the zeroed weights) and
+one ratio cannot mix removed and zeroed weights; prune structurally first, then sparsify.
 """
 
 from __future__ import annotations
@@ -27,9 +34,9 @@ from prunejax import calibrate, hf, sharding
 from prunejax.config import LlamaConfig
 from prunejax.data.store import TokenStore
 from prunejax.distributed import add_launch_args
-from prunejax.prune.masks import PruneError, parse_pattern
-from prunejax.prune.registry import METHODS, NO_CALIBRATION, TRAINED, get_method
-from prunejax.prune.result import PruneResult
+from prunejax.prune.masks import PruneError, apply_masks, parse_pattern
+from prunejax.prune.registry import METHODS, NO_CALIBRATION, SPARSE, TRAINED, get_method
+from prunejax.prune.result import PruneResult, composed_result
 from prunejax.prune.shapes import parse_target
 
 DEFAULT_MESH = "data=-1"  # every device on the batch axis: train's and eval's default mesh
@@ -117,6 +124,7 @@ def summary(parent: LlamaConfig, result: PruneResult) -> str:
     r, cfg = result.report, result.cfg
     lines = [
         f"method {r['method']}: requested ratio {r.get('requested_ratio')}, realized {r['realized_ratio']:.4f}",
+        *([f"composed with the input's masks (sparsity {r['input_sparsity']:.4f})"] if "input_sparsity" in r else []),
         f"shape: layers {parent.num_hidden_layers}->{cfg.num_hidden_layers}, hidden {parent.hidden_size}->"
         f"{cfg.hidden_size}, ffn {parent.intermediate_size}->{cfg.intermediate_size}, heads "
         f"{parent.num_attention_heads}/{parent.num_key_value_heads}->{cfg.num_attention_heads}/{cfg.num_key_value_heads}",
@@ -137,17 +145,36 @@ def run(args: argparse.Namespace) -> PruneResult:
     options = _options(args)
     from prunejax.convert import load_any
 
+    sparse_input = os.path.isdir(args.model) and os.path.exists(os.path.join(args.model, hf.MASKS_FILE))
+    if sparse_input and args.method not in SPARSE:  # before the weights are read
+        raise PruneError(
+            f"{args.model} is sparse ({hf.MASKS_FILE}): {args.method} removes whole rows, heads or layers and "
+            f"would drop those masks; prune structurally first and sparsify after, or use a sparse method "
+            f"({', '.join(sorted(SPARSE))})"
+        )
     cfg, params = load_any(args.model)
+    hf.check_finite(params, args.model)  # magnitude would pass a NaN through; calibration would fail late
+    input_masks = hf.load_masks(args.model, cfg) if sparse_input else None
+    if input_masks:
+        params = apply_masks(params, input_masks)  # the method sees the sparse model the directory claims to be
+    if args.calib is not None and args.calib_seq_len > cfg.max_position_embeddings:
+        raise PruneError(
+            f"--calib-seq-len {args.calib_seq_len} exceeds the model's max_position_embeddings "
+            f"{cfg.max_position_embeddings} (train and eval refuse it too)"
+        )
     tokens, fingerprint = (None, None)
     if args.calib is not None:
         tokens, fingerprint = load_calibration(args.calib, cfg, args.calib_samples, args.calib_seq_len)
     t0 = time.time()
     result = get_method(args.method)(cfg, params, tokens, **options)
+    if input_masks:
+        result = composed_result(result, input_masks)
     seconds = time.time() - t0
     requested = options["ratio"] if options["ratio"] is not None else None
     result.report["requested_ratio"] = requested
     dtype = hf.DTYPES[cfg.torch_dtype]
     out_params = jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), result.params)
+    hf.check_finite(out_params, f"{args.method} result")
     parent_provenance = hf.load_provenance(args.model) if os.path.isdir(args.model) else {}
     provenance = {
         "stage": "prune",
@@ -164,6 +191,7 @@ def run(args: argparse.Namespace) -> PruneResult:
         },
         "requested_ratio": requested,
         "realized_ratio": result.report["realized_ratio"],
+        **({"input_sparsity": result.report["input_sparsity"]} if input_masks else {}),
         **({"prune_tokens": result.report["prune_tokens"]} if "prune_tokens" in result.report else {}),
         "calibration": {"data_dir": os.path.abspath(args.calib), "fingerprint": fingerprint} if args.calib else None,
         "seconds": round(seconds, 1),

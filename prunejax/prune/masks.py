@@ -151,6 +151,19 @@ def apply_masks(params: Params, masks: Params) -> Params:
     return out
 
 
+def compose(first: Params, second: Params) -> Params:
+    """Masks of pruning a sparse model again: a weight is kept only if both keep it (first AND second);
+    a leaf that only one of them masks keeps that mask."""
+    out = jax.tree.map(lambda x: x, second)
+    for path, m in leaf_paths(first):
+        try:
+            m = jnp.logical_and(m, get_path(second, path))
+        except KeyError:
+            pass
+        set_path(out, path, jnp.asarray(m, bool))
+    return out
+
+
 def sparsity_report(masks: Params) -> dict[str, Any]:
     """Pruned fraction of all masked weights and per layer."""
     per_layer: dict[str, float] = {}

@@ -32,6 +32,8 @@ METHODS: dict[str, Method] = {
     "minitron-width": minitron_width,
     "sheared": sheared,
 }
+# Methods that zero weights under masks and keep every shape; only these prune an already sparse model.
+SPARSE = frozenset({"magnitude", "wanda", "sparsegpt"})
 # Methods whose scores ignore the calibration data.
 NO_CALIBRATION = frozenset({"magnitude", "sheared"})
 # Methods that train on a token budget of a DATA_DIR (options data=, prune_tokens=, config=, run_dir=).

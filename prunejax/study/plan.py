@@ -1,7 +1,11 @@
 """The study's stages in dependency order, each with the spec that determines its output.
 
 A stage's hash covers its kind, its spec (paths relative to STUDY_DIR) and the hashes of the stages
-it depends on, so changing anything upstream invalidates exactly the stages downstream of it.
+it depends on, so changing anything upstream invalidates exactly the stages downstream of it. A
+config file a stage reads (train_config, sheared_config, a parent model YAML) enters the hash as its
+resolved values, not its path: editing a value invalidates, moving the file or editing a comment
+does not. Two grid cells never share a stage id (a ratio, budget or seed listed twice, or two that
+differ below the id's precision, is a ConfigError).
 Token ranges of the train split follow the paper: the parent reads [0, P]; every retraining run
 reads the disjoint [P+1, P+R+1]; scratch runs read [0, T] (T = R, or P+R at equal total tokens).
 Each range holds one token more than its budget: a window of L inputs needs L+1 tokens.
@@ -38,8 +42,19 @@ def _fmt_tokens(n: int) -> str:
     return str(n)
 
 
+# A path the runner needs -> the key holding what was read from it; the hash takes the content, not the path.
+CONTENT_KEYS = {"config": "resolved", "sheared_config": "sheared_resolved", "model": "model_resolved"}
+
+
+def hashed_spec(spec: Any) -> Any:
+    """`spec` without the paths whose resolved contents it also holds (recursively)."""
+    if not isinstance(spec, dict):
+        return spec
+    return {k: hashed_spec(v) for k, v in spec.items() if not (k in CONTENT_KEYS and CONTENT_KEYS[k] in spec)}
+
+
 def stage_hash(stage: Stage, dep_hashes: dict[str, str]) -> str:
-    payload = {"kind": stage.kind, "spec": stage.spec, "deps": [dep_hashes[d] for d in stage.deps]}
+    payload = {"kind": stage.kind, "spec": hashed_spec(stage.spec), "deps": [dep_hashes[d] for d in stage.deps]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -96,9 +111,14 @@ def expected_shape(parent: LlamaConfig, method: MethodSpec, ratio: float) -> tup
 
 def build(study: StudyConfig) -> list[Stage]:
     """Every stage of the study, in an order where each stage follows its dependencies."""
+    from prunejax.prune import sheared_config
+    from prunejax.train import config as train_config
+
     stages: list[Stage] = []
     seq = study.eval.seq_len
-    train_spec = {"config": study.train_config, "overrides": list(study.train_overrides)}
+    resolved = train_config.load(study.train_config, list(study.train_overrides)).to_dict()
+    train_spec = {"config": study.train_config, "overrides": list(study.train_overrides), "resolved": resolved}
+    sheared_resolved = dataclasses.asdict(sheared_config.load_config(study.sheared_config))
     parent_cfg = parent_config(study)
 
     def train_flops(cfg: LlamaConfig | None, tokens: int, density: float = 1.0) -> float | None:
@@ -147,7 +167,12 @@ def build(study: StudyConfig) -> list[Stage]:
                 "parent",
                 "parent",
                 ("data",),
-                {"model": p.model, "tokens": p.tokens, "train": train_spec},
+                {
+                    "model": p.model,
+                    "model_resolved": parent_cfg.to_hf_dict() if parent_cfg else None,
+                    "tokens": p.tokens,
+                    "train": train_spec,
+                },
                 p.tokens,
                 train_flops(parent_cfg, p.tokens),
             )
@@ -176,6 +201,7 @@ def build(study: StudyConfig) -> list[Stage]:
                             "seed": seed,
                             "sheared_tokens": study.sheared_prune_tokens if method.name == "sheared" else 0,
                             "sheared_config": study.sheared_config if method.name == "sheared" else None,
+                            "sheared_resolved": sheared_resolved if method.name == "sheared" else None,
                         },
                         prune_tokens,
                         None,
@@ -254,7 +280,20 @@ def build(study: StudyConfig) -> list[Stage]:
                                 },
                                 s_density,
                             )
+    check_unique_ids(stages)
     return stages
+
+
+def check_unique_ids(stages: list[Stage]) -> None:
+    """Each grid cell is its own stage: two cells with one id would share (and overwrite) one output."""
+    seen: set[str] = set()
+    for s in stages:
+        if s.id in seen:
+            raise ConfigError(
+                f"two grid cells map to stage {s.id}: a ratio, retrain budget or seed is listed twice, or two "
+                "differ below the id's precision (ratios 6 significant digits, budgets 4); list each once"
+            )
+        seen.add(s.id)
 
 
 def describe(stages: list[Stage]) -> str:

@@ -452,9 +452,10 @@ class Runner:
 def cli(verb: str, argv: list[str]) -> None:
     """Call a verb's `main(argv)` in this process; a nonzero exit is an error."""
     from prunejax.cli import VERBS
+    from prunejax.train.cli import STOPPED_BASE
 
     rc = importlib.import_module(VERBS[verb]).main(argv)
-    if rc:
+    if rc and not (verb == "train" and rc > STOPPED_BASE):  # stopped by a signal: the stage sees no final/
         raise RuntimeError(f"prunejax {verb} exited with {rc}")
 
 

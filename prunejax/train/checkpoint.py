@@ -3,7 +3,10 @@
 RUN_DIR/checkpoints/<step>/ holds `state` (params, optimizer state, masks, step, RNG: Orbax's
 sharded PyTree format, multi-host aware) and `data` (the grain iterator state and run counters as
 JSON). A checkpoint that fails to restore (truncated, corrupt) is skipped with a warning and the
-previous one is used, so a crash during a save never loses the run.
+previous one is used, so a crash during a save never loses the run; the skipped ones are then
+deleted so the resumed run writes those steps again (Orbax refuses to overwrite a step). A state
+holding a NaN or Inf is never saved (the save raises TrainingDiverged naming the step and the
+leaf), and one found on restore (written by an older version) is skipped like an unreadable one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from prunejax.hf import CheckpointError, leaf_paths
+from prunejax.hf import CheckpointError, leaf_paths, nonfinite_leaf
+from prunejax.train.loop import TrainingDiverged
 
 log = logging.getLogger(__name__)
 State = dict[str, Any]
@@ -37,7 +41,8 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: State, data: dict[str, Any]) -> None:
-        """Save (async when enabled); `data` is JSON (iterator state, tokens seen, ...)."""
+        """Save (async when enabled) a finite, mask-respecting state; `data` is JSON (iterator state, step, ...)."""
+        check_finite(step, state, self.steps())
         check_sparsity(state)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
         self.manager.save(step, args=args, force=True)
@@ -50,12 +55,26 @@ class Checkpointer:
             try:
                 args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
                 restored = self.manager.restore(step, args=args)
-                return step, restored["state"], restored["data"]
             except Exception as e:  # noqa: BLE001 - any unreadable checkpoint falls back to the previous one
                 log.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, self.directory, e)
+                continue
+            leaf = nonfinite_leaf(restored["state"])
+            if leaf is None:
+                self._drop_after(step)
+                return step, restored["state"], restored["data"]
+            log.warning("checkpoint %d in %s holds NaN/Inf in %s; trying the previous one", step, self.directory, leaf)
         if steps:
             raise CheckpointError(f"{self.directory}: none of the checkpoints {steps} could be restored")
         return None
+
+    def _drop_after(self, step: int) -> None:
+        """Delete the (unreadable or non-finite) checkpoints newer than the one resumed from, so the run can
+        write those steps again; they are removed only once an older one restored, never on a failure."""
+        newer = [s for s in self.steps() if s > step]
+        for s in newer:
+            self.manager.delete(s)
+        if newer:
+            log.warning("removed unusable checkpoint(s) %s of %s; resuming from step %d", newer, self.directory, step)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -89,6 +108,17 @@ def sparsity(state: State) -> dict[str, float] | None:
         zeros += int(jax.device_get(jnp.sum(w == 0)))
         total += int(np.prod(m.shape))
     return {"mask_sparsity": pruned / total, "zero_fraction": zeros / total}
+
+
+def check_finite(step: int, state: State, saved: list[int]) -> None:
+    """Raise TrainingDiverged naming `step` and the first NaN/Inf leaf of `state` (params, optimizer state)."""
+    leaf = nonfinite_leaf(state)
+    if leaf is not None:
+        kept = f"the last good checkpoint is step {max(saved)}" if saved else "no checkpoint was saved"
+        raise TrainingDiverged(
+            f"state after step {step} holds NaN or Inf in {leaf}: training diverged; not saved, {kept} "
+            "(lower peak_lr or check the data)"
+        )
 
 
 def check_sparsity(state: State) -> None:

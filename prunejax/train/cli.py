@@ -2,6 +2,8 @@
 
 prunejax train --config YAML [key=value ...] (--init MODEL_DIR | --scratch SRC [--reinit])
                --data DATA_DIR --tokens N --out RUN_DIR
+
+SIGINT/SIGTERM save a checkpoint and exit 130/143; the same command resumes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 
 from prunejax.config import token_arg
 from prunejax.distributed import add_launch_args
+
+STOPPED_BASE = 128  # a run stopped by signal N (a checkpoint saved, resumable) exits 128 + N
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +50,8 @@ def main(argv: list[str]) -> int:
     )
     if summary["status"] == "stopped":
         print(f"stopped at a checkpoint; run the same command again to resume {args.out}")
-        return 0
+        # the shell's 128 + signal (130 on Ctrl-C, 143 on SIGTERM), so `train && eval` stops here
+        return STOPPED_BASE + summary["signal"] if summary.get("signal") else 0
     val = f", validation loss {summary['val_loss']:.4f}" if "val_loss" in summary else ""
     print(f"done: {summary['steps']:,} steps{val}; model in {summary['final']}")
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from prunejax import yamlconf
-from prunejax.config import ConfigError
+from prunejax.config import ConfigError, as_float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,10 @@ class TrainConfig:
     distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # also when built directly, not through yamlconf
+            value = getattr(self, f.name)
+            if f.type in yamlconf.FLOAT_TYPES and value is not None:
+                object.__setattr__(self, f.name, as_float(f.name, value))
         for name in ("seq_len", "global_batch", "grad_accum", "log_every", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")

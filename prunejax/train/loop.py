@@ -3,6 +3,8 @@
 Reading metrics one step late keeps the device busy while the host logs. Before any checkpoint the
 loop waits for that step's metrics, so a saved state always follows a finite loss: a NaN/Inf loss
 or gradient norm stops the run with its step number and the last good checkpoint stays the latest.
+The loss is computed before the step's update, so the checkpointer also checks the updated state
+itself (an overflowing update leaves finite metrics and Inf weights).
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ def model_source(
     key = jax.random.key(seed)
     if init is not None:
         cfg, params = hf.load(init)
+        hf.check_finite(params, init)  # else the first step's NaN loss would blame the learning rate
         masks = hf.load_masks(init, cfg)
     elif scratch in PRESETS:
         cfg, masks = PRESETS[scratch], None
@@ -260,6 +261,7 @@ def train(
                     step, state, batches(), lc, writer, save=save, evaluate=evaluate, on_step=on_step, stop=stop
                 )
             summary["status"] = status
+            summary["signal"] = stop.signum  # SIGTERM/SIGINT that stopped the run, None otherwise
             if status == "done":
                 if start_step < total_steps and (not tcfg.ckpt_every or total_steps % tcfg.ckpt_every):
                     save(total_steps, state)
