@@ -216,25 +216,28 @@ def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
-def _place(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
-    """A batch [B, L, ...] on the mesh: B over its batch axes when it divides them, else L (a small
-    batch of long sequences still spreads over every device), else replicated, said once per shape."""
-    if mesh is None:
-        return jnp.asarray(x)
+def placement(shape: tuple[int, ...], mesh: Mesh) -> jax.sharding.NamedSharding:
+    """Where a calibration batch [B, L, ...] goes on the mesh: split over B or L (`split_axis`), else
+    replicated, said once per shape. `prunejax compile-check` compiles against this same placement."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     from prunejax.sharding import BATCH_AXES
 
-    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    axis = split_axis(x.shape, mesh)
+    axis = split_axis(shape, mesh)
     if axis is not None:
-        spec = PartitionSpec(*([None] * axis), BATCH_AXES)
-    else:
-        spec = PartitionSpec()
-        if shards > 1 and (x.shape[:2], shards) not in _unsharded:
-            _unsharded.add((x.shape[:2], shards))
-            log.warning("calibration batch %s divides %d batch shards in neither B nor L: replicated", x.shape, shards)
-    return jax.device_put(x, NamedSharding(mesh, spec))
+        return NamedSharding(mesh, PartitionSpec(*([None] * axis), BATCH_AXES))
+    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if shards > 1 and (tuple(shape[:2]), shards) not in _unsharded:
+        _unsharded.add((tuple(shape[:2]), shards))
+        log.warning("calibration batch %s divides %d batch shards in neither B nor L: replicated", shape, shards)
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _place(x: np.ndarray, mesh: Mesh | None) -> jax.Array:
+    """A batch [B, L, ...] on the mesh (see `placement`), or on the default device without one."""
+    if mesh is None:
+        return jnp.asarray(x)
+    return jax.device_put(x, placement(x.shape, mesh))
 
 
 def check_finite(stats: Stats, where: str) -> None:

@@ -116,24 +116,25 @@ def check_train(cfg: Any, tcfg: Any, devices: list[Any], hbm: int) -> Fit:
 
 
 def check_calibration(cfg: Any, samples: int, seq_len: int, devices: list[Any], hbm: int) -> Fit:
-    """Compile one layer's calibration statistics (Hessians included) for a batch of `samples`."""
+    """Compile one layer's calibration statistics (Hessians included) exactly as `prune` runs them: a
+    batch of `samples` sequences placed by `calibrate.placement` on prune's default mesh (every device
+    on the batch axes: split over B when it divides them, else over L), the fixed-order reduction."""
     import jax
     import jax.numpy as jnp
 
     from prunejax import calibrate, model, sharding
 
     mesh = sharding.make_mesh(-1, 1, 1, devices=devices)
-    samples = -(-samples // len(devices)) * len(devices)  # the batch is split over every device
     params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
     layer = params["layers"]["0"]
     shardings = sharding.tree_shardings(mesh, layer)
     lp = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), layer, shardings)
-    x = jax.ShapeDtypeStruct(
-        (samples, seq_len, cfg.hidden_size), jnp.float32, sharding=sharding.batch_sharding(mesh, 3)
-    )
-    with jax.set_mesh(mesh):
-        compiled = calibrate.layer_statistics.lower(cfg, lp, x, stats=calibrate.STATS).compile()
-    return _fit(f"calibration layer ({samples} x {seq_len}, all statistics)", compiled, hbm)
+    shape = (samples, seq_len, cfg.hidden_size)
+    placed = calibrate.placement(shape, mesh)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=placed)
+    split = {0: "batch", 1: "sequence", None: "nothing (replicated)"}[calibrate.split_axis(shape, mesh)]
+    compiled = calibrate.layer_statistics.lower(cfg, lp, x, stats=calibrate.STATS, mesh=mesh).compile()
+    return _fit(f"calibration layer ({samples} x {seq_len}, all statistics, split over {split})", compiled, hbm)
 
 
 def model_config(src: str) -> Any:

@@ -19,9 +19,13 @@ def test_train_step_compiles_and_reports_memory():
     assert "fits" in fit.line()
 
 
-def test_calibration_step_compiles():
+def test_calibration_step_compiles_the_placement_that_runs():
     fit = compile_check.check_calibration(TINY, 8, 32, jax.devices(), hbm=2**30)
-    assert fit.per_chip_bytes > 0 and fit.flops > 0
+    assert fit.per_chip_bytes > 0 and fit.flops > 0 and "8 x 32" in fit.name and "over batch" in fit.name
+    small = compile_check.check_calibration(TINY, 2, 32, jax.devices(), hbm=2**30)  # not rounded up to 8
+    assert "2 x 32" in small.name and "over sequence" in small.name
+    # the activations of 2 x 32 tokens split 8 ways: each chip holds 8 tokens' worth, not 32 or 64
+    assert small.breakdown["arguments"] < fit.breakdown["arguments"]
 
 
 def test_too_small_memory_is_reported():
