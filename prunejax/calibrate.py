@@ -206,6 +206,14 @@ def head_loss(cfg: LlamaConfig, head_params: Params, x_BLD: jax.Array, tokens_BL
     return float(np.sum(to_host(head_token_losses(cfg, head_params, x_BLD, tokens_BL)), dtype=np.float64))
 
 
+def _place_model(params: Params, mesh: Mesh | None) -> Params:
+    """The whole model on the mesh, layer by layer, sharded by the logical-axis table."""
+    if mesh is None:
+        return params
+    layers = {k: place_weights(v, mesh) for k, v in params["layers"].items()}
+    return {**place_weights(_head_params(params), mesh), "layers": layers}
+
+
 def _head_params(params: Params) -> Params:
     return {k: v for k, v in params.items() if k != "layers"}
 
@@ -248,12 +256,24 @@ def check_finite(stats: Stats, where: str) -> None:
             raise CalibrationError(f"{where}: statistic {name} holds NaN or Inf (the model or the data is broken)")
 
 
+def place_weights(tree: Params, mesh: Mesh | None) -> Params:
+    """Weights (one layer, or the embedding and head) on the mesh, each leaf sharded by the logical-axis
+    table (`embed` over fsdp; heads, mlp and vocab over tp); as given without a mesh. Calibration holds
+    the model wherever it was loaded and places one layer at a time."""
+    if mesh is None:
+        return tree
+    from prunejax.sharding import shard
+
+    return shard(mesh, tree)
+
+
 def embed_tokens(
     cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, batch_size: int = 8, mesh: Mesh | None = None
 ) -> np.ndarray:
     """Hidden states entering layer 0, [N,L,D] float32 on the host."""
+    table = place_weights({"embed_tokens": params["embed_tokens"]}, mesh)
     return np.concatenate(
-        [to_host(_embed(cfg, params, _place(tokens_NL[s], mesh))) for s in _batches(len(tokens_NL), batch_size)]
+        [to_host(_embed(cfg, table, _place(tokens_NL[s], mesh))) for s in _batches(len(tokens_NL), batch_size)]
     )
 
 
@@ -283,10 +303,11 @@ def sequential(
     all_stats: dict[str, Stats] = {}
     for key in sorted(params["layers"], key=int):
         lp = params["layers"][key]
+        placed = place_weights(lp, mesh)
         total: Stats | None = None
         y_NLD = np.empty_like(x_NLD)
         for s in _batches(len(x_NLD), batch_size):
-            y_BLD, part = layer_statistics(cfg, lp, _place(x_NLD[s], mesh), stats, mesh)
+            y_BLD, part = layer_statistics(cfg, placed, _place(x_NLD[s], mesh), stats, mesh)
             y_NLD[s] = to_host(y_BLD)
             total = part if total is None else jax.tree.map(jnp.add, total, part)
         total = tree_to_host(total)
@@ -294,8 +315,9 @@ def sequential(
         all_stats[key] = total
         if prune_layer is not None:
             lp = prune_layer(key, lp, total)
+            placed = place_weights(lp, mesh)
             for s in _batches(len(x_NLD), batch_size):
-                y_NLD[s] = to_host(layer_apply(cfg, lp, _place(x_NLD[s], mesh)))
+                y_NLD[s] = to_host(layer_apply(cfg, placed, _place(x_NLD[s], mesh)))
             check_finite({"outputs": y_NLD}, f"layer {key} after pruning")
         new_layers[key] = lp
         x_NLD = y_NLD
@@ -306,6 +328,7 @@ def lm_loss(
     cfg: LlamaConfig, params: Params, tokens_NL: np.ndarray, *, batch_size: int = 8, mesh: Mesh | None = None
 ) -> float:
     """Mean next-token cross-entropy of a model on tokens [N,L] (the layers run one at a time)."""
+    params = _place_model(params, mesh)
     total = 0.0
     for s in _batches(len(tokens_NL), batch_size):
         tokens = _place(tokens_NL[s], mesh)
@@ -333,6 +356,7 @@ def block_removal_losses(
     n = len(keys)
     if not 0 < block < n:
         raise CalibrationError(f"cannot remove a block of {block} layers from {n}")
+    params = _place_model(params, mesh)  # every layer runs many times: placed once
     sums = np.zeros(n - block + 1)
     dense = 0.0
     head_params = _head_params(params)

@@ -14,13 +14,14 @@ from prunejax.distributed import add_launch_args
 from prunejax.hf import Params
 
 
-def load_any(src: str) -> tuple[LlamaConfig, Params]:
-    """(cfg, params) from an HF directory, a MODEL_DIR or a `.gguf` file."""
+def load_any(src: str, *, place: hf.Place | None = None) -> tuple[LlamaConfig, Params]:
+    """(cfg, params) from an HF directory, a MODEL_DIR or a `.gguf` file; `place` puts each tensor
+    (default: on the default device; `hf.on_host` keeps them in host memory)."""
     if src.endswith(".gguf"):
         from prunejax.gguf_import import load_gguf
 
-        return load_gguf(src)
-    return hf.load(src)
+        return load_gguf(src, place=place)
+    return hf.load(src, place=place)
 
 
 def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool = False) -> str:

@@ -118,11 +118,11 @@ def _hf_tensors(reader: Any, cfg: LlamaConfig, path: str) -> Iterator[tuple[str,
         yield name, w
 
 
-def load_gguf(path: str, *, dtype: Any = jnp.float32) -> tuple[LlamaConfig, Params]:
+def load_gguf(path: str, *, dtype: Any = jnp.float32, place: Any = None) -> tuple[LlamaConfig, Params]:
     """(cfg, params) from a Llama GGUF; quantized tensors are dequantized to float32."""
     reader = _reader(path)
     cfg = config_from_gguf(reader, path)
-    return cfg, params_from_tensors(cfg, _hf_tensors(reader, cfg, path), source=path, dtype=dtype)
+    return cfg, params_from_tensors(cfg, _hf_tensors(reader, cfg, path), source=path, dtype=dtype, place=place)
 
 
 def save_gguf_tokenizer(path: str, out_dir: str) -> None:

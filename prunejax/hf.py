@@ -209,6 +209,14 @@ def read_tensors(files: dict[str, str]) -> Iterator[tuple[str, np.ndarray]]:
                     raise CheckpointError(f"{file}: tensor {name} is unreadable ({e})") from e
 
 
+Place = Callable[[tuple[str, ...], np.ndarray], Any]
+
+
+def on_host(path: tuple[str, ...], x: np.ndarray) -> np.ndarray:
+    """A `place` that keeps a tensor in host memory (calibration then moves one layer at a time)."""
+    return np.asarray(x)
+
+
 def params_from_tensors(
     cfg: LlamaConfig,
     tensors: Iterator[tuple[str, np.ndarray]],

@@ -71,3 +71,57 @@ def test_shortgpt_choice_equal_on_a_mesh(params, tokens, splits):
     assert meshed.report["removed_layers"] == one.report["removed_layers"]
     for layer, bi in one.report["block_influence"].items():
         np.testing.assert_allclose(meshed.report["block_influence"][layer], bi, rtol=1e-5, atol=1e-6)
+
+
+WEIGHTS_MESH = make_mesh(data=1, fsdp=4, tp=2)  # each layer's weights split 8 ways, the batch 4 ways
+
+
+@pytest.fixture
+def placed(monkeypatch):
+    """The shardings of every weight calibration placed on the mesh."""
+    seen = []
+    place = calibrate.place_weights
+
+    def spy(tree, mesh):
+        out = place(tree, mesh)
+        seen.extend(x.sharding for x in jax.tree.leaves(out) if mesh is not None)
+        return out
+
+    monkeypatch.setattr(calibrate, "place_weights", spy)
+    return seen
+
+
+def test_statistics_with_sharded_weights_equal_replicated_within_1e_6(params, tokens, placed):
+    stats = ("act", "cosine", "hessian", "sq_norm")
+    _, one = calibrate.sequential(CFG, params, tokens, stats, batch_size=4)
+    _, sharded = calibrate.sequential(CFG, params, tokens, stats, batch_size=4, mesh=WEIGHTS_MESH)
+    # the q/k/v/gate/up kernels ([embed, ...]) are split over fsdp x tp: 8 ways, no full copy anywhere
+    kernels = [s for s in placed if tuple(s.spec) == ("fsdp", "tp")]  # gate/up: [embed, mlp]
+    assert kernels and all(len(s.device_set) == 8 and s.shard_shape((64, 176)) == (16, 88) for s in kernels)
+    for layer in one:
+        for path, a in jax.tree_util.tree_leaves_with_path(one[layer]):
+            b = sharded[layer]
+            for k in path:
+                b = b[k.key]
+            scale = max(float(np.max(np.abs(a))), 1e-30)
+            assert float(np.max(np.abs(np.asarray(b) - a))) <= 1e-6 * scale, (layer, path)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("wanda", {"ratio": 0.5}), ("sparsegpt", {"ratio": 0.5}), ("sparsegpt", {"ratio": 0.5, "pattern": (2, 4)}),
+     ("minitron-width", {"ratio": 0.5}), ("minitron-depth", {"ratio": 0.5}), ("shortgpt", {"ratio": 0.5})],
+)  # fmt: skip
+def test_sharded_weights_choose_what_replicated_weights_choose(params, tokens, placed, method, options):
+    one = prune(CFG, params, method, tokens, batch_size=4, **options)
+    sharded = prune(CFG, params, method, tokens, batch_size=4, mesh=WEIGHTS_MESH, **options)
+    assert placed and not all(s.is_fully_replicated for s in placed)
+    assert sharded.cfg == one.cfg
+    jax.tree.map(np.testing.assert_array_equal, sharded.masks, one.masks)
+    assert sharded.report.get("removed_layers") == one.report.get("removed_layers")
+
+    def close(a, b):  # the whole-module policy: 1e-4 of the largest weight. SparseGPT's updates go through
+        # H^-1, which amplifies the 1e-7 differences of H summed in another order (the statistics test above)
+        assert float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) <= 1e-4 * float(np.max(np.abs(b)))
+
+    jax.tree.map(close, sharded.params, one.params)

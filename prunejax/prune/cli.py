@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> PruneResult:
             f"would drop those masks; prune structurally first and sparsify after, or use a sparse method "
             f"({', '.join(sorted(SPARSE))})"
         )
-    cfg, params = load_any(args.model)
+    cfg, params = load_any(args.model, place=hf.on_host)  # host memory; calibration places a layer at a time
     hf.check_finite(params, args.model)  # magnitude would pass a NaN through; calibration would fail late
     input_masks = hf.load_masks(args.model, cfg) if sparse_input else None
     if input_masks:
