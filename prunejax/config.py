@@ -294,6 +294,10 @@ LLAMA_3_1_8B = LlamaConfig(
     eos_token_id=128001,
     torch_dtype="bfloat16",
 )
+# Meta's Llama-3.1-70B config.json: the 8B's vocabulary, RoPE and scaling at 80 layers of 8192 x 28672.
+LLAMA_3_1_70B = LLAMA_3_1_8B.replace(
+    hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8
+)
 LLAMA_3_2_1B = LlamaConfig(
     vocab_size=128256,
     hidden_size=2048,
@@ -343,6 +347,7 @@ TINY = LlamaConfig(
 
 PRESETS: dict[str, LlamaConfig] = {
     "llama-3.1-8b": LLAMA_3_1_8B,
+    "llama-3.1-70b": LLAMA_3_1_70B,
     "llama-3.2-1b": LLAMA_3_2_1B,
     "smollm2-135m": SMOLLM2_135M,
     "tiny": TINY,

@@ -18,6 +18,12 @@ def test_llama_3_1_8b_parameter_count_from_eval_shape():
     assert C.LLAMA_3_1_8B.num_params() == 8_030_261_248
 
 
+def test_llama_3_1_70b_parameter_count_from_eval_shape():
+    shapes = jax.eval_shape(lambda: init_params(C.LLAMA_3_1_70B, jax.random.key(0)))
+    assert _count(shapes) == C.LLAMA_3_1_70B.num_params() == 70_553_706_496  # Meta's published count
+    assert C.LLAMA_3_1_70B.head_dim == 128 and C.LLAMA_3_1_70B.rope_scaling == C.LLAMA_3_1_8B.rope_scaling
+
+
 @pytest.mark.parametrize("name", ["llama-3.2-1b", "smollm2-135m", "tiny"])
 def test_presets_count_matches_eval_shape(name):
     cfg = C.preset(name)
