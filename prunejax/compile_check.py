@@ -162,6 +162,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--topology", required=True, help=f"one of {', '.join(TOPOLOGIES)}")
     parser.add_argument("--calib-samples", type=int, default=8, help="calibration batch (sequences per step)")
     parser.add_argument("--calib-seq-len", type=int, default=8192)
+    parser.add_argument("--only", choices=("train", "calibration"), help="compile just this step")
     add_launch_args(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology from this CPU host
@@ -177,6 +178,8 @@ def main(argv: list[str]) -> int:
         ("calibration", lambda: check_calibration(cfg, args.calib_samples, args.calib_seq_len, devices, hbm)),
     )
     for name, check in checks:
+        if args.only and not name.startswith(args.only):
+            continue
         try:
             fit = check()
         except Exception as e:  # XLA refuses to compile what cannot fit: that is the answer, not a crash

@@ -282,3 +282,18 @@ def test_changed_config_names_invalidated_stages(mini_study):
     msg = str(e.value)
     assert "prune/wanda/r0.5/s0" in msg and "retrain/wanda/r0.5/s0/R2k" in msg
     assert "\n  parent\n" not in msg and "--rerun-changed" in msg
+
+
+def test_an_interrupted_study_exits_130_with_the_resume_hint(tmp_path, monkeypatch, capsys):
+    from prunejax.study import runner
+
+    def stop(self, rerun_changed=False, log=print):
+        raise runner.StudyInterrupted("retrain/wanda/r0.5/s0/R2k")
+
+    monkeypatch.setattr(runner.Runner, "run", stop)
+    config = tmp_path / "mini.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(MINI))
+    assert runner.main([str(config), "--out", str(tmp_path / "s")]) == 130
+    assert "study stopped during retrain/wanda/r0.5/s0/R2k; run the same command again" in capsys.readouterr().err

@@ -500,6 +500,9 @@ def main(argv: list[str]) -> int:
         rc = runner.run(rerun_changed=args.rerun_changed)
     except StudyError as e:
         raise ConfigError(str(e)) from None
+    except StudyInterrupted as e:  # a stage saved a checkpoint and stopped (SIGTERM, preemption): no traceback
+        print(f"study stopped during {e}; run the same command again to resume", file=sys.stderr)
+        return 130
     if not args.no_report:
         from prunejax.study import report
 
