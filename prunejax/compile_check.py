@@ -115,7 +115,9 @@ def check_train(cfg: Any, tcfg: Any, devices: list[Any], hbm: int) -> Fit:
     )
 
 
-def check_calibration(cfg: Any, samples: int, seq_len: int, devices: list[Any], hbm: int) -> Fit:
+def check_calibration(
+    cfg: Any, samples: int, seq_len: int, devices: list[Any], hbm: int, mesh_spec: str = "data=-1"
+) -> Fit:
     """Compile one layer's calibration statistics (Hessians included) exactly as `prune` runs them: a
     batch of `samples` sequences placed by `calibrate.placement` on prune's default mesh (every device
     on the batch axes: split over B when it divides them, else over L), the fixed-order reduction."""
@@ -124,7 +126,7 @@ def check_calibration(cfg: Any, samples: int, seq_len: int, devices: list[Any], 
 
     from prunejax import calibrate, model, sharding
 
-    mesh = sharding.make_mesh(-1, 1, 1, devices=devices)
+    mesh = sharding.parse_mesh(mesh_spec, devices=devices)  # prune --mesh (default: every device on the batch)
     params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
     layer = params["layers"]["0"]
     shardings = sharding.tree_shardings(mesh, layer)
@@ -134,7 +136,8 @@ def check_calibration(cfg: Any, samples: int, seq_len: int, devices: list[Any], 
     x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=placed)
     split = {0: "batch", 1: "sequence", None: "nothing (replicated)"}[calibrate.split_axis(shape, mesh)]
     compiled = calibrate.layer_statistics.lower(cfg, lp, x, stats=calibrate.STATS, mesh=mesh).compile()
-    return _fit(f"calibration layer ({samples} x {seq_len}, all statistics, split over {split})", compiled, hbm)
+    where = f"mesh {dict(mesh.shape)}, split over {split}"
+    return _fit(f"calibration layer ({samples} x {seq_len}, all statistics, {where})", compiled, hbm)
 
 
 def model_config(src: str) -> Any:
@@ -162,6 +165,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--topology", required=True, help=f"one of {', '.join(TOPOLOGIES)}")
     parser.add_argument("--calib-samples", type=int, default=8, help="calibration batch (sequences per step)")
     parser.add_argument("--calib-seq-len", type=int, default=8192)
+    parser.add_argument("--calib-mesh", default="data=-1", help="prune's --mesh for calibration (default data=-1)")
     parser.add_argument("--only", choices=("train", "calibration"), help="compile just this step")
     add_launch_args(parser)
     args = parser.parse_args(argv)
@@ -175,7 +179,10 @@ def main(argv: list[str]) -> int:
     fits = True
     checks = (
         ("train step", lambda: check_train(cfg, tcfg, devices, hbm)),
-        ("calibration", lambda: check_calibration(cfg, args.calib_samples, args.calib_seq_len, devices, hbm)),
+        (
+            "calibration",
+            lambda: check_calibration(cfg, args.calib_samples, args.calib_seq_len, devices, hbm, args.calib_mesh),
+        ),
     )
     for name, check in checks:
         if args.only and not name.startswith(args.only):

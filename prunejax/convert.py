@@ -8,7 +8,7 @@ import argparse
 import os
 import tempfile
 
-from prunejax import hf
+from prunejax import hf, storage
 from prunejax.config import LlamaConfig
 from prunejax.distributed import add_launch_args
 from prunejax.hf import Params
@@ -29,6 +29,8 @@ def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool
     import jax
     import jax.numpy as jnp
 
+    named = src if storage.is_remote(src) else os.path.abspath(src)  # what provenance records
+    src = storage.local_dir(src)  # a committed gs:// MODEL_DIR: its local copy
     cfg, params = load_any(src)
     masks = hf.load_masks(src, cfg) if os.path.isdir(src) else None
     if masks:  # a sparse MODEL_DIR stays sparse: its masks come along, and hold on the written weights
@@ -37,7 +39,7 @@ def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool
         params = apply_masks(params, masks)
     if dtype is not None:
         params = jax.tree.map(lambda x: x.astype(jnp.dtype(hf.DTYPES[dtype])), params)
-    provenance = {"source": os.path.abspath(src), "stage": "convert"}
+    provenance = {"source": named, "stage": "convert"}
     source_provenance = hf.load_provenance(src) if os.path.isdir(src) else {}
     if source_provenance:
         provenance["source_provenance"] = source_provenance

@@ -22,7 +22,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from prunejax import distributed
+from prunejax import distributed, storage
 from prunejax.config import ConfigError, LlamaConfig
 
 Params = dict[str, Any]
@@ -262,6 +262,7 @@ def params_from_tensors(
 
 
 def load_config(model_dir: str) -> LlamaConfig:
+    model_dir = storage.local_dir(model_dir)  # a gs:// MODEL_DIR: its committed local copy
     path = os.path.join(model_dir, "config.json")
     if not os.path.isdir(model_dir):
         raise CheckpointError(f"{model_dir}: not a directory")
@@ -276,7 +277,8 @@ def load(
     dtype: Any = jnp.float32,
     place: Callable[[tuple[str, ...], np.ndarray], jax.Array] | None = None,
 ) -> tuple[LlamaConfig, Params]:
-    """Read an HF directory or MODEL_DIR. Tensors are read one at a time and placed as they come."""
+    """Read an HF directory or MODEL_DIR (local or gs://). Tensors are read one at a time and placed as they come."""
+    model_dir = storage.local_dir(model_dir)
     cfg = load_config(model_dir)
     files = _weight_files(model_dir)
     try:
@@ -288,7 +290,7 @@ def load(
 
 def load_masks(model_dir: str, cfg: LlamaConfig) -> Params | None:
     """Boolean masks (True = kept) shaped like params, or None for a dense model."""
-    file = os.path.join(model_dir, MASKS_FILE)
+    file = os.path.join(storage.local_dir(model_dir), MASKS_FILE)
     if not os.path.exists(file):
         return None
     specs = {s.hf_name: s for s in tensor_specs(cfg)}
@@ -306,7 +308,7 @@ def load_masks(model_dir: str, cfg: LlamaConfig) -> Params | None:
 
 
 def load_provenance(model_dir: str) -> dict[str, Any]:
-    path = os.path.join(model_dir, PROVENANCE_FILE)
+    path = os.path.join(storage.local_dir(model_dir), PROVENANCE_FILE)
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -450,6 +452,15 @@ def _write_model_dir(
     max_shard_bytes: int,
     overwrite: bool,
 ) -> None:
+    if storage.is_remote(out_dir):  # written whole locally, then uploaded and committed (marker last)
+        if storage.exists(out_dir) and not overwrite:
+            raise FileExistsError(f"{out_dir} exists (pass overwrite=True / --overwrite)")
+        with tempfile.TemporaryDirectory() as local:
+            args = (tensors, mask_tensors, hf_cfg, sparsity, tokenizer_dir, provenance, max_shard_bytes, True)
+            _write_model_dir(os.path.join(local, "m"), *args)
+            storage.publish(os.path.join(local, "m"), out_dir, overwrite=overwrite)
+        return
+    tokenizer_dir = storage.local_dir(tokenizer_dir) if tokenizer_dir else None
     with atomic_dir(out_dir, overwrite) as tmp:
         _write_sharded(tmp, tensors, "model", max_shard_bytes)
         if mask_tensors:

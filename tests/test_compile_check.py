@@ -26,6 +26,9 @@ def test_calibration_step_compiles_the_placement_that_runs():
     assert "2 x 32" in small.name and "over sequence" in small.name
     # the activations of 2 x 32 tokens split 8 ways: each chip holds 8 tokens' worth, not 32 or 64
     assert small.breakdown["arguments"] < fit.breakdown["arguments"]
+    sharded = compile_check.check_calibration(TINY, 8, 32, jax.devices(), hbm=2**30, mesh_spec="fsdp=4,tp=2")
+    assert "'fsdp': 4, 'tp': 2" in sharded.name  # weights split 8 ways: a smaller share of them per chip
+    assert sharded.breakdown["arguments"] < fit.breakdown["arguments"]
 
 
 def test_too_small_memory_is_reported():

@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from prunejax import distributed
+from prunejax import distributed, storage
 from prunejax.data.build import val_every, work_dir
 from prunejax.data.index import RECORD_DTYPES, index_array_records
 from prunejax.data.prepare import default_workers, prepare
@@ -106,6 +106,10 @@ def main(argv: list[str]) -> int:
         add_launch_args(s)
 
     args = parser.parse_args(argv)
+    for name in ("out", "data_dir", "corpus_path"):
+        storage.refuse_remote(getattr(args, name, None), f"--{name.replace('_', '-')}")
+    for f in getattr(args, "text", None) or []:
+        storage.refuse_remote(f, "--text file")
     try:
         if args.cmd == "info":
             return _run(args)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax.numpy as jnp
 
-from prunejax import sharding
+from prunejax import sharding, storage
 from prunejax.config import token_arg
 from prunejax.distributed import add_launch_args
 from prunejax.evaluate import tasks
@@ -54,7 +53,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not (args.data or args.text or args.tasks):
         parser.error("give --data DATA_DIR, --text FILES and/or --tasks NAMES")
-    if os.path.exists(args.out) and not args.overwrite:
+    storage.refuse_remote(args.data, "--data DATA_DIR")
+    for t in args.text or []:
+        storage.refuse_remote(t, "--text file")
+    if storage.is_remote(args.out):
+        storage.check_bucket(args.out)
+    if storage.file_exists(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists (pass --overwrite)")  # before, not after, the evaluation
     results = evaluate_model(
         args.model,

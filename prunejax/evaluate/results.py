@@ -7,13 +7,12 @@ import importlib.metadata as md
 import json
 import math
 import os
-import tempfile
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from prunejax import distributed, hf
+from prunejax import distributed, hf, storage
 from prunejax.evaluate import perplexity, tasks, zeroshot
 from prunejax.evaluate.source import load_model
 from prunejax.sharding import make_mesh
@@ -126,21 +125,10 @@ def check_finite_results(results: Any, where: str = "") -> None:
 
 
 def write_results(path: str, results: dict[str, Any], overwrite: bool = False) -> str:
-    """Write results.json atomically (a temporary file renamed into place); a NaN/Inf is a ValueError, never a file."""
-    if os.path.exists(path) and not overwrite:
+    """Write results.json atomically (a local temporary file renamed into place, or one gs:// object);
+    a NaN/Inf is a ValueError, never a file."""
+    if storage.file_exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists (pass --overwrite)")
-    distributed.one_writer(f"results {path}", lambda: _write_json_atomic(path, results))
+    data = json.dumps(results, indent=2, default=str, allow_nan=False).encode()  # NaN is not JSON
+    distributed.one_writer(f"results {path}", lambda: storage.write_file(path, data))
     return path
-
-
-def _write_json_atomic(path: str, results: dict[str, Any]) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=2, default=str, allow_nan=False)  # NaN is not JSON
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

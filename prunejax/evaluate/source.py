@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from prunejax import hf
+from prunejax import hf, storage
 from prunejax.config import LlamaConfig
 from prunejax.hf import CheckpointError, Params
 from prunejax.sharding import placer, shard
@@ -64,8 +64,8 @@ def apply_masks(params: Params, masks: Params) -> tuple[Params, bool]:
 
 def load_model(src: str, *, mesh: Mesh | None = None, dtype: Any = jnp.float32) -> EvalModel:
     """Weights (masks applied, placed on `mesh`), tokenizer and provenance of a model to evaluate."""
-    src = resolve(src)
-    info: dict[str, Any] = {"path": os.path.abspath(src)}
+    info: dict[str, Any] = {"path": src if storage.is_remote(src) else os.path.abspath(resolve(src))}
+    src = resolve(storage.local_dir(src))  # a committed gs:// MODEL_DIR: its local copy
     if src.endswith(".gguf"):
         from prunejax.gguf_import import load_gguf, save_gguf_tokenizer
 

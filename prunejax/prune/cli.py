@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prunejax import calibrate, hf, sharding
+from prunejax import calibrate, hf, sharding, storage
 from prunejax.config import LlamaConfig
 from prunejax.data.store import TokenStore
 from prunejax.distributed import add_launch_args
@@ -82,7 +82,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise PruneError(f"--batch-size must be positive, got {args.batch_size}")
     if args.calib is None and args.method not in NO_CALIBRATION:
         raise PruneError(f"{args.method} needs calibration data: give --calib DATA_DIR")
-    if os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
+    storage.refuse_remote(args.calib, "--calib DATA_DIR")
+    storage.refuse_remote(args.data, "--data DATA_DIR")
+    storage.refuse_remote(args.run_dir, "--run-dir")
+    if storage.is_remote(args.out):
+        storage.check_bucket(args.out)
+        if storage.exists(args.out) and not args.overwrite:
+            raise FileExistsError(f"{args.out} exists (pass --overwrite)")
+    elif os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
         raise FileExistsError(f"{args.out} exists and is not empty (pass --overwrite)")
     if args.mesh is not None:
         mesh = sharding.parse_mesh(args.mesh)
@@ -145,16 +152,17 @@ def run(args: argparse.Namespace) -> PruneResult:
     options = _options(args)
     from prunejax.convert import load_any
 
-    sparse_input = os.path.isdir(args.model) and os.path.exists(os.path.join(args.model, hf.MASKS_FILE))
+    model = storage.local_dir(args.model)  # a gs:// MODEL_DIR: its committed local copy; args.model is recorded
+    sparse_input = os.path.isdir(model) and os.path.exists(os.path.join(model, hf.MASKS_FILE))
     if sparse_input and args.method not in SPARSE:  # before the weights are read
         raise PruneError(
             f"{args.model} is sparse ({hf.MASKS_FILE}): {args.method} removes whole rows, heads or layers and "
             f"would drop those masks; prune structurally first and sparsify after, or use a sparse method "
             f"({', '.join(sorted(SPARSE))})"
         )
-    cfg, params = load_any(args.model, place=hf.on_host)  # host memory; calibration places a layer at a time
+    cfg, params = load_any(model, place=hf.on_host)  # host memory; calibration places a layer at a time
     hf.check_finite(params, args.model)  # magnitude would pass a NaN through; calibration would fail late
-    input_masks = hf.load_masks(args.model, cfg) if sparse_input else None
+    input_masks = hf.load_masks(model, cfg) if sparse_input else None
     if input_masks:
         params = apply_masks(params, input_masks)  # the method sees the sparse model the directory claims to be
     if args.calib is not None and args.calib_seq_len > cfg.max_position_embeddings:
@@ -175,10 +183,10 @@ def run(args: argparse.Namespace) -> PruneResult:
     dtype = hf.DTYPES[cfg.torch_dtype]
     out_params = jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), result.params)
     hf.check_finite(out_params, f"{args.method} result")
-    parent_provenance = hf.load_provenance(args.model) if os.path.isdir(args.model) else {}
+    parent_provenance = hf.load_provenance(model) if os.path.isdir(model) else {}
     provenance = {
         "stage": "prune",
-        "parent": os.path.abspath(args.model),
+        "parent": args.model if storage.is_remote(args.model) else os.path.abspath(args.model),
         "parent_provenance": parent_provenance,
         "method": args.method,
         "options": {
@@ -198,7 +206,7 @@ def run(args: argparse.Namespace) -> PruneResult:
         "report": result.report,
     }
     with tempfile.TemporaryDirectory() as tok_dir:
-        tokenizer_dir = args.model if os.path.isdir(args.model) else None
+        tokenizer_dir = model if os.path.isdir(model) else None
         if args.model.endswith(".gguf"):
             from prunejax.gguf_import import save_gguf_tokenizer
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prunejax import distributed
+from prunejax import distributed, storage
 from prunejax.config import ConfigError
 from prunejax.distributed import add_launch_args
 from prunejax.study import config as study_config
@@ -491,6 +491,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     add_launch_args(parser)
     args = parser.parse_args(argv)
+    storage.refuse_remote(args.config, "study config")
+    storage.refuse_remote(args.out, "STUDY_DIR")
     study = study_config.load(args.config)
     runner = Runner(study, args.out)
     if args.dry_run:

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import yaml
 
-from prunejax import distributed, hf, sharding
+from prunejax import distributed, hf, sharding, storage
 from prunejax.config import PRESETS, ConfigError, LlamaConfig
 from prunejax.data.pipeline import BatchSpec, WindowSource, eval_dataset, train_dataset, train_iterator
 from prunejax.data.store import DataError, TokenStore
@@ -40,6 +40,8 @@ def model_source(
     """(cfg, params, masks, tokenizer dir) for --init MODEL_DIR | --scratch MODEL_DIR|PRESET|YAML [--reinit]."""
     if (init is None) == (scratch is None):
         raise ConfigError("give exactly one of init (a MODEL_DIR to retrain) or scratch (a shape to train from random)")
+    init = storage.local_dir(init) if init is not None else None  # a gs:// MODEL_DIR: its local copy
+    scratch = storage.local_dir(scratch) if storage.is_remote(scratch) else scratch
     src = init or scratch
     tok = src if src and os.path.exists(os.path.join(src, "tokenizer.json")) else None
     key = jax.random.key(seed)
@@ -149,6 +151,8 @@ def train(
         tcfg = tcfg.replace(**dict(config_lib.parse_override(o) for o in overrides))
     if (teacher is None) != (tcfg.distill_alpha == 0):
         raise ConfigError("distillation needs both a teacher MODEL_DIR and distill_alpha > 0")
+    storage.refuse_remote(data_dir, "DATA_DIR")
+    storage.refuse_remote(out_dir, "RUN_DIR")
     store = TokenStore(data_dir)
     cfg, params, masks, tok_dir = model_source(init, scratch, reinit, tcfg.seed)
     total_steps = _check_inputs(cfg, tcfg, store, tokens)

@@ -1,0 +1,176 @@
+"""Object storage (`gs://bucket/prefix`) beside local paths, through fsspec (gcsfs for `gs://`).
+
+An object store has no atomic rename, so a directory artifact is *committed* by a marker object
+written after every other object: `_PRUNEJAX_COMMITTED`, a JSON list of the files and their sizes.
+A reader refuses a remote directory without its marker (naming it) and checks every listed file.
+Directories are staged through local temporary copies: `local_dir(path)` gives a local copy of a
+committed remote directory (cached per process), `publish(local, path)` uploads a finished local
+directory and commits it. Single files (results.json) are one object each, which appears whole.
+
+gcsfs honours `STORAGE_EMULATOR_HOST` (a local emulator in tests); prunejax sets nothing else.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+MARKER = "_PRUNEJAX_COMMITTED"
+SCHEMES = ("gs://",)
+
+_cache: dict[str, str] = {}
+_cache_root: str | None = None
+
+
+class StorageError(ValueError):
+    """A remote path that cannot be used: no such bucket, no credentials, an uncommitted artifact."""
+
+
+def is_remote(path: str | os.PathLike | None) -> bool:
+    return path is not None and str(path).startswith(SCHEMES)
+
+
+def filesystem(path: str) -> Any:
+    """The fsspec filesystem serving `path` (gcsfs for gs://)."""
+    import fsspec
+
+    try:
+        return fsspec.filesystem(str(path).split("://", 1)[0])
+    except ImportError as e:
+        raise StorageError(f"{path}: gs:// needs gcsfs: pip install -e '.[gcs]' ({e})") from e
+
+
+def join(path: str, *parts: str) -> str:
+    return "/".join([str(path).rstrip("/"), *parts]) if is_remote(path) else os.path.join(path, *parts)
+
+
+def check_bucket(path: str) -> None:
+    """A StorageError naming the bucket when it does not exist or cannot be reached (credentials)."""
+    fs = filesystem(path)
+    bucket = str(path).split("://", 1)[1].split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except Exception as e:  # noqa: BLE001 - auth or network: say which bucket and why
+        raise StorageError(f"{path}: cannot reach bucket {bucket!r} ({type(e).__name__}: {e})") from e
+    if not found:
+        raise StorageError(f"{path}: bucket {bucket!r} does not exist (or these credentials cannot see it)")
+
+
+def committed(path: str) -> bool:
+    """Whether a remote directory carries its commit marker."""
+    return filesystem(path).exists(join(path, MARKER))
+
+
+def exists(path: str) -> bool:
+    """A local path that exists, or a remote directory with any object under it (committed or not)."""
+    if not is_remote(path):
+        return os.path.exists(path)
+    fs = filesystem(path)
+    return fs.exists(path) or bool(fs.ls(path, detail=False) if fs.isdir(path) else [])
+
+
+def read_marker(path: str) -> dict[str, int]:
+    """The committed files of a remote directory and their sizes; refuses one without a marker."""
+    fs = filesystem(path)
+    check_bucket(path)
+    try:
+        raw = fs.cat_file(join(path, MARKER))
+    except FileNotFoundError:
+        if fs.exists(path) and fs.ls(path, detail=False):
+            raise StorageError(
+                f"{path} has no commit marker {MARKER}: it is incomplete (a writer stopped before committing) "
+                "or not a prunejax artifact; rerun the stage that writes it"
+            ) from None
+        raise FileNotFoundError(f"{path} does not exist") from None
+    return json.loads(raw)["files"]
+
+
+def local_dir(path: str) -> str:
+    """`path` itself when local; else a local copy of the committed remote directory (downloaded once
+    per process, each file checked against the marker's size)."""
+    if not is_remote(path):
+        return path
+    key = str(path).rstrip("/")
+    if key in _cache:
+        return _cache[key]
+    files = read_marker(key)
+    fs = filesystem(key)
+    local = tempfile.mkdtemp(dir=_root(), prefix="dir-")
+    for rel, size in files.items():
+        dst = os.path.join(local, *rel.split("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        fs.get_file(join(key, rel), dst)
+        if os.path.getsize(dst) != size:
+            raise StorageError(f"{join(key, rel)}: {os.path.getsize(dst)} bytes, its commit marker says {size}")
+    _cache[key] = local
+    return local
+
+
+def publish(local: str, path: str, overwrite: bool = False) -> str:
+    """Upload the finished local directory `local` to remote `path` and commit it (marker last).
+    An existing committed directory needs `overwrite`; its marker is removed first, so a crash midway
+    leaves an uncommitted directory that readers refuse, never a mix that looks complete."""
+    fs = filesystem(path)
+    check_bucket(path)
+    path = str(path).rstrip("/")
+    if fs.exists(join(path, MARKER)):
+        if not overwrite:
+            raise FileExistsError(f"{path} exists (pass --overwrite)")
+        fs.rm_file(join(path, MARKER))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    files = {}
+    for base, _, names in os.walk(local):
+        for name in sorted(names):
+            src = os.path.join(base, name)
+            rel = os.path.relpath(src, local).replace(os.sep, "/")
+            fs.put_file(src, join(path, rel))
+            files[rel] = os.path.getsize(src)
+    with fs.open(join(path, MARKER), "wb") as f:
+        f.write(json.dumps({"format": "prunejax-commit/1", "files": files}, indent=1).encode())
+    _cache.pop(path, None)
+    return path
+
+
+def write_file(path: str, data: bytes) -> None:
+    """One object (or an atomic local file write through a temporary sibling)."""
+    if is_remote(path):
+        check_bucket(path)
+        with filesystem(path).open(path, "wb") as f:
+            f.write(data)
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def file_exists(path: str) -> bool:
+    return filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def refuse_remote(path: str | None, what: str) -> None:
+    """A clear error for a remote path where prunejax cannot use one yet."""
+    if is_remote(path):
+        raise StorageError(
+            f"{what} {path}: gs:// is supported for MODEL_DIRs (convert, prune, eval, train --init/--scratch) "
+            f"and results.json; a {what} on object storage is not yet (README, Status)"
+        )
+
+
+def _root() -> str:
+    global _cache_root
+    if _cache_root is None:
+        _cache_root = tempfile.mkdtemp(prefix="prunejax-remote-")
+        atexit.register(shutil.rmtree, _cache_root, True)
+    return _cache_root

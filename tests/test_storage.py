@@ -1,0 +1,118 @@
+"""MODEL_DIRs and results on gs://, against a local GCS emulator that the test starts on 127.0.0.1.
+
+prunejax is given nothing but STORAGE_EMULATOR_HOST (the variable Google's clients honour).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from multiproc import assert_same_tree, launch, start, wait
+
+from prunejax import hf, storage
+from prunejax.config import LlamaConfig
+from prunejax.data.store import write_data_dir
+from prunejax.model import init_params
+
+BUCKET = "prunejax-test"
+CFG = LlamaConfig(
+    vocab_size=256,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+)
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(
+        [*cmd, "--in-memory", "--default-bucket", BUCKET], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, "the GCS emulator did not start"
+            time.sleep(0.2)
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    yield f"gs://{BUCKET}"
+    server.terminate()
+    server.wait(10)
+    if old is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST")
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = old
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    root = tmp_path_factory.mktemp("local")
+    model = hf.save(str(root / "model"), CFG, init_params(CFG, jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    chunks = {"train": [rng.integers(1, 256, 8_000)], "validation": [rng.integers(1, 256, 2_000)]}
+    return {"root": root, "model": model, "data": write_data_dir(str(root / "data"), chunks, vocab_size=256, eos_id=0)}
+
+
+def test_convert_prune_eval_on_gs_equal_the_local_run(gcs, local):
+    root, data = local["root"], local["data"]
+    calib = ["--calib", data, "--calib-samples", "8", "--calib-seq-len", "32"]
+    evaluate = ["--data", data, "--seq-len", "32"]
+    for where in (str(root / "run"), f"{gcs}/run"):
+        launch(["convert", local["model"], "--out", f"{where}/model"], processes=1, devices=8).check()
+        prune = ["prune", "--model", f"{where}/model", "--method", "sparsegpt", "--ratio", "0.5", *calib]
+        launch([*prune, "--out", f"{where}/pruned"], processes=1, devices=8).check()
+        launch(["eval", "--model", f"{where}/pruned", *evaluate, "--out", f"{where}/r.json"], 1, 8).check()
+    assert storage.committed(f"{gcs}/run/pruned")
+    fs = storage.filesystem(gcs)
+    remote_files = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{gcs}/run/pruned", detail=False))
+    assert remote_files == sorted([*os.listdir(root / "run" / "pruned"), storage.MARKER])
+    for name in ("model", "pruned"):  # the same bytes, bar the recorded paths and the wall clock
+        assert_same_tree(root / "run" / name, storage.local_dir(f"{gcs}/run/{name}"), root / "run", f"{gcs}/run")
+    a = json.loads((root / "run" / "r.json").read_text())
+    b = json.loads(fs.cat_file(f"{gcs}/run/r.json"))
+    assert a["validation_loss"] == b["validation_loss"] and b["model"]["path"] == f"{gcs}/run/pruned"
+
+
+def test_two_processes_write_one_committed_model_dir_on_gs(gcs, local):
+    argv = ["prune", "--model", local["model"], "--method", "wanda", "--ratio", "0.5", "--calib", local["data"]]
+    argv += ["--calib-samples", "8", "--calib-seq-len", "32", "--batch-size", "8"]
+    single = start([*argv, "--out", f"{gcs}/mp/one"], processes=1, devices=8)
+    multi = start([*argv, "--out", f"{gcs}/mp/two"], processes=2, devices=4)
+    wait(single).check()
+    wait(multi).check()
+    assert_same_tree(storage.local_dir(f"{gcs}/mp/one"), storage.local_dir(f"{gcs}/mp/two"))
+
+
+def test_a_directory_without_its_commit_marker_is_refused(gcs, local, tmp_path):
+    fs = storage.filesystem(gcs)
+    for name in os.listdir(local["model"]):  # every file of a MODEL_DIR, but the writer "died" before the marker
+        fs.put_file(os.path.join(local["model"], name), f"{gcs}/half/{name}")
+    out = launch(["eval", "--model", f"{gcs}/half", "--data", local["data"], "--out", str(tmp_path / "r.json")], 1, 1)
+    assert out.codes == [1] and f"{gcs}/half has no commit marker {storage.MARKER}" in out.outputs[0], out.outputs[0]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_missing_bucket_and_unsupported_gs_paths_are_clear_errors_before_work(gcs, local, tmp_path):
+    out = launch(["convert", local["model"], "--out", "gs://no-such-bucket/m"], processes=1, devices=1)
+    assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
+    train = ["train", "--scratch", "tiny", "--data", f"{gcs}/data", "--tokens", "1k", "--out", str(tmp_path / "r")]
+    out = launch(train, processes=1, devices=1)
+    assert out.codes == [1] and f"DATA_DIR {gcs}/data: gs:// is supported for MODEL_DIRs" in out.outputs[0]
+    assert not (tmp_path / "r").exists()
