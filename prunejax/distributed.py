@@ -283,9 +283,23 @@ def dead_peers() -> str:
     return "no peer (all still alive)"
 
 
-def abort(code: int) -> None:
-    """Leave now without the runtime's clean shutdown (which waits for every peer): the peers see
-    this process stop and exit within the heartbeat timeout, naming it."""
+def abort(code: int, wait_s: float = 10.0) -> None:
+    """Leave after an error without the runtime's clean shutdown (which waits for every peer).
+
+    Peers that failed the same way (a disagreement, bad input every process saw) meet at an exit
+    barrier for at most `wait_s` seconds and process 0, which hosts the coordination service, leaves
+    last, so each prints its own error rather than being ended by the service's loss. A peer that
+    is busy or dead does not come; then this process leaves anyway, and the others notice it within
+    the heartbeat timeout, naming it."""
+    import time
+
     sys.stdout.flush()
     sys.stderr.flush()
+    if process_count() > 1:
+        try:
+            _client().wait_at_barrier("prunejax/exit", int(wait_s * 1000))
+            if is_writer():
+                time.sleep(1.0)
+        except Exception:  # noqa: BLE001 - a peer that does not come: leave anyway
+            pass
     os._exit(code)

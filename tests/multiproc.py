@@ -15,7 +15,20 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunejax.config import LlamaConfig
+
 TIMEOUT_S = 300
+# A model small enough that 1 x 8 and 2 x 4 runs take seconds; head and FFN counts divide 2, 4 and 8.
+CFG = LlamaConfig(
+    vocab_size=256,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+)
 
 
 @dataclass

@@ -17,23 +17,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from multiproc import assert_same_tree, env, free_port, launch, start, wait
+from multiproc import CFG, assert_same_tree, env, free_port, launch, start, wait
+from test_study import MINI
 
 from prunejax import hf
-from prunejax.config import LlamaConfig
 from prunejax.data.store import write_data_dir
 from prunejax.model import init_params
 
-CFG = LlamaConfig(
-    vocab_size=256,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=64,
-)
 DOCS = [f"Document {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}." for i in range(400)]
 
 
@@ -187,33 +177,15 @@ def test_distributed_env_without_a_cluster_is_a_clear_error(inputs, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-STUDY = {
+STUDY = {  # test_study's miniature study, trimmed: one method per family, one budget, one setting
+    **MINI,
     "name": "mp",
-    "data": {"corpus": "kjv", "tokenizer": "train", "tokenizer_vocab": 300, "val_fraction": 0.1, "max_documents": 80},
-    "parent": {
-        "model": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 16,
-            "max_position_embeddings": 128,
-        },
-        "tokens": "6k",
-    },
     "methods": ["minitron-depth", "wanda"],
-    "ratios": [0.5],
     "retrain_budgets": ["2k"],
     "scratch_shapes": ["same"],
     "scratch_settings": ["equal_train"],
-    "train_config": "configs/train/tiny.yaml",
-    "train_overrides": [
-        *["seq_len=64", "global_batch=8", "val_every=0", "ckpt_every=0", "val_batches=1", "log_every=5"],
-        "grad_reduce=ordered",  # training too writes the same bits on 2 processes as on 1
-    ],
+    "train_overrides": [*MINI["train_overrides"], "grad_reduce=ordered"],  # training too: the same bits
     "calibration": {"samples": 8, "seq_len": 64, "batch_size": 8},
-    "eval": {"seq_len": 64, "max_tokens": "2k", "batch_size": 8},
 }
 
 

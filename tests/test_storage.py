@@ -13,24 +13,15 @@ import time
 import jax
 import numpy as np
 import pytest
+from multiproc import CFG as MP_CFG
 from multiproc import assert_same_tree, launch, start, wait
 
 from prunejax import hf, storage
-from prunejax.config import LlamaConfig
 from prunejax.data.store import write_data_dir
 from prunejax.model import init_params
 
 BUCKET = "prunejax-test"
-CFG = LlamaConfig(
-    vocab_size=256,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=64,
-)
+CFG = MP_CFG.replace(num_hidden_layers=2)
 
 
 @pytest.fixture(scope="module")
