@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the shell's 128 + SIGINT, no traceback
         print(f"{_where(verb)}: interrupted", file=sys.stderr)
         rc = 130
+    except SystemExit as e:  # argparse (--help, a bad flag): it printed its own message
+        if distributed.process_count() > 1:
+            distributed.abort(e.code if isinstance(e.code, int) else 1)
+        raise
     except BaseException as e:
         if distributed.process_count() > 1:
             import traceback
