@@ -477,6 +477,26 @@ def _write_model_dir(
             record["sparsity"] = sparsity
         with open(os.path.join(tmp, PROVENANCE_FILE), "w") as f:
             json.dump(record, f, indent=2, default=str)
+        verify_written(tmp, tensors, mask_tensors)  # before the directory is renamed into place
+
+
+def verify_written(model_dir: str, tensors: list[tuple[str, np.ndarray]], masks: list[tuple[str, np.ndarray]]) -> None:
+    """Read a just-written MODEL_DIR back: every tensor present, with the shape, dtype and values
+    written; the masks likewise. A CheckpointError names the first that is not. (Finiteness is the
+    writers' check before they save: prune refuses a non-finite result, train a non-finite state.)"""
+    for file_tensors, files in ((tensors, _weight_files(model_dir)), (masks, None)):
+        if not file_tensors:
+            continue
+        want = dict(file_tensors)
+        if files is None:
+            files = {name: os.path.join(model_dir, MASKS_FILE) for name in want}
+        if set(files) != set(want):
+            raise CheckpointError(f"{model_dir}: wrote {sorted(set(want) ^ set(files))[:3]} inconsistently")
+        for name, got in read_tensors(files):
+            w = want[name]
+            same = got.shape == w.shape and got.dtype == w.dtype and got.tobytes() == w.tobytes()
+            if not same:
+                raise CheckpointError(f"{model_dir}: tensor {name} reads back differently from what was written")
 
 
 def realized_sparsity(tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, float]:

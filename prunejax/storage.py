@@ -155,6 +155,13 @@ def write_file(path: str, data: bytes) -> None:
         raise
 
 
+def read_file(path: str) -> bytes:
+    if is_remote(path):
+        return filesystem(path).cat_file(path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def file_exists(path: str) -> bool:
     return filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
 

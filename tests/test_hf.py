@@ -209,3 +209,21 @@ def test_every_from_pretrained_refuses_remote_code():
                 ok = isinstance(kw.get("trust_remote_code"), ast.Constant) and kw["trust_remote_code"].value is False
                 calls.append((f"{file}:{node.lineno}", ok))
     assert len(calls) >= 3 and all(ok for _, ok in calls), calls
+
+
+def test_a_model_dir_that_reads_back_wrong_is_never_committed(make_hf_model, tmp_path, monkeypatch):
+    cfg, params = hf.load(make_hf_model()[0])
+    write = hf._write_sharded
+
+    def corrupting(out_dir, tensors, base, max_shard_bytes):  # the disk returns other bytes than were written
+        write(
+            out_dir, [(n, np.zeros_like(t)) if n.endswith("q_proj.weight") else (n, t) for n, t in tensors], base, 2**40
+        )
+
+    monkeypatch.setattr(hf, "_write_sharded", corrupting)
+    with pytest.raises(CheckpointError, match=r"q_proj.weight reads back differently"):
+        hf.save(str(tmp_path / "out"), cfg, params)
+    assert not (tmp_path / "out").exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".out")]
+    monkeypatch.setattr(hf, "_write_sharded", write)
+    hf.save(str(tmp_path / "out"), cfg, params)  # the real writer passes its own check
+    assert hf.load(str(tmp_path / "out"))[0] == cfg

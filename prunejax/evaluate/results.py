@@ -130,5 +130,11 @@ def write_results(path: str, results: dict[str, Any], overwrite: bool = False) -
     if storage.file_exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists (pass --overwrite)")
     data = json.dumps(results, indent=2, default=str, allow_nan=False).encode()  # NaN is not JSON
-    distributed.one_writer(f"results {path}", lambda: storage.write_file(path, data))
+
+    def write_and_check() -> None:
+        storage.write_file(path, data)
+        if storage.read_file(path) != data:  # verified before the verb reports success
+            raise OSError(f"{path} reads back differently from what was written")
+
+    distributed.one_writer(f"results {path}", write_and_check)
     return path
