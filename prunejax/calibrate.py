@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 from prunejax.config import LlamaConfig
 from prunejax.data.store import DataError, TokenStore
 from prunejax.distributed import to_host, tree_to_host
-from prunejax.model import apply_rope, embed, head, rms_norm, rope_tables
+from prunejax.model import apply_rope, embed, head, nll_from_logits, rms_norm, rope_tables
 
 log = logging.getLogger(__name__)
 _unsharded: set[tuple[int, int]] = set()
@@ -139,9 +139,9 @@ def split_axis(shape: tuple[int, ...], mesh: Mesh | None) -> int | None:
     them, else L (a small batch of long sequences still uses every device), else none (replicated)."""
     if mesh is None:
         return None
-    from prunejax.sharding import BATCH_AXES
+    from prunejax.sharding import batch_shards
 
-    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    shards = batch_shards(mesh)
     if shards == 1:
         return None
     return 0 if shape[0] % shards == 0 else 1 if shape[1] % shards == 0 else None
@@ -163,10 +163,10 @@ def layer_statistics(
         return y_BLD, _finish_act(_token_sums(x_BLD, y_BLD, taps, stats), x_BLD.shape[1])
     from jax.sharding import PartitionSpec
 
-    from prunejax.sharding import BATCH_AXES, ordered_sum
+    from prunejax.sharding import BATCH_AXES, batch_shards, ordered_sum
 
-    n = math.prod(mesh.shape[a] for a in BATCH_AXES)
-    spec = PartitionSpec(*([None] * axis), BATCH_AXES)
+    n = batch_shards(mesh)
+    spec = placement(x_BLD.shape, mesh).spec  # how the batch arrives (B or L split)
 
     def local(x: jax.Array, y: jax.Array, t: dict[str, jax.Array]) -> Stats:
         part = _token_sums(x, y, t, stats)
@@ -175,9 +175,7 @@ def layer_statistics(
         return ordered_sum(_finish_act(part, x_BLD.shape[1]), BATCH_AXES, n)
 
     reduce = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=PartitionSpec(), check_vma=False)
-    out = reduce(x_BLD, y_BLD, taps)
-    out["tokens"] = jnp.float32(x_BLD.shape[0] * x_BLD.shape[1])
-    return y_BLD, out
+    return y_BLD, reduce(x_BLD, y_BLD, taps)  # "tokens" too: the local counts summed
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -195,9 +193,7 @@ def head_token_losses(cfg: LlamaConfig, head_params: Params, x_BLD: jax.Array, t
     """Next-token cross-entropy per position [B, L-1] (float32) of the final hidden states; `head_params`
     has norm/embeddings. Per token, so the sum is taken on the host in one order (`head_loss`)."""
     head_params = jax.tree.map(lambda w: w.astype(jnp.float32), head_params)
-    logits_BLV = head(cfg, head_params, x_BLD.astype(jnp.float32))[:, :-1]
-    logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
-    return -jnp.take_along_axis(logp_BLV, tokens_BL[:, 1:, None], axis=-1)[..., 0]
+    return nll_from_logits(head(cfg, head_params, x_BLD.astype(jnp.float32))[:, :-1], tokens_BL[:, 1:])
 
 
 def head_loss(cfg: LlamaConfig, head_params: Params, x_BLD: jax.Array, tokens_BL: jax.Array) -> float:
@@ -229,12 +225,12 @@ def placement(shape: tuple[int, ...], mesh: Mesh) -> jax.sharding.NamedSharding:
     replicated, said once per shape. `prunejax compile-check` compiles against this same placement."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from prunejax.sharding import BATCH_AXES
+    from prunejax.sharding import BATCH_AXES, batch_shards
 
     axis = split_axis(shape, mesh)
     if axis is not None:
         return NamedSharding(mesh, PartitionSpec(*([None] * axis), BATCH_AXES))
-    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    shards = batch_shards(mesh)
     if shards > 1 and (tuple(shape[:2]), shards) not in _unsharded:
         _unsharded.add((tuple(shape[:2]), shards))
         log.warning("calibration batch %s divides %d batch shards in neither B nor L: replicated", shape, shards)

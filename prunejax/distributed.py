@@ -165,18 +165,6 @@ def barrier(name: str, timeout_s: int = WAIT_S) -> None:
         _client().wait_at_barrier(_key(f"barrier/{name}"), timeout_s * 1000)
 
 
-def broadcast(name: str, value: str | None) -> str:
-    """Process 0's `value` on every process."""
-    if process_count() == 1:
-        assert value is not None
-        return value
-    key = _key(f"bcast/{name}")
-    if is_writer():
-        _client().key_value_set(key, value)
-        return value  # type: ignore[return-value]
-    return _client().blocking_key_value_get(key, WAIT_S * 1000)
-
-
 def one_writer(name: str, write: Callable[[], T]) -> T | None:
     """Run `write` on the writer process only; the others wait for it to finish and raise its error
     if it failed, so every process leaves with the same outcome. Returns `write`'s value on the writer."""
@@ -228,11 +216,11 @@ def code_version() -> str:
 
 
 def file_digest(paths: list[str]) -> str:
-    """A hash of the named files' contents (configs a verb reads), for `agree`; missing files hash as absent."""
+    """A hash of the named files' names and contents (configs a verb reads), for `agree`."""
     h = hashlib.sha256()
     for p in paths:
         h.update(p.encode())
-        h.update(Path(p).read_bytes() if os.path.isfile(p) else b"<absent>")
+        h.update(Path(p).read_bytes())
     return h.hexdigest()
 
 

@@ -484,19 +484,19 @@ def verify_written(model_dir: str, tensors: list[tuple[str, np.ndarray]], masks:
     """Read a just-written MODEL_DIR back: every tensor present, with the shape, dtype and values
     written; the masks likewise. A CheckpointError names the first that is not. (Finiteness is the
     writers' check before they save: prune refuses a non-finite result, train a non-finite state.)"""
-    for file_tensors, files in ((tensors, _weight_files(model_dir)), (masks, None)):
-        if not file_tensors:
-            continue
-        want = dict(file_tensors)
-        if files is None:
-            files = {name: os.path.join(model_dir, MASKS_FILE) for name in want}
-        if set(files) != set(want):
-            raise CheckpointError(f"{model_dir}: wrote {sorted(set(want) ^ set(files))[:3]} inconsistently")
-        for name, got in read_tensors(files):
-            w = want[name]
-            same = got.shape == w.shape and got.dtype == w.dtype and got.tobytes() == w.tobytes()
-            if not same:
-                raise CheckpointError(f"{model_dir}: tensor {name} reads back differently from what was written")
+    written = _weight_files(model_dir)
+    if set(written) != {name for name, _ in tensors}:
+        raise CheckpointError(f"{model_dir}: wrote {sorted(set(written) ^ {n for n, _ in tensors})[:3]} inconsistently")
+    _check_read_back(model_dir, written, dict(tensors))
+    if masks:
+        _check_read_back(model_dir, {name: os.path.join(model_dir, MASKS_FILE) for name, _ in masks}, dict(masks))
+
+
+def _check_read_back(model_dir: str, files: dict[str, str], want: dict[str, np.ndarray]) -> None:
+    for name, got in read_tensors(files):
+        w = want[name]
+        if got.shape != w.shape or got.dtype != w.dtype or got.tobytes() != w.tobytes():
+            raise CheckpointError(f"{model_dir}: tensor {name} reads back differently from what was written")
 
 
 def realized_sparsity(tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, float]:

@@ -241,6 +241,12 @@ def forward(
     return _merge(cfg, params, "model")(tokens_BL, dtype, remat, attn_block)
 
 
+def nll_from_logits(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
+    """-log softmax(logits)[target] per position [B, L] (in the logits' dtype)."""
+    logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
+    return -jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1)[..., 0]
+
+
 def token_nll(
     cfg: LlamaConfig,
     params: Params,
@@ -258,8 +264,7 @@ def token_nll(
     x_BLD = _merge(cfg, params, "model").hidden_states(tokens_BL, dtype, remat, attn_block)
 
     def nll(x_BlD: jax.Array, t_Bl: jax.Array) -> jax.Array:
-        logp_BlV = jax.nn.log_softmax(head(cfg, params, x_BlD), axis=-1)
-        return -jnp.take_along_axis(logp_BlV, t_Bl[..., None], axis=-1)[..., 0]
+        return nll_from_logits(head(cfg, params, x_BlD), t_Bl)
 
     b, length, _ = x_BLD.shape
     if chunk is None or length <= chunk or length % chunk:

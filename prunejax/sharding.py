@@ -151,9 +151,14 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names) or set(BATCH_AXES) & set(mesh.manual_axes):
         return x  # no mesh, or inside a shard_map over the batch (activations are local there)
-    if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+    if x.shape[0] % batch_shards(mesh):
         return x
     return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1))))
+
+
+def batch_shards(mesh: Any) -> int:
+    """How many ways the batch axes (data x fsdp) of a mesh (concrete or abstract) split a batch."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
 def ordered_sum(tree: Any, axes: tuple[str, ...], n: int) -> Any:

@@ -66,11 +66,8 @@ def committed(path: str) -> bool:
 
 
 def exists(path: str) -> bool:
-    """A local path that exists, or a remote directory with any object under it (committed or not)."""
-    if not is_remote(path):
-        return os.path.exists(path)
-    fs = filesystem(path)
-    return fs.exists(path) or bool(fs.ls(path, detail=False) if fs.isdir(path) else [])
+    """A local path, or a remote object or prefix (a directory with any object under it, committed or not)."""
+    return filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def read_marker(path: str) -> dict[str, int]:
@@ -160,10 +157,6 @@ def read_file(path: str) -> bytes:
         return filesystem(path).cat_file(path)
     with open(path, "rb") as f:
         return f.read()
-
-
-def file_exists(path: str) -> bool:
-    return filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def refuse_remote(path: str | None, what: str) -> None:

@@ -106,8 +106,8 @@ def main(argv: list[str]) -> int:
         add_launch_args(s)
 
     args = parser.parse_args(argv)
-    for name in ("out", "data_dir", "corpus_path"):
-        storage.refuse_remote(getattr(args, name, None), f"--{name.replace('_', '-')}")
+    for name, label in (("out", "--out"), ("data_dir", "DATA_DIR"), ("corpus_path", "--corpus-path")):
+        storage.refuse_remote(getattr(args, name, None), label)
     for f in getattr(args, "text", None) or []:
         storage.refuse_remote(f, "--text file")
     try:

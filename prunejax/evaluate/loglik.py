@@ -26,7 +26,7 @@ from prunejax import model
 from prunejax.config import LlamaConfig
 from prunejax.distributed import to_host, tree_to_host
 from prunejax.hf import Params
-from prunejax.sharding import BATCH_AXES, batch_sharding
+from prunejax.sharding import batch_sharding, batch_shards
 
 MIN_BUCKET = 16
 
@@ -76,7 +76,7 @@ def batch_rows(batch_size: int, mesh: Mesh | None) -> int:
     """`batch_size` rounded up to a multiple of the devices the batch is sharded over."""
     if mesh is None:
         return batch_size
-    shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    shards = batch_shards(mesh)
     return shards * math.ceil(batch_size / shards)
 
 

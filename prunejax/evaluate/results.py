@@ -127,7 +127,7 @@ def check_finite_results(results: Any, where: str = "") -> None:
 def write_results(path: str, results: dict[str, Any], overwrite: bool = False) -> str:
     """Write results.json atomically (a local temporary file renamed into place, or one gs:// object);
     a NaN/Inf is a ValueError, never a file."""
-    if storage.file_exists(path) and not overwrite:
+    if storage.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists (pass --overwrite)")
     data = json.dumps(results, indent=2, default=str, allow_nan=False).encode()  # NaN is not JSON
 

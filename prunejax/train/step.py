@@ -12,7 +12,6 @@ The caller jits the step once with shardings and donation (`prunejax.train.state
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from prunejax import model
 from prunejax.config import LlamaConfig
-from prunejax.sharding import BATCH_AXES, ordered_sum
+from prunejax.sharding import BATCH_AXES, batch_shards, ordered_sum
 from prunejax.train.config import TrainConfig
 from prunejax.train.optim import apply_masks, schedule
 
@@ -41,8 +40,7 @@ def compute_dtype(tcfg: TrainConfig) -> Any:
 
 def cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy in float32."""
-    logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1))
+    return jnp.mean(model.nll_from_logits(logits_BLV.astype(jnp.float32), targets_BL))
 
 
 def distill_kl(student_BLV: jax.Array, teacher_BLV: jax.Array, temperature: float) -> jax.Array:
@@ -99,7 +97,7 @@ def make_train_step(
         (grads, loss, ce), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), batch)
         return grads, loss, ce
 
-    shards = math.prod(mesh.shape[a] for a in BATCH_AXES) if mesh is not None else 1
+    shards = batch_shards(mesh) if mesh is not None else 1
     grads_of = accumulate
     if tcfg.grad_reduce == "ordered" and shards > 1:
 
@@ -137,8 +135,6 @@ def make_eval_step(cfg: LlamaConfig, tcfg: TrainConfig) -> Callable[[Any, Batch]
 
     def eval_step(params: Any, batch: Batch) -> jax.Array:
         logits_BLV = model.forward(cfg, params, batch["inputs"], dtype=dtype)
-        logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
-        nll_BL = -jnp.take_along_axis(logp_BLV, batch["targets"][..., None], axis=-1)[..., 0]
-        return jnp.mean(nll_BL, axis=1)
+        return jnp.mean(model.nll_from_logits(logits_BLV.astype(jnp.float32), batch["targets"]), axis=1)
 
     return eval_step
