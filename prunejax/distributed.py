@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -168,25 +169,41 @@ def barrier(name: str, timeout_s: int = WAIT_S) -> None:
 def one_writer(name: str, write: Callable[[], T]) -> T | None:
     """Run `write` on the writer process only; the others wait for it to finish and raise its error
     if it failed, so every process leaves with the same outcome. Returns `write`'s value on the writer."""
+    return _on_writer(name, write, share=False)
+
+
+def decided(name: str, decide: Callable[[], T]) -> T:
+    """Process 0's answer to `decide()` (a JSON value), on every process.
+
+    For choices read from shared storage (is this stage done, does that output exist): the other processes
+    would read it a moment later, possibly after process 0 has already acted on it, and choose differently.
+    """
+    return _on_writer(name, decide, share=True)
+
+
+def _on_writer(name: str, fn: Callable[[], T], share: bool) -> Any:
     global _writing
     if process_count() == 1 or _writing:
-        return write()
+        return fn()
     key = _key(f"write/{name}")
     if is_writer():
         _writing = True
         try:
-            result = write()
+            result = fn()
+            word = "ok:" + json.dumps(result) if share else "ok"
         except BaseException as e:
             _client().key_value_set(key, f"error: {type(e).__name__}: {e}")
             raise
         finally:
             _writing = False
-        _client().key_value_set(key, "ok")
+        _client().key_value_set(key, word)
         return result
     status = _client().blocking_key_value_get(key, WAIT_S * 1000)
-    if status != "ok":
-        raise LaunchError(f"process 0 failed writing {name}: {status.removeprefix('error: ')}")
-    return None
+    if not status.startswith("ok"):
+        raise LaunchError(
+            f"process 0 failed {'deciding' if share else 'writing'} {name}: {status.removeprefix('error: ')}"
+        )
+    return json.loads(status.removeprefix("ok:")) if share else None
 
 
 def agree(name: str, value: str) -> None:

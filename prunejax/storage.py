@@ -19,6 +19,8 @@ import shutil
 import tempfile
 from typing import Any
 
+from prunejax import distributed
+
 MARKER = "_PRUNEJAX_COMMITTED"
 SCHEMES = ("gs://",)
 
@@ -68,6 +70,23 @@ def committed(path: str) -> bool:
 def exists(path: str) -> bool:
     """A local path, or a remote object or prefix (a directory with any object under it, committed or not)."""
     return filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def refuse_existing(path: str, overwrite: bool, what: str = "--out") -> None:
+    """FileExistsError unless `path` is free (absent, or an empty local directory) or `overwrite` is set.
+
+    Process 0 alone decides and the others take its word: a process that gets here after process 0 has
+    already written `path` (no collective in between, as for magnitude pruning) must not call that a leftover.
+    """
+
+    def check() -> None:
+        if overwrite or not exists(path):
+            return
+        if not is_remote(path) and os.path.isdir(path) and not os.listdir(path):
+            return
+        raise FileExistsError(f"{what} {path} exists and is not empty (pass --overwrite)")
+
+    distributed.one_writer(f"check {what} {path}", check)
 
 
 def read_marker(path: str) -> dict[str, int]:

@@ -58,8 +58,7 @@ def main(argv: list[str]) -> int:
         storage.refuse_remote(t, "--text file")
     if storage.is_remote(args.out):
         storage.check_bucket(args.out)
-    if storage.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists (pass --overwrite)")  # before, not after, the evaluation
+    storage.refuse_existing(args.out, args.overwrite)  # before, not after, the evaluation
     results = evaluate_model(
         args.model,
         data=args.data,

@@ -127,11 +127,12 @@ def check_finite_results(results: Any, where: str = "") -> None:
 def write_results(path: str, results: dict[str, Any], overwrite: bool = False) -> str:
     """Write results.json atomically (a local temporary file renamed into place, or one gs:// object);
     a NaN/Inf is a ValueError, never a file."""
-    if storage.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists (pass --overwrite)")
     data = json.dumps(results, indent=2, default=str, allow_nan=False).encode()  # NaN is not JSON
 
     def write_and_check() -> None:
+        # checked by the writer alone: another process may still be on its way here after process 0 wrote
+        if storage.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} exists (pass --overwrite)")
         storage.write_file(path, data)
         if storage.read_file(path) != data:  # verified before the verb reports success
             raise OSError(f"{path} reads back differently from what was written")

@@ -87,10 +87,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     storage.refuse_remote(args.run_dir, "--run-dir")
     if storage.is_remote(args.out):
         storage.check_bucket(args.out)
-        if storage.exists(args.out) and not args.overwrite:
-            raise FileExistsError(f"{args.out} exists (pass --overwrite)")
-    elif os.path.exists(args.out) and os.listdir(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists and is not empty (pass --overwrite)")
+    storage.refuse_existing(args.out, args.overwrite)
     if args.mesh is not None:
         mesh = sharding.parse_mesh(args.mesh)
     elif args.method in TRAINED:

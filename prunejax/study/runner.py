@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import importlib
 import json
@@ -272,7 +273,10 @@ class Runner:
 
     def run_scratch(self, stage: Stage) -> None:
         out = self.out(stage.id)
-        twin = None if os.path.exists(out) else self._scratch_twin(stage)
+        # decided once: another process looking a moment later could see process 0's copy and train instead
+        twin = distributed.decided(
+            f"twin of {stage.id}", lambda: None if os.path.exists(out) else self._scratch_twin(stage)
+        )
         if twin is not None:  # the same random-init run: take its output instead of training it twice
 
             def reuse() -> None:
@@ -315,12 +319,17 @@ class Runner:
     def check_unchanged(self, rerun_changed: bool) -> None:
         """Results of another config are never mixed in: finished or half-run stages whose hash changed
         stop the run before any work (failed stages hold nothing and simply run again)."""
-        changed, failed = [], []
-        for stage in self.stages:
-            marker = read_marker(self.dir, stage.id)
-            if marker is None or marker["hash"] == self.hashes[stage.id]:
-                continue
-            (failed if marker["status"] == "failed" else changed).append(stage.id)
+
+        def scan() -> tuple[list[str], list[str]]:
+            changed, failed = [], []
+            for stage in self.stages:
+                marker = read_marker(self.dir, stage.id)
+                if marker is None or marker["hash"] == self.hashes[stage.id]:
+                    continue
+                (failed if marker["status"] == "failed" else changed).append(stage.id)
+            return changed, failed
+
+        changed, failed = distributed.decided("changed stages", scan)  # before process 0 drops any
         if failed:
             distributed.one_writer(
                 "drop failed markers", lambda: [os.remove(_marker_path(self.dir, s)) for s in failed]
@@ -399,7 +408,7 @@ class Runner:
         t_start = time.time()
         for i, stage in enumerate(self.stages, 1):
             head = f"[{i:3d}/{len(self.stages)}] {stage.id}"
-            marker = read_marker(self.dir, stage.id)
+            marker = distributed.decided(f"marker {stage.id}", functools.partial(read_marker, self.dir, stage.id))
             if marker and marker["status"] == "done":
                 status[stage.id] = "done"
                 log(f"{head}: done (cached)")

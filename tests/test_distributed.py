@@ -1,0 +1,93 @@
+"""The one-writer rules of prunejax.distributed, seen from each side, with the coordination service's
+key-value store played by a dict (tests/test_multiprocess.py runs the real thing)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunejax import distributed, storage
+from prunejax.evaluate.results import write_results
+
+
+class KV:
+    def __init__(self, values: dict[str, str] | None = None) -> None:
+        self.values = dict(values or {})
+        self.asked: list[str] = []
+
+    def key_value_set(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+    def blocking_key_value_get(self, key: str, timeout_ms: int) -> str:
+        self.asked.append(key)
+        return self.values[key]
+
+
+@pytest.fixture
+def as_process(monkeypatch):
+    """as_process(i, kv): from now on this test runs as process i of 2, over `kv`."""
+    monkeypatch.setattr(distributed, "_counter", {})
+
+    def become(i: int, kv: KV) -> None:
+        monkeypatch.setattr(distributed, "process_count", lambda: 2)
+        monkeypatch.setattr(distributed, "process_index", lambda: i)
+        monkeypatch.setattr(distributed, "_client", lambda: kv)
+
+    return become
+
+
+def test_decided_is_process_0s_answer_everywhere(as_process):
+    kv = KV()
+    as_process(0, kv)
+    assert distributed.decided("stage a done", lambda: {"status": "done"}) == {"status": "done"}
+    (key,) = kv.values
+    distributed._counter.clear()
+    as_process(1, kv)
+
+    def looks_again():
+        raise AssertionError("process 1 must not look for itself")
+
+    assert distributed.decided("stage a done", looks_again) == {"status": "done"}
+    assert kv.asked == [key]
+
+
+def test_decided_none_and_errors_cross_over(as_process):
+    kv = KV()
+    as_process(0, kv)
+    assert distributed.decided("twin", lambda: None) is None
+    with pytest.raises(FileNotFoundError):
+        distributed.decided("broken", lambda: open("/nonexistent/prunejax"))
+    distributed._counter.clear()
+    as_process(1, kv)
+    assert distributed.decided("twin", lambda: "other") is None
+    with pytest.raises(distributed.LaunchError, match="process 0 failed deciding broken: FileNotFoundError"):
+        distributed.decided("broken", lambda: None)
+
+
+def test_a_late_process_waits_for_the_writer_instead_of_finding_its_file(tmp_path, as_process):
+    """Process 1 may reach write_results after process 0 wrote results.json: it must not call that file
+    a leftover (CI once failed this way, on 2 processes, with 'results.json exists')."""
+    out = str(tmp_path / "results.json")
+    write_results(out, {"perplexity": 3.0})  # what process 0 has just written
+    kv = KV({f"prunejax/write/results {out}/1": "ok"})
+    as_process(1, kv)
+    assert write_results(out, {"perplexity": 3.0}) == out
+    assert kv.asked == [f"prunejax/write/results {out}/1"]
+    assert json.loads(open(out).read()) == {"perplexity": 3.0}
+
+
+def test_only_process_0_judges_whether_out_is_taken(tmp_path, as_process):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    kv = KV()
+    as_process(0, kv)
+    with pytest.raises(FileExistsError, match="--out .*model exists and is not empty"):
+        storage.refuse_existing(str(out), overwrite=False)
+    storage.refuse_existing(str(out), overwrite=True)
+    distributed._counter.clear()
+    as_process(1, kv)
+    with pytest.raises(distributed.LaunchError, match="exists and is not empty"):
+        storage.refuse_existing(str(out), overwrite=False)
+    storage.refuse_existing(str(out), overwrite=False)  # process 0 said ok to the 2nd call: so does process 1
