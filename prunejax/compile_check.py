@@ -155,7 +155,7 @@ def model_config(src: str) -> Any:
     raise ValueError(f"--model {src!r} is not a preset ({', '.join(PRESETS)}), a MODEL_DIR or a model YAML/JSON")
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunejax compile-check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -168,6 +168,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calib-mesh", default="data=-1", help="prune's --mesh for calibration (default data=-1)")
     parser.add_argument("--only", choices=("train", "calibration"), help="compile just this step")
     add_launch_args(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology from this CPU host
     from prunejax.train import config as train_config

@@ -52,13 +52,18 @@ def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool
     return hf.save(out_dir, cfg, params, masks, tokenizer_dir=src, provenance=provenance, overwrite=overwrite)
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunejax convert", description=__doc__)
     parser.add_argument("src", help="HF directory (safetensors) or a Llama .gguf file")
     parser.add_argument("--out", required=True, help="MODEL_DIR to write")
     parser.add_argument("--dtype", choices=sorted(hf.DTYPES), help="cast weights (default: as read)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     add_launch_args(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     out = convert(args.src, args.out, dtype=args.dtype, overwrite=args.overwrite)
     cfg = hf.load_config(out)

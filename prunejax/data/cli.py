@@ -54,7 +54,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-documents", type=int, default=0, help="stop after this many documents (0 = all)")
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunejax data", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
@@ -105,6 +105,11 @@ def main(argv: list[str]) -> int:
     for s in (p, x, t, i):
         add_launch_args(s)
 
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name, label in (("out", "--out"), ("data_dir", "DATA_DIR"), ("corpus_path", "--corpus-path")):
         storage.refuse_remote(getattr(args, name, None), label)

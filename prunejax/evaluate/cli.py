@@ -31,7 +31,7 @@ def summary(results: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunejax eval", description=__doc__)
     parser.add_argument("--model", required=True, help="MODEL_DIR, HF directory, RUN_DIR or .gguf file")
     parser.add_argument("--data", help="DATA_DIR: validation loss on its validation split")
@@ -50,6 +50,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="results.json to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_launch_args(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.data or args.text or args.tasks):
         parser.error("give --data DATA_DIR, --text FILES and/or --tasks NAMES")

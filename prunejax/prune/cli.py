@@ -42,7 +42,7 @@ from prunejax.prune.shapes import parse_target
 DEFAULT_MESH = "data=-1"  # every device on the batch axis: train's and eval's default mesh
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prunejax prune", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -68,7 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="MODEL_DIR to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     add_launch_args(p)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

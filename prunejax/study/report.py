@@ -301,12 +301,17 @@ def write_report(study_dir: str) -> dict[str, str]:
     return {"markdown": md, "figures": ",".join(figures)}
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunejax report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("study_dir", help="STUDY_DIR written by `prunejax study`")
     add_launch_args(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     paths = distributed.one_writer("report", lambda: write_report(args.study_dir))
     if paths:

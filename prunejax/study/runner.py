@@ -489,7 +489,7 @@ def enable_compile_cache(path: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunejax study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -499,6 +499,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rerun-changed", action="store_true", help="redo stages whose config changed")
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     add_launch_args(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     storage.refuse_remote(args.config, "study config")
     storage.refuse_remote(args.out, "STUDY_DIR")

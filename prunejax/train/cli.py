@@ -16,7 +16,7 @@ from prunejax.distributed import add_launch_args
 STOPPED_BASE = 128  # a run stopped by signal N (a checkpoint saved, resumable) exits 128 + N
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunejax train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -32,6 +32,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--teacher", help="teacher MODEL_DIR for distillation (with distill_alpha>0)")
     parser.add_argument("--no-progress", action="store_true")
     add_launch_args(parser)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     from prunejax.train.run import train
