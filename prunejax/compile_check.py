@@ -142,16 +142,15 @@ def check_calibration(
 
 def model_config(src: str) -> Any:
     """The architecture only (no weights): a preset name, a MODEL_DIR, or a model YAML/JSON."""
-    from prunejax.config import PRESETS
+    from prunejax.config import PRESETS, LlamaConfig
     from prunejax.hf import load_config
-    from prunejax.study.plan import model_file_config
 
     if src in PRESETS:
         return PRESETS[src]
     if os.path.isdir(src):
         return load_config(src)
     if os.path.isfile(src):
-        return model_file_config(src)
+        return LlamaConfig.from_file(src)
     raise ValueError(f"--model {src!r} is not a preset ({', '.join(PRESETS)}), a MODEL_DIR or a model YAML/JSON")
 
 

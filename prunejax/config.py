@@ -65,6 +65,19 @@ def token_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts that must be at least 1 (batch sizes, lengths)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def as_float(name: str, value: Any) -> float:
     """Finite floats from JSON or YAML; PyYAML reads '1e-05' (no dot) as a string, so numeric strings are
     accepted. NaN and Inf (`nan`, `.inf`) are errors: no knob of a model or a run means anything there."""
@@ -217,15 +230,24 @@ class LlamaConfig:
         return d
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> LlamaConfig:
+    def from_file(cls, path: str | os.PathLike) -> LlamaConfig:
+        """A config.json, or a YAML file of its keys (a model shape for `train --scratch`, a study's parent).
+        Every problem is a ConfigError naming `path`."""
+        import yaml
+
+        is_json = str(path).endswith(".json")
         try:
             with open(path) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from e
+                d = json.load(f) if is_json else yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such model config file") from None
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'} ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a model config is a mapping of config.json keys, got {type(d).__name__}")
         try:
             return cls.from_hf_dict(d)
-        except (ConfigError, TypeError) as e:
+        except (ConfigError, TypeError, KeyError) as e:
             raise ConfigError(f"{path}: {e}") from e
 
     def replace(self, **changes: Any) -> LlamaConfig:

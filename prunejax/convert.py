@@ -29,12 +29,13 @@ def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool
     import jax
     import jax.numpy as jnp
 
+    storage.refuse_input(out_dir, src, "SRC")
     named = src if storage.is_remote(src) else os.path.abspath(src)  # what provenance records
     src = storage.local_dir(src)  # a committed gs:// MODEL_DIR: its local copy
     cfg, params = load_any(src)
     masks = hf.load_masks(src, cfg) if os.path.isdir(src) else None
     if masks:  # a sparse MODEL_DIR stays sparse: its masks come along, and hold on the written weights
-        from prunejax.prune.masks import apply_masks
+        from prunejax.tree import apply_masks
 
         params = apply_masks(params, masks)
     if dtype is not None:

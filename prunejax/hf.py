@@ -24,6 +24,7 @@ from safetensors.numpy import save_file
 
 from prunejax import distributed, storage
 from prunejax.config import ConfigError, LlamaConfig
+from prunejax.tree import get_path, leaf_paths, nonfinite_leaf, set_path, sparsity
 
 Params = dict[str, Any]
 TOKENIZER_FILES = (
@@ -109,55 +110,6 @@ def tensor_specs(cfg: LlamaConfig) -> list[TensorSpec]:
     return specs
 
 
-def get_path(tree: Params, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def set_path(tree: Params, path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def leaf_paths(tree: Params, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from leaf_paths(value, (*prefix, key))
-        else:
-            yield (*prefix, key), value
-
-
-def _key_name(entry: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-@jax.jit
-def _finite_flags(leaves: list[Any]) -> jax.Array:
-    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
-
-
-def nonfinite_leaf(tree: Any) -> str | None:
-    """The path ("layers/0/mlp/up_proj", "opt_state/0/mu/...") of the first float leaf of `tree`
-    holding a NaN or Inf, or None when every float leaf is finite. One jitted reduction, one transfer."""
-    items = [
-        (path, x)
-        for path, x in jax.tree_util.tree_leaves_with_path(tree)
-        if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
-    ]
-    if not items:
-        return None
-    flags = np.asarray(distributed.to_host(_finite_flags([x for _, x in items])))
-    bad = np.flatnonzero(~flags)
-    if not bad.size:
-        return None
-    return "/".join(_key_name(e) for e in items[int(bad[0])][0])
-
-
 def check_finite(params: Params, source: str) -> None:
     """A CheckpointError naming `source` and the first weight with a NaN or Inf; nothing for finite weights."""
     leaf = nonfinite_leaf(params)
@@ -170,9 +122,12 @@ def _weight_files(model_dir: str) -> dict[str, str]:
     """tensor name -> file, from the sharded index or the single safetensors file."""
     index = os.path.join(model_dir, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
-        return {name: os.path.join(model_dir, file) for name, file in weight_map.items()}
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            return {name: os.path.join(model_dir, file) for name, file in weight_map.items()}
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a weight_map): {e}") from None
     single = os.path.join(model_dir, "model.safetensors")
     if not os.path.exists(single):
         found = sorted(os.listdir(model_dir))
@@ -268,7 +223,7 @@ def load_config(model_dir: str) -> LlamaConfig:
         raise CheckpointError(f"{model_dir}: not a directory")
     if not os.path.exists(path):
         raise CheckpointError(f"{model_dir}: config.json is missing")
-    return LlamaConfig.from_json(path)
+    return LlamaConfig.from_file(path)
 
 
 def load(
@@ -378,8 +333,7 @@ def _default_permissions(root: str) -> None:
 def atomic_dir(out_dir: str, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary sibling of `out_dir` that replaces it only once the block completes, so a
     crash or error leaves either the old directory or nothing, never a half-written one."""
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite)")
+    storage.check_free(out_dir, overwrite)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
@@ -430,12 +384,15 @@ def save(
                 continue
             mask_tensors.append((spec.hf_name, np.ascontiguousarray(spec.to_hf(distributed.to_host(m).astype(bool)))))
     hf_cfg = cfg.replace(torch_dtype=dtype_name).to_hf_dict()
-    sparsity = realized_sparsity(dict(tensors), dict(mask_tensors)) if mask_tensors else None
+    realized = None
+    if mask_tensors:
+        sp = sparsity(masks, params)
+        realized = {k: sp[k] for k in ("mask_sparsity", "zero_fraction", "masked_weights")}
     # every process gathered the tensors (a collective); one writes, the others wait for the directory
     distributed.one_writer(
         f"MODEL_DIR {out_dir}",
         lambda: _write_model_dir(
-            out_dir, tensors, mask_tensors, hf_cfg, sparsity, tokenizer_dir, provenance, max_shard_bytes, overwrite
+            out_dir, tensors, mask_tensors, hf_cfg, realized, tokenizer_dir, provenance, max_shard_bytes, overwrite
         ),
     )
     return out_dir
@@ -453,8 +410,7 @@ def _write_model_dir(
     overwrite: bool,
 ) -> None:
     if storage.is_remote(out_dir):  # written whole locally, then uploaded and committed (marker last)
-        if storage.exists(out_dir) and not overwrite:
-            raise FileExistsError(f"{out_dir} exists (pass overwrite=True / --overwrite)")
+        storage.check_free(out_dir, overwrite)
         with tempfile.TemporaryDirectory() as local:
             args = (tensors, mask_tensors, hf_cfg, sparsity, tokenizer_dir, provenance, max_shard_bytes, True)
             _write_model_dir(os.path.join(local, "m"), *args)
@@ -497,13 +453,3 @@ def _check_read_back(model_dir: str, files: dict[str, str], want: dict[str, np.n
         w = want[name]
         if got.shape != w.shape or got.dtype != w.dtype or got.tobytes() != w.tobytes():
             raise CheckpointError(f"{model_dir}: tensor {name} reads back differently from what was written")
-
-
-def realized_sparsity(tensors: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> dict[str, float]:
-    """Fraction of masked weights that are zero, over all masked tensors (host arrays by name) and as the mask says."""
-    pruned = zeros = total = 0
-    for name, m in masks.items():
-        pruned += int((~m).sum())
-        zeros += int((tensors[name] == 0).sum())
-        total += m.size
-    return {"mask_sparsity": pruned / max(total, 1), "zero_fraction": zeros / max(total, 1), "masked_weights": total}

@@ -30,8 +30,13 @@ ATTN_BLOCK = 1024  # queries per attention block for long sequences (see `blockw
 LOSS_CHUNK = 1024  # positions per chunk of the LM head + log-softmax in `token_nll`
 
 
+def trunc_normal(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """The init of every matrix: a normal of std INIT_STD truncated at two standard deviations."""
+    return INIT_STD * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
+
+
 def _trunc_normal(rngs: nnx.Rngs, shape: tuple[int, ...], dtype: Any) -> jax.Array:
-    return INIT_STD * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, dtype)
+    return trunc_normal(rngs.params(), shape, dtype)
 
 
 # ---- RoPE ----------------------------------------------------------------------------------

@@ -72,21 +72,34 @@ def exists(path: str) -> bool:
     return filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
 
 
-def refuse_existing(path: str, overwrite: bool, what: str = "--out") -> None:
-    """FileExistsError unless `path` is free (absent, or an empty local directory) or `overwrite` is set.
+def check_free(path: str, overwrite: bool) -> None:
+    """FileExistsError unless `path` (local or remote, file or directory) is absent or an empty local
+    directory, or `overwrite` is set: the one "exists, pass --overwrite" rule of every output."""
+    if overwrite or not exists(path):
+        return
+    if not is_remote(path) and os.path.isdir(path):
+        if os.listdir(path):
+            raise FileExistsError(f"{path} exists and is not empty (pass --overwrite)")
+        return
+    raise FileExistsError(f"{path} exists (pass --overwrite)")
 
-    Process 0 alone decides and the others take its word: a process that gets here after process 0 has
-    already written `path` (no collective in between, as for magnitude pruning) must not call that a leftover.
-    """
 
-    def check() -> None:
-        if overwrite or not exists(path):
-            return
-        if not is_remote(path) and os.path.isdir(path) and not os.listdir(path):
-            return
-        raise FileExistsError(f"{what} {path} exists and is not empty (pass --overwrite)")
+def refuse_input(out: str, src: str, flag: str) -> None:
+    """A ValueError when `out` is the input `src` itself: --overwrite would replace what is being read."""
+    same = (
+        out.rstrip("/") == src.rstrip("/")
+        if is_remote(out) or is_remote(src)
+        else os.path.realpath(out) == os.path.realpath(src)
+    )
+    if same:
+        raise ValueError(f"--out {out} is the input {flag}; write the result elsewhere (the input would be lost)")
 
-    distributed.one_writer(f"check {what} {path}", check)
+
+def refuse_existing(path: str, overwrite: bool) -> None:
+    """`check_free` before a verb's work, decided by process 0 alone (the others take its word): a process
+    that gets here after process 0 has already written `path` (no collective in between, as for magnitude
+    pruning) must not call that a leftover."""
+    distributed.one_writer(f"check --out {path}", lambda: check_free(path, overwrite))
 
 
 def read_marker(path: str) -> dict[str, int]:

@@ -99,7 +99,7 @@ def test_bad_configs(change, message, tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(d))
     with pytest.raises(C.ConfigError, match=".*".join(map(_escape, message.split("*")))) as e:
-        C.LlamaConfig.from_json(path)
+        C.LlamaConfig.from_file(path)
     assert str(path) in str(e.value)
 
 

@@ -83,7 +83,7 @@ def test_only_process_0_judges_whether_out_is_taken(tmp_path, as_process):
     (out / "config.json").write_text("{}")
     kv = KV()
     as_process(0, kv)
-    with pytest.raises(FileExistsError, match="--out .*model exists and is not empty"):
+    with pytest.raises(FileExistsError, match="model exists and is not empty"):
         storage.refuse_existing(str(out), overwrite=False)
     storage.refuse_existing(str(out), overwrite=True)
     distributed._counter.clear()

@@ -13,7 +13,7 @@ import pytest
 from test_evaluate_loglik import CORPUS, build_model_dir
 from test_evaluate_tasks import write_task_dir
 
-from prunejax import cli, hf
+from prunejax import cli, hf, tree
 from prunejax.data.store import write_data_dir
 from prunejax.evaluate import perplexity
 from prunejax.evaluate.results import write_results
@@ -127,9 +127,9 @@ def _edited_copy(src: str, out: str, path: tuple[str, ...], value: float) -> str
     """A copy of MODEL_DIR `src` with column 3 of weight `path` set to `value` (tokenizer kept)."""
     cfg, params = hf.load(src)
     params = jax.tree.map(np.asarray, params)
-    w = np.array(hf.get_path(params, path))
+    w = np.array(tree.get_path(params, path))
     w[..., 3] = value
-    hf.set_path(params, path, w)
+    tree.set_path(params, path, w)
     return hf.save(out, cfg, params, tokenizer_dir=src)
 
 

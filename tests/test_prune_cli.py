@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from prunejax import hf
+from prunejax import hf, tree
 from prunejax.cli import main
 from prunejax.config import TINY
 from prunejax.data.store import write_data_dir
@@ -207,10 +207,10 @@ def test_pruning_a_sparse_model_composes_masks_or_refuses(dirs, capsys):
         masks = hf.load_masks(str(out), cfg)
         _, params = hf.load(str(out))
         pruned = total = 0
-        for path, m in hf.leaf_paths(half):
-            new = np.asarray(hf.get_path(masks, path))
+        for path, m in tree.leaf_paths(half):
+            new = np.asarray(tree.get_path(masks, path))
             assert not np.any(new & ~np.asarray(m)), "/".join(path)  # pruned once, pruned for good
-            assert not np.any(np.asarray(hf.get_path(params, path))[~new]), "/".join(path)
+            assert not np.any(np.asarray(tree.get_path(params, path))[~new]), "/".join(path)
             pruned, total = pruned + int((~new).sum()), total + new.size
         prov = hf.load_provenance(str(out))
         assert prov["realized_ratio"] == pytest.approx(pruned / total) and prov["input_sparsity"] == 0.5

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from prunejax import hf, model, sharding
+from prunejax import hf, model, sharding, tree
 from prunejax.config import TINY
 
 
@@ -54,7 +54,7 @@ def test_unknown_parameter_fails_loudly():
 
 def test_every_param_has_axes_matching_its_rank():
     params = jax.eval_shape(lambda: model.init_params(TINY, jax.random.key(0)))
-    for path, leaf in hf.leaf_paths(params):
+    for path, leaf in tree.leaf_paths(params):
         assert len(sharding.logical_axes(path)) == len(leaf.shape), path
 
 

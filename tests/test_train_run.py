@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from prunejax import cli, hf
+from prunejax import cli, hf, tree
 from prunejax.config import ConfigError, LlamaConfig
 from prunejax.data.prepare import prepare
 from prunejax.data.sources import kjv_documents
@@ -110,7 +110,7 @@ def test_sigterm_resume_and_fallback_match_uninterrupted_run(kjv, model_yaml, tm
     assert _losses(cut) == _losses(full)
     _, a = hf.load(os.path.join(full, "final"))
     _, b = hf.load(os.path.join(cut, "final"))
-    for (path, x), (_, y) in zip(hf.leaf_paths(a), hf.leaf_paths(b), strict=True):
+    for (path, x), (_, y) in zip(tree.leaf_paths(a), tree.leaf_paths(b), strict=True):
         np.testing.assert_array_equal(x, y, err_msg="/".join(path))
 
 
@@ -163,11 +163,11 @@ def _sparse_model_dir(path):
     params = jax.device_get(state_lib.random_params(cfg, jax.random.key(7)))
     rng = np.random.default_rng(0)
     masks = {}
-    for p, w in hf.leaf_paths(params):
+    for p, w in tree.leaf_paths(params):
         if w.ndim >= 2 and p[0] == "layers":
             m = rng.random(w.shape) < 0.4
-            hf.set_path(masks, p, m)
-            hf.set_path(params, p, np.where(m, w, 0).astype(np.float32))
+            tree.set_path(masks, p, m)
+            tree.set_path(params, p, np.where(m, w, 0).astype(np.float32))
     hf.save(path, cfg, params, masks)
     return cfg, params, masks
 
@@ -176,13 +176,21 @@ def test_reinit_keeps_mask_and_changes_every_kept_weight(tmp_path):
     src = str(tmp_path / "sparse")
     _, params, masks = _sparse_model_dir(src)
     _, fresh, fresh_masks, _ = model_source(None, src, True, seed=0)
-    for path, m in hf.leaf_paths(masks):
-        np.testing.assert_array_equal(np.asarray(hf.get_path(fresh_masks, path)), m)
-        w, old = np.asarray(hf.get_path(fresh, path)), hf.get_path(params, path)
+    for path, m in tree.leaf_paths(masks):
+        np.testing.assert_array_equal(np.asarray(tree.get_path(fresh_masks, path)), m)
+        w, old = np.asarray(tree.get_path(fresh, path)), tree.get_path(params, path)
         assert np.all(w[~m] == 0) and np.all(w[m] != old[m]), "/".join(path)
         assert abs(np.std(w[m]) - 0.02 * 0.88) < 0.004  # truncated normal std 0.02 (truncation at 2σ: x0.88)
     with pytest.raises(ConfigError, match="no masks"):
         model_source(None, "tiny", True, seed=0)
+
+
+def test_scratch_of_a_sparse_model_dir_says_its_masks_are_not_used(tmp_path, capsys):
+    src = str(tmp_path / "sparse")
+    _sparse_model_dir(src)
+    cfg, params, masks, _ = model_source(None, src, False, seed=0)
+    assert masks is None and "is sparse; training a dense random init of its shape" in capsys.readouterr().err
+    assert all(np.count_nonzero(np.asarray(w)) == np.size(w) for _, w in tree.leaf_paths(params))
 
 
 def test_init_from_a_non_finite_model_is_refused(tmp_path):
@@ -200,9 +208,9 @@ def test_sparse_retrain_keeps_mask(kjv, tmp_path):
     s = train(str(tmp_path / "run"), data_dir=kjv, tokens=15 * STEP_TOKENS, init=src, overrides=BASE, progress=False)
     cfg, params = hf.load(s["final"])
     final_masks = hf.load_masks(s["final"], cfg)
-    for path, m in hf.leaf_paths(masks):
-        np.testing.assert_array_equal(np.asarray(hf.get_path(final_masks, path)), m)
-        assert np.all(np.asarray(hf.get_path(params, path))[~m] == 0), "/".join(path)
+    for path, m in tree.leaf_paths(masks):
+        np.testing.assert_array_equal(np.asarray(tree.get_path(final_masks, path)), m)
+        assert np.all(np.asarray(tree.get_path(params, path))[~m] == 0), "/".join(path)
     sparsity = hf.load_provenance(s["final"])["sparsity"]
     assert sparsity["zero_fraction"] == pytest.approx(sparsity["mask_sparsity"], abs=1e-4)
     logged = [r for r in read_metrics(str(tmp_path / "run")) if "mask_sparsity" in r]

@@ -10,11 +10,11 @@ import pytest
 
 from prunejax import model, sharding
 from prunejax.config import TINY
-from prunejax.hf import leaf_paths
 from prunejax.train import optim
 from prunejax.train import state as state_lib
 from prunejax.train.config import TrainConfig
 from prunejax.train.step import cross_entropy, distill_kl, make_loss, make_train_step
+from prunejax.tree import leaf_paths
 
 CFG = TINY.replace(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, head_dim=8)
 TOTAL = 20

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from prunejax import storage
 from prunejax.data.store import FORMAT, SHARD_TOKENS, DataError, ShardWriter, fsync_path, hash_shards
 from prunejax.hf import _default_permissions
 
@@ -110,8 +111,7 @@ def build_data_dir(
     fingerprint = json.loads(json.dumps({**fingerprint, "format": FORMAT, "shard_tokens": shard_tokens}))
     if _finished(out_dir, fingerprint):
         return out_dir
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass --overwrite)")
+    storage.check_free(out_dir, overwrite)
     work = work_dir(out_dir)
     splits = ["train", "validation"] if is_validation else ["train"]
     record = _resume(work, fingerprint, overwrite)
@@ -171,8 +171,7 @@ def _finish(work: str, out_dir: str, meta: dict[str, Any], tokenizer_files: Sequ
     aside = None
     try:
         if os.path.exists(out_dir):
-            if os.listdir(out_dir) and not overwrite:  # appeared while we were building
-                raise FileExistsError(f"{out_dir} exists and is not empty (pass --overwrite)")
+            storage.check_free(out_dir, overwrite)  # it appeared while we were building
             aside = os.path.join(tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.old-"), "x")
             os.replace(out_dir, aside)
         os.replace(work, out_dir)

@@ -110,13 +110,16 @@ def read_files(paths: list[str], field: str = "text") -> Iterator[str]:
 def _read_files(paths: list[str], field: str) -> Iterator[str]:
     for path in paths:
         ext = _base_ext(path)
-        if ext in (".jsonl", ".json", ".ndjson"):
-            yield from read_jsonl(path, field)
-        elif ext == ".parquet":
-            yield from read_parquet(path, field)
-        else:
-            with _open_text(path) as f:
-                yield f.read()
+        try:
+            if ext in (".jsonl", ".json", ".ndjson"):
+                yield from read_jsonl(path, field)
+            elif ext == ".parquet":
+                yield from read_parquet(path, field)
+            else:
+                with _open_text(path) as f:
+                    yield f.read()
+        except UnicodeDecodeError as e:  # a binary file given as text
+            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 # ---- built-in corpora ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import argparse
 import jax.numpy as jnp
 
 from prunejax import sharding, storage
-from prunejax.config import token_arg
+from prunejax.config import positive_int, token_arg
 from prunejax.distributed import add_launch_args
 from prunejax.evaluate import tasks
 from prunejax.evaluate.results import DEFAULT_SEQ_LEN, evaluate_model, write_results
@@ -38,13 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text", nargs="+", metavar="FILE", help="text files: perplexity of each")
     parser.add_argument("--tasks", help=f"comma-separated zero-shot tasks or 'all' ({', '.join(tasks.TASKS)})")
     parser.add_argument("--task-data", help="directory of task files: <task>.jsonl|parquet or <task>/<split>.*")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N documents of each task")
-    parser.add_argument("--seq-len", type=int, help=f"window length (default min({DEFAULT_SEQ_LEN}, max positions))")
-    parser.add_argument("--stride", type=int, help="sliding windows advanced by this many tokens (default: --seq-len)")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N documents of each task")
+    parser.add_argument(
+        "--seq-len", type=positive_int, help=f"window length (default min({DEFAULT_SEQ_LEN}, max positions))"
+    )
+    parser.add_argument(
+        "--stride", type=positive_int, help="sliding windows advanced by this many tokens (default: --seq-len)"
+    )
     parser.add_argument(
         "--max-tokens", type=token_arg, help="use at most this many validation tokens of --data (e.g. 64k)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per step (rounded up to the devices)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="sequences per step (rounded up to the devices)"
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype")
     parser.add_argument("--mesh", help="device mesh, e.g. data=4,fsdp=2 (default: every device on the batch axis)")
     parser.add_argument("--out", required=True, help="results.json to write")

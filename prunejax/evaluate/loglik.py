@@ -74,6 +74,8 @@ def bucket_length(n: int, cap: int) -> int:
 
 def batch_rows(batch_size: int, mesh: Mesh | None) -> int:
     """`batch_size` rounded up to a multiple of the devices the batch is sharded over."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if mesh is None:
         return batch_size
     shards = batch_shards(mesh)

@@ -13,15 +13,14 @@ import os
 import tempfile
 from typing import Any
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 from prunejax import hf, storage
 from prunejax.config import LlamaConfig
 from prunejax.hf import CheckpointError, Params
 from prunejax.sharding import placer, shard
+from prunejax.tree import apply_masks, get_path, leaf_paths, sparsity
 
 
 @dataclasses.dataclass
@@ -50,16 +49,11 @@ def load_tokenizer(path: str) -> Any | None:
     return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
 
 
-def apply_masks(params: Params, masks: Params) -> tuple[Params, bool]:
-    """Params with every masked-out weight set to zero, and whether they already were."""
-    out = jax.tree.map(lambda x: x, params)
-    already_zero = True
-    for path, m in hf.leaf_paths(masks):
-        w = hf.get_path(params, path)
-        m = jnp.asarray(m, bool)
-        already_zero &= bool(jnp.all(jnp.where(m, 0, w) == 0))
-        hf.set_path(out, path, jnp.where(m, w, jnp.zeros((), w.dtype)))
-    return out, already_zero
+def masked_are_zero(params: Params, masks: Params) -> bool:
+    """Whether every masked-out weight of `params` is already zero."""
+    return all(
+        bool(jnp.all(jnp.where(jnp.asarray(m, bool), 0, get_path(params, p)) == 0)) for p, m in leaf_paths(masks)
+    )
 
 
 def load_model(src: str, *, mesh: Mesh | None = None, dtype: Any = jnp.float32) -> EvalModel:
@@ -85,8 +79,11 @@ def load_model(src: str, *, mesh: Mesh | None = None, dtype: Any = jnp.float32) 
         info["provenance"] = {k: provenance[k] for k in ("stage", "method", "parent", "source") if k in provenance}
     masks = hf.load_masks(src, cfg)
     if masks:
-        params, already_zero = apply_masks(params, masks)
-        kept = sum(int(np.asarray(m).sum()) for _, m in hf.leaf_paths(masks))
-        total = sum(int(np.asarray(m).size) for _, m in hf.leaf_paths(masks))
-        info["masks"] = {"applied": True, "weights_already_zero": already_zero, "mask_sparsity": 1 - kept / total}
+        already_zero = masked_are_zero(params, masks)
+        params = apply_masks(params, masks)
+        info["masks"] = {
+            "applied": True,
+            "weights_already_zero": already_zero,
+            "mask_sparsity": sparsity(masks)["mask_sparsity"],
+        }
     return EvalModel(cfg, params, load_tokenizer(src), info)

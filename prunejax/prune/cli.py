@@ -34,10 +34,11 @@ from prunejax import calibrate, hf, sharding, storage
 from prunejax.config import LlamaConfig
 from prunejax.data.store import TokenStore
 from prunejax.distributed import add_launch_args
-from prunejax.prune.masks import PruneError, apply_masks, parse_pattern
+from prunejax.prune.masks import PruneError, parse_pattern
 from prunejax.prune.registry import METHODS, NO_CALIBRATION, SPARSE, TRAINED, get_method
 from prunejax.prune.result import PruneResult, composed_result
 from prunejax.prune.shapes import parse_target
+from prunejax.tree import apply_masks
 
 DEFAULT_MESH = "data=-1"  # every device on the batch axis: train's and eval's default mesh
 
@@ -91,6 +92,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     storage.refuse_remote(args.run_dir, "--run-dir")
     if storage.is_remote(args.out):
         storage.check_bucket(args.out)
+    storage.refuse_input(args.out, args.model, "--model")
     storage.refuse_existing(args.out, args.overwrite)
     if args.mesh is not None:
         mesh = sharding.parse_mesh(args.mesh)

@@ -17,9 +17,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from prunejax.hf import get_path, leaf_paths, set_path
+from prunejax.tree import get_path, leaf_paths, set_path
 
 Params = dict[str, Any]
 
@@ -142,15 +141,6 @@ def projection_leaves(params: Params) -> list[tuple[tuple[str, ...], jax.Array]]
     return out
 
 
-def apply_masks(params: Params, masks: Params) -> Params:
-    """Params with masked-out weights set to zero; leaves without a mask are shared, not copied."""
-    out = jax.tree.map(lambda x: x, params)
-    for path, m in leaf_paths(masks):
-        w = get_path(params, path)
-        set_path(out, path, jnp.where(m, w, jnp.zeros((), w.dtype)))
-    return out
-
-
 def compose(first: Params, second: Params) -> Params:
     """Masks of pruning a sparse model again: a weight is kept only if both keep it (first AND second);
     a leaf that only one of them masks keeps that mask."""
@@ -162,24 +152,3 @@ def compose(first: Params, second: Params) -> Params:
             pass
         set_path(out, path, jnp.asarray(m, bool))
     return out
-
-
-def sparsity_report(masks: Params) -> dict[str, Any]:
-    """Pruned fraction of all masked weights and per layer."""
-    per_layer: dict[str, float] = {}
-    pruned = total = 0
-    for i, layer in masks.get("layers", {}).items():
-        lp = lt = 0
-        for _, m in leaf_paths(layer):
-            m = np.asarray(m)
-            lp += int(m.size - m.sum())
-            lt += m.size
-        per_layer[i] = lp / max(lt, 1)
-        pruned += lp
-        total += lt
-    return {
-        "sparsity": pruned / max(total, 1),
-        "pruned_weights": pruned,
-        "masked_weights": total,
-        "per_layer": per_layer,
-    }

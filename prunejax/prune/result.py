@@ -6,8 +6,9 @@ import dataclasses
 from typing import Any
 
 from prunejax.config import LlamaConfig
-from prunejax.prune.masks import PruneError, apply_masks, compose, sparsity_report
+from prunejax.prune.masks import PruneError, compose
 from prunejax.prune.shapes import linear_ratio
+from prunejax.tree import apply_masks, sparsity
 
 Params = dict[str, Any]
 
@@ -30,9 +31,9 @@ def structured_result(parent: LlamaConfig, cfg: LlamaConfig, params: Params, rep
 
 def sparse_result(cfg: LlamaConfig, params: Params, masks: Params, report: dict[str, Any]) -> PruneResult:
     """Sparse methods remove nothing from shapes; the realized ratio is the masked fraction."""
-    sp = sparsity_report(masks)
+    sp = sparsity(masks)
     # Masks cover exactly the projections, so their pruned fraction is the pruning ratio as defined.
-    report = {**report, "realized_ratio": sp["sparsity"], "per_layer": sp["per_layer"], "shape": shape_of(cfg)}
+    report = {**report, "realized_ratio": sp["mask_sparsity"], "per_layer": sp["per_layer"], "shape": shape_of(cfg)}
     return PruneResult(cfg, params, masks, report)
 
 
@@ -55,6 +56,6 @@ def composed_result(result: PruneResult, input_masks: Params) -> PruneResult:
     report = {
         **result.report,
         "method_realized_ratio": result.report["realized_ratio"],
-        "input_sparsity": sparsity_report(input_masks)["sparsity"],
+        "input_sparsity": sparsity(input_masks)["mask_sparsity"],
     }
     return sparse_result(result.cfg, apply_masks(result.params, masks), masks, report)

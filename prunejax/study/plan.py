@@ -80,19 +80,12 @@ def parent_config(study: StudyConfig) -> LlamaConfig | None:
     if isinstance(model, str) and not os.path.exists(model):
         cfg = preset(model)
     elif isinstance(model, str):
-        cfg = model_file_config(model)
+        cfg = LlamaConfig.from_file(model)
     else:
         cfg = LlamaConfig.from_hf_dict({"vocab_size": study.data.tokenizer_vocab, **model})
     if study.data.tokenizer == "train":
         cfg = cfg.replace(vocab_size=study.data.tokenizer_vocab)
     return cfg
-
-
-def model_file_config(path: str) -> LlamaConfig:
-    import yaml
-
-    with open(path) as f:
-        return LlamaConfig.from_hf_dict(yaml.safe_load(f))
 
 
 def expected_shape(parent: LlamaConfig, method: MethodSpec, ratio: float) -> tuple[LlamaConfig, float]:

@@ -17,11 +17,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
-from prunejax.hf import CheckpointError, leaf_paths, nonfinite_leaf
+from prunejax.hf import CheckpointError
 from prunejax.train.loop import TrainingDiverged
+from prunejax.tree import nonfinite_leaf, sparsity
 
 log = logging.getLogger(__name__)
 State = dict[str, Any]
@@ -94,20 +94,12 @@ def _masked_nonzeros(params: Any, masks: Any) -> Any:
     return jax.tree.map(lambda w, m: jnp.sum((w != 0) & ~m), params, masks)
 
 
-def sparsity(state: State) -> dict[str, float] | None:
+def realized_sparsity(state: State) -> dict[str, float] | None:
     """Realized sparsity of the masked weights: the mask's pruned fraction and the zero fraction."""
-    masks = state["masks"]
-    if not masks:
+    if not state["masks"]:
         return None
-    pruned = total = zeros = 0
-    for path, m in leaf_paths(masks):
-        w = state["params"]
-        for key in path:
-            w = w[key]
-        pruned += int(jax.device_get(jnp.sum(~m)))
-        zeros += int(jax.device_get(jnp.sum(w == 0)))
-        total += int(np.prod(m.shape))
-    return {"mask_sparsity": pruned / total, "zero_fraction": zeros / total}
+    sp = sparsity(state["masks"], state["params"])
+    return {"mask_sparsity": sp["mask_sparsity"], "zero_fraction": sp["zero_fraction"]}
 
 
 def check_finite(step: int, state: State, saved: list[int]) -> None:

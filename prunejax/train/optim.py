@@ -54,18 +54,3 @@ def optimizer(tcfg: TrainConfig, total_steps: int) -> optax.GradientTransformati
             mask=decay_mask,
         ),
     )
-
-
-def apply_masks(tree: Params, masks: Params | None) -> Params:
-    """Zero the masked entries of every leaf that has a mask (masks: bool, True = kept; absent = dense)."""
-    if not masks:
-        return tree
-
-    def visit(node: Any, mask: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: visit(v, mask.get(k) if isinstance(mask, dict) else None) for k, v in node.items()}
-        if mask is None:
-            return node
-        return jnp.where(mask, node, jnp.zeros((), node.dtype))
-
-    return visit(tree, masks)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-import yaml
 
 from prunejax import distributed, hf, sharding, storage
 from prunejax.config import PRESETS, ConfigError, LlamaConfig
@@ -54,16 +54,14 @@ def model_source(
     elif os.path.isdir(scratch):
         cfg = hf.load_config(scratch)
         masks = hf.load_masks(scratch, cfg) if reinit else None
+        if not reinit and os.path.exists(os.path.join(scratch, hf.MASKS_FILE)):  # said, not silently dropped
+            print(
+                f"note: --scratch {scratch} is sparse; training a dense random init of its shape "
+                "(its masks are not used; --reinit keeps them: the sparse scratch control)",
+                file=sys.stderr,
+            )
     elif os.path.isfile(scratch):
-        with open(scratch) as f:
-            raw = yaml.safe_load(f)
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{scratch}: a model config is a mapping of config.json keys")
-        try:
-            cfg = LlamaConfig.from_hf_dict(raw)
-        except TypeError as e:
-            raise ConfigError(f"{scratch}: {e}") from e
-        masks = None
+        cfg, masks = LlamaConfig.from_file(scratch), None
     else:
         raise ConfigError(
             f"scratch {scratch!r} is not a MODEL_DIR, a model YAML/JSON or a preset ({', '.join(PRESETS)})"
@@ -241,7 +239,7 @@ def train(
 
     def save(at: int, s: Any) -> None:
         checkpointer.save(at, s, {"iterator": iterator.get_state(), "step": at})
-        sp = ckpt.sparsity(s)
+        sp = ckpt.realized_sparsity(s)
         if sp is not None:
             writer.write({"step": at, "tokens": at * tcfg.tokens_per_step, **sp})
 

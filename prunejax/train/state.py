@@ -14,9 +14,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prunejax import model, sharding
 from prunejax.config import LlamaConfig
-from prunejax.hf import CheckpointError, leaf_paths, set_path
+from prunejax.hf import CheckpointError
 from prunejax.sharding import BATCH_AXES, LOGICAL_AXES
-from prunejax.train.optim import apply_masks
+from prunejax.tree import apply_masks, leaf_paths, set_path
 
 State = dict[str, Any]
 
@@ -33,9 +33,7 @@ def check_masks(params: Any, masks: Any) -> None:
             raise CheckpointError(f"mask {'/'.join(path)} has shape {tuple(m.shape)}, weight has {tuple(node.shape)}")
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _trunc_normal(key: jax.Array, size: int, std: float) -> jax.Array:
-    return std * jax.random.truncated_normal(key, -2.0, 2.0, (size,), jnp.float32)
+_trunc_normal = jax.jit(model.trunc_normal, static_argnums=(1, 2))  # one compile per distinct size
 
 
 def random_params(cfg: LlamaConfig, key: jax.Array) -> Any:
@@ -50,7 +48,7 @@ def random_params(cfg: LlamaConfig, key: jax.Array) -> Any:
         if len(shape) == 1:
             set_path(params, path, np.ones(shape, np.float32))
         else:
-            set_path(params, path, _trunc_normal(k, sd.size, model.INIT_STD).reshape(shape))
+            set_path(params, path, _trunc_normal(k, (sd.size,), jnp.float32).reshape(shape))
     return params
 
 

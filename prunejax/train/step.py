@@ -24,7 +24,8 @@ from prunejax import model
 from prunejax.config import LlamaConfig
 from prunejax.sharding import BATCH_AXES, batch_shards, ordered_sum
 from prunejax.train.config import TrainConfig
-from prunejax.train.optim import apply_masks, schedule
+from prunejax.train.optim import schedule
+from prunejax.tree import apply_masks
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]

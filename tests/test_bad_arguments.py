@@ -1,0 +1,92 @@
+"""Bad arguments get a specific error naming the argument or file, and nothing is lost (issue 13, class 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import TINY_HF
+
+from prunejax import cli, hf
+from prunejax.config import LlamaConfig
+from prunejax.data.store import write_data_dir
+from prunejax.data.tokenizer import train_bpe
+from prunejax.model import init_params
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-args")
+    cfg = LlamaConfig.from_hf_dict(TINY_HF)
+    model = hf.save(str(root / "model"), cfg, init_params(cfg, jax.random.key(0)))
+    tokens = np.random.default_rng(0).integers(1, cfg.vocab_size, 600)
+    data = write_data_dir(
+        str(root / "data"), {"train": [tokens], "validation": [tokens]}, vocab_size=cfg.vocab_size, eos_id=0
+    )
+    tok = train_bpe(["some plain text to learn a few merges from"] * 20, str(root / "tok"), vocab_size=270)
+    return {"root": root, "model": model, "data": data, "tok": tok}
+
+
+def _error(argv, capsys) -> str:
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:  # argparse
+        rc = e.code
+    assert rc not in (0, None), f"{argv} succeeded"
+    return capsys.readouterr().err
+
+
+def _files(path: str) -> dict[str, bytes]:
+    return {f: open(os.path.join(path, f), "rb").read() for f in sorted(os.listdir(path))}
+
+
+def test_out_equal_to_the_input_is_refused_even_with_overwrite(inputs, capsys):
+    before = _files(inputs["model"])
+    for argv in (
+        [
+            "prune",
+            "--model",
+            inputs["model"],
+            "--method",
+            "magnitude",
+            "--ratio",
+            "0.5",
+            "--out",
+            inputs["model"] + "/",
+        ],
+        ["convert", inputs["model"], "--out", os.path.join(inputs["model"], ".")],
+    ):
+        assert "is the input" in _error([*argv, "--overwrite"], capsys)
+    assert _files(inputs["model"]) == before
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--seq-len", "--stride", "--limit"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_eval_counts_must_be_positive(inputs, capsys, flag, value):
+    out = str(inputs["root"] / "r.json")
+    err = _error(["eval", "--model", inputs["model"], "--data", inputs["data"], flag, value, "--out", out], capsys)
+    assert f"argument {flag}: must be at least 1, got {value}" in err
+    assert not os.path.exists(out)
+
+
+def test_binary_file_given_as_text_names_the_file(inputs, capsys):
+    binary = inputs["root"] / "weights.txt"
+    binary.write_bytes(bytes(range(256)) * 8)
+    out = str(inputs["root"] / "d")
+    err = _error(["data", "prepare", "--text", str(binary), "--tokenizer", inputs["tok"], "--out", out], capsys)
+    assert f"{binary}: not UTF-8 text" in err
+
+
+def test_malformed_index_json_names_the_file(inputs, capsys, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(inputs["model"], bad)
+    (bad / "model.safetensors.index.json").write_text('{"weight_map": ')
+    err = _error(["eval", "--model", str(bad), "--data", inputs["data"], "--out", str(tmp_path / "r.json")], capsys)
+    assert f"{bad}/model.safetensors.index.json: not a safetensors index" in err
+    (bad / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    err = _error(["eval", "--model", str(bad), "--data", inputs["data"], "--out", str(tmp_path / "r.json")], capsys)
+    assert "not a safetensors index (a JSON object with a weight_map)" in err
