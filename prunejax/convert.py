@@ -30,7 +30,7 @@ def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool
     import jax.numpy as jnp
 
     storage.refuse_input(out_dir, src, "SRC")
-    named = src if storage.is_remote(src) else os.path.abspath(src)  # what provenance records
+    named = storage.absolute(src)  # what provenance records
     src = storage.local_dir(src)  # a committed gs:// MODEL_DIR: its local copy
     cfg, params = load_any(src)
     masks = hf.load_masks(src, cfg) if os.path.isdir(src) else None

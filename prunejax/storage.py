@@ -24,7 +24,7 @@ from prunejax import distributed
 MARKER = "_PRUNEJAX_COMMITTED"
 SCHEMES = ("gs://",)
 
-_cache: dict[str, str] = {}
+_cache: dict[tuple[str, str], str] = {}  # (remote dir, sub-directory) -> local copy
 _cache_root: str | None = None
 
 
@@ -44,6 +44,11 @@ def filesystem(path: str) -> Any:
         return fsspec.filesystem(str(path).split("://", 1)[0])
     except ImportError as e:
         raise StorageError(f"{path}: gs:// needs gcsfs: pip install -e '.[gcs]' ({e})") from e
+
+
+def absolute(path: str) -> str:
+    """What provenance records for a path: a gs:// URL as given, a local path made absolute."""
+    return str(path) if is_remote(path) else os.path.abspath(path)
 
 
 def join(path: str, *parts: str) -> str:
@@ -118,25 +123,48 @@ def read_marker(path: str) -> dict[str, int]:
     return json.loads(raw)["files"]
 
 
-def local_dir(path: str) -> str:
+def local_dir(path: str, only: str | tuple[str, ...] = "") -> str:
     """`path` itself when local; else a local copy of the committed remote directory (downloaded once
-    per process, each file checked against the marker's size)."""
+    per process, each file checked against the marker's size). `only` downloads just the files whose
+    path starts with it (a DATA_DIR's "tokenizer/", not its shards, which are read by range; or the
+    tokenizer files of a MODEL_DIR, not its weights)."""
     if not is_remote(path):
         return path
     key = str(path).rstrip("/")
-    if key in _cache:
-        return _cache[key]
+    if (key, only) in _cache:
+        return _cache[key, only]
     files = read_marker(key)
     fs = filesystem(key)
     local = tempfile.mkdtemp(dir=_root(), prefix="dir-")
     for rel, size in files.items():
+        if not rel.startswith(only):
+            continue
         dst = os.path.join(local, *rel.split("/"))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         fs.get_file(join(key, rel), dst)
         if os.path.getsize(dst) != size:
             raise StorageError(f"{join(key, rel)}: {os.path.getsize(dst)} bytes, its commit marker says {size}")
-    _cache[key] = local
+    _cache[key, only] = local
     return local
+
+
+def read_range(path: str, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a remote object: one ranged GET, nothing else is downloaded."""
+    data = filesystem(path).cat_file(path, start=start, end=end)
+    if len(data) != end - start:
+        raise StorageError(f"{path}: asked for bytes [{start}, {end}), got {len(data)}")
+    return data
+
+
+def staging_dir(path: str) -> str:
+    """A local directory that stands for remote output `path` while it is built: the same one on every run
+    on this machine (under ~/.cache/prunejax/staging), so an interrupted build resumes from its progress."""
+    import hashlib
+
+    root = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "prunejax", "staging")
+    key = hashlib.sha256(str(path).rstrip("/").encode()).hexdigest()[:16]
+    os.makedirs(root, exist_ok=True)
+    return os.path.join(root, f"{key}-{str(path).rstrip('/').rsplit('/', 1)[-1]}")
 
 
 def publish(local: str, path: str, overwrite: bool = False) -> str:
@@ -161,7 +189,8 @@ def publish(local: str, path: str, overwrite: bool = False) -> str:
             files[rel] = os.path.getsize(src)
     with fs.open(join(path, MARKER), "wb") as f:
         f.write(json.dumps({"format": "prunejax-commit/1", "files": files}, indent=1).encode())
-    _cache.pop(path, None)
+    for cached in [k for k in _cache if k[0] == path]:
+        _cache.pop(cached)
     return path
 
 
@@ -195,8 +224,8 @@ def refuse_remote(path: str | None, what: str) -> None:
     """A clear error for a remote path where prunejax cannot use one yet."""
     if is_remote(path):
         raise StorageError(
-            f"{what} {path}: gs:// is supported for MODEL_DIRs (convert, prune, eval, train --init/--scratch) "
-            f"and results.json; a {what} on object storage is not yet (README, Status)"
+            f"{what} {path}: gs:// is supported for MODEL_DIRs, DATA_DIRs, --text files and results.json; "
+            f"a {what} on object storage is not yet (README, Status)"
         )
 
 

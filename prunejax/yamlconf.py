@@ -8,12 +8,12 @@ fields accept numeric strings because PyYAML reads `3e-4` (no dot) as a string.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 import yaml
 
+from prunejax import storage
 from prunejax.config import ConfigError, as_float
 
 T = TypeVar("T")
@@ -22,13 +22,12 @@ FLOAT_TYPES = (float, "float", "float | None")
 
 def read(path: str) -> Any:
     """The YAML document in `path` ({} when empty); a missing file or invalid YAML is a ConfigError."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise ConfigError(f"{path}: no such config file")
-    with open(path) as f:
-        try:
-            d = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    try:
+        d = yaml.safe_load(storage.read_file(path))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
     return {} if d is None else d
 
 

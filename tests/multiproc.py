@@ -95,15 +95,17 @@ def launch(argv: list[str], processes: int = 2, devices: int = 4, **extra: str) 
 TIMINGS = {"prunejax.json": ("seconds",)}
 
 
-def tree_bytes(root: str | Path, base: str | Path | None = None) -> dict[str, bytes]:
+def tree_bytes(root: str | Path, base: str | Path | tuple | None = None) -> dict[str, bytes]:
     """Every file under `root` by relative path; JSON files named in TIMINGS lose their timing keys,
-    and the absolute path `base` (a run's own output dir, recorded in provenance) reads as <base>."""
+    and the absolute path `base` (a run's own output dir, recorded in provenance; or a tuple of such
+    paths, e.g. where its inputs and its outputs live) reads as <base>."""
     root = Path(root)
+    bases = base if isinstance(base, tuple) else () if base is None else (base,)
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         data = path.read_bytes()
-        if base is not None:
-            data = data.replace(str(base).encode(), b"<base>")
+        for b in bases:
+            data = data.replace(str(b).encode(), b"<base>")
         if path.name in TIMINGS:
             record = json.loads(data)
             for key in TIMINGS[path.name]:

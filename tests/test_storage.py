@@ -103,7 +103,71 @@ def test_a_directory_without_its_commit_marker_is_refused(gcs, local, tmp_path):
 def test_a_missing_bucket_and_unsupported_gs_paths_are_clear_errors_before_work(gcs, local, tmp_path):
     out = launch(["convert", local["model"], "--out", "gs://no-such-bucket/m"], processes=1, devices=1)
     assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
-    train = ["train", "--scratch", "tiny", "--data", f"{gcs}/data", "--tokens", "1k", "--out", str(tmp_path / "r")]
+    train = ["train", "--scratch", "tiny", "--data", local["data"], "--tokens", "1k", "--out", f"{gcs}/no-run"]
     out = launch(train, processes=1, devices=1)
-    assert out.codes == [1] and f"DATA_DIR {gcs}/data: gs:// is supported for MODEL_DIRs" in out.outputs[0]
-    assert not (tmp_path / "r").exists()
+    assert out.codes == [1] and f"RUN_DIR {gcs}/no-run: gs:// is supported for MODEL_DIRs" in out.outputs[0]
+    assert not storage.exists(f"{gcs}/no-run")
+
+
+DOCS = [f"Line {i}: a small corpus for a small tokenizer, {'word ' * (i % 9)}and a number {i * 7}." for i in range(300)]
+
+
+def test_data_prepare_train_eval_prune_on_gs_equal_the_local_run(gcs, tmp_path):
+    """Text, tokenizer and DATA_DIR on gs:// (built in a staging dir, committed by marker, read by range):
+    every artifact and every number equals the local run's."""
+    text = "".join(json.dumps({"text": d}) + "\n" for d in DOCS)
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "docs.jsonl").write_text(text)
+    storage.write_file(f"{gcs}/chain/docs.jsonl", text.encode())
+    model = hf.save(
+        str(tmp_path / "model"),
+        CFG.replace(vocab_size=300),
+        init_params(CFG.replace(vocab_size=300), jax.random.key(1)),
+    )
+    runs = {}
+    local, remote = str(tmp_path / "local"), f"{gcs}/chain"
+    for where, out in ((local, f"{local}/out"), (remote, str(tmp_path / "gs" / "out"))):
+        docs, tok, data = f"{where}/docs.jsonl", f"{where}/tok", f"{where}/data"
+        for argv in (
+            ["data", "train-tokenizer", "--text", docs, "--vocab-size", "300", "--out", tok],
+            ["data", "prepare", "--text", docs, "--tokenizer", tok, "--val-fraction", "0.1", "--out", data],
+            ["train", "--scratch", model, "--data", data, "--tokens", "2560", "--out", f"{out}/run", "--no-progress"]
+            + ["seq_len=32", "global_batch=8", "val_batches=1"],
+            ["eval", "--model", model, "--data", data, "--seq-len", "32", "--out", f"{out}/r.json"],
+            ["prune", "--model", model, "--method", "wanda", "--ratio", "0.5", "--calib", data, "--calib-samples", "8"]
+            + ["--calib-seq-len", "32", "--out", f"{out}/pruned"],
+        ):
+            launch(argv, processes=1, devices=8).check()
+        runs[where] = out
+    assert storage.committed(f"{remote}/data") and storage.committed(f"{remote}/tok")
+    fs = storage.filesystem(gcs)
+    assert not fs.exists(f"{remote}/data.partial")  # the build happened in a local staging directory
+    for name in ("tok", "data"):
+        assert_same_tree(f"{local}/{name}", storage.local_dir(f"{remote}/{name}"), local, remote)
+    a, b = runs[local], runs[remote]
+    bases = (local, (remote, str(tmp_path / "gs")))  # inputs at <base>/data, outputs at <base>/out in both
+    assert_same_tree(f"{a}/run/final", f"{b}/run/final", *bases)
+    assert_same_tree(f"{a}/pruned", f"{b}/pruned", *bases)
+    ra, rb = (json.loads(open(f"{d}/r.json").read()) for d in (a, b))
+    assert ra["validation_loss"] == rb["validation_loss"] and ra["validation"]["nll"] == rb["validation"]["nll"]
+    assert rb["validation"]["data_dir"] == f"{remote}/data" and list(ra["fingerprints"].values()) == list(
+        rb["fingerprints"].values()
+    )
+    losses = [[json.loads(line).get("loss") for line in open(f"{d}/run/metrics.jsonl")] for d in (a, b)]
+    assert losses[0] == losses[1] and any(x is not None for x in losses[0])
+
+
+def test_a_data_dir_read_by_range_downloads_no_shard(gcs, local, monkeypatch):
+    """TokenStore on gs:// reads only the bytes of the range asked for."""
+    from prunejax.data.store import TokenStore
+
+    launch(["data", "info", local["data"]], processes=1, devices=1).check()
+    storage.publish(local["data"], f"{gcs}/ranged")
+    got: list[tuple[int, int]] = []
+    read_range = storage.read_range
+    monkeypatch.setattr(storage, "read_range", lambda p, a, b: got.append((a, b)) or read_range(p, a, b))
+    store = TokenStore(f"{gcs}/ranged")
+    np.testing.assert_array_equal(store.read("train", 1000, 50), TokenStore(local["data"]).read("train", 1000, 50))
+    itemsize = store.dtype.itemsize
+    assert got == [(1000 * itemsize, 1050 * itemsize)]
+    assert store.tokenizer_dir is None  # this DATA_DIR has none; nothing else was fetched

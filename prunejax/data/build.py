@@ -70,8 +70,12 @@ def file_stamps(paths: Sequence[str]) -> list[list[Any]]:
     would read the whole corpus before every run."""
     stamps = []
     for path in paths:
+        if storage.is_remote(path):  # an object's generation changes with every write
+            info = storage.filesystem(path).info(path)
+            stamps.append([path, int(info["size"]), str(info.get("generation") or info.get("updated"))])
+            continue
         st = os.stat(path)
-        stamps.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+        stamps.append([storage.absolute(path), st.st_size, st.st_mtime_ns])
     return stamps
 
 

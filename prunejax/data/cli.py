@@ -7,6 +7,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 
@@ -111,21 +112,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name, label in (("out", "--out"), ("data_dir", "DATA_DIR"), ("corpus_path", "--corpus-path")):
-        storage.refuse_remote(getattr(args, name, None), label)
-    for f in getattr(args, "text", None) or []:
-        storage.refuse_remote(f, "--text file")
+    storage.refuse_remote(getattr(args, "corpus_path", None), "--corpus-path")
+    for f in (getattr(args, "array_record", None) or []) + (getattr(args, "val_files", None) or []):
+        storage.refuse_remote(f, "ArrayRecord file")
     try:
         if args.cmd == "info":
             return _run(args)
         # host work: one process builds, the others wait for it and then read the same DATA_DIR
-        distributed.one_writer(f"data {args.cmd}", lambda: _run(args))
+        distributed.one_writer(f"data {args.cmd}", lambda: _run_to(args))
         return 0
     except KeyboardInterrupt:
         # re-raised, not an exit status: a study calls this in-process and must stop, not log a failed stage
         if args.cmd in ("prepare", "index") and os.path.exists(work_dir(args.out)):
             print(f"interrupted: run the same command again to resume from {work_dir(args.out)}", file=sys.stderr)
         raise
+
+
+def _run_to(args: argparse.Namespace) -> None:
+    """`_run`, and for a gs:// --out: built in a local staging directory (an interrupted build resumes
+    there), then uploaded and committed by its marker, and the staging copy removed."""
+    remote = args.out
+    if not storage.is_remote(remote):
+        _run(args)
+        return
+    storage.check_bucket(remote)
+    storage.check_free(remote, args.overwrite)
+    local = storage.staging_dir(remote)
+    _run(argparse.Namespace(**{**vars(args), "out": local}))
+    storage.publish(local, remote, overwrite=args.overwrite)
+    shutil.rmtree(local)
+    print(f"committed {remote}")
 
 
 def _run(args: argparse.Namespace) -> int:

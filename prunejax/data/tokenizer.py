@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from prunejax import storage
 from prunejax.data.store import DataError
 from prunejax.hf import TOKENIZER_FILES, atomic_dir, check_no_remote_code
 
@@ -17,6 +18,12 @@ EOS_TOKEN = "<|endoftext|>"
 @contextlib.contextmanager
 def tokenizer_dir(src: str) -> Iterator[str]:
     """A directory holding HF tokenizer files for `src`: a tokenizer/MODEL_DIR/HF dir, or a `.gguf`."""
+    if storage.is_remote(src):  # a committed tokenizer dir or MODEL_DIR: its tokenizer files only
+        local = storage.local_dir(src, only=TOKENIZER_FILES)
+        if not os.path.exists(os.path.join(local, "tokenizer.json")):
+            raise DataError(f"{src}: no tokenizer.json (a fast tokenizer is required)")
+        yield local
+        return
     if src.endswith(".gguf"):
         if not os.path.isfile(src):
             raise DataError(f"{src}: no such GGUF file")
@@ -54,7 +61,7 @@ def tokenizer_files(directory: str) -> list[str]:
 def tokenizer_info(tok: Any, directory: str) -> dict[str, Any]:
     """What meta.json records about the tokenizer."""
     return {
-        "source": os.path.abspath(directory),
+        "source": storage.absolute(directory),
         "class": type(tok).__name__,
         "vocab_size": len(tok),
         "eos_token": tok.eos_token,

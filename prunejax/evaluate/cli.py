@@ -64,9 +64,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not (args.data or args.text or args.tasks):
         parser.error("give --data DATA_DIR, --text FILES and/or --tasks NAMES")
-    storage.refuse_remote(args.data, "--data DATA_DIR")
-    for t in args.text or []:
-        storage.refuse_remote(t, "--text file")
     if storage.is_remote(args.out):
         storage.check_bucket(args.out)
     storage.refuse_existing(args.out, args.overwrite)  # before, not after, the evaluation

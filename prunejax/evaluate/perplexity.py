@@ -19,13 +19,13 @@ implements it separately.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from prunejax import storage
 from prunejax.config import LlamaConfig
 from prunejax.data.store import DataError, TokenStore
 from prunejax.evaluate.loglik import sum_logprobs
@@ -99,10 +99,13 @@ def stream_nll(
 
 def tokenize_file(tokenizer: Any, path: str) -> np.ndarray:
     """A text file as one token stream (UTF-8, tokenized whole with the tokenizer's defaults)."""
-    if not os.path.isfile(path):
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path}: text file not found")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        text = storage.read_file(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as text-mode open() reads
     if not text.strip():
         raise ValueError(f"{path}: the text is empty")
     # verbose=False: the text is meant to be longer than the model (it is cut into windows)

@@ -6,7 +6,6 @@ import hashlib
 import importlib.metadata as md
 import json
 import math
-import os
 from typing import Any
 
 import jax.numpy as jnp
@@ -98,7 +97,7 @@ def evaluate_model(
         out["fingerprints"].update({path: file_digest(path) for path in text})
     if data:
         val = perplexity.data_dir_nll(m.cfg, m.params, data, seq_len, max_tokens=max_tokens, stride=stride, **kw)
-        out["validation"] = {"data_dir": os.path.abspath(data), **val}
+        out["validation"] = {"data_dir": storage.absolute(data), **val}
         out["validation_loss"] = val["nll"]
         out["fingerprints"][data] = val["fingerprint"]
     if task_names:

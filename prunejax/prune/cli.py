@@ -87,8 +87,6 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         raise PruneError(f"--batch-size must be positive, got {args.batch_size}")
     if args.calib is None and args.method not in NO_CALIBRATION:
         raise PruneError(f"{args.method} needs calibration data: give --calib DATA_DIR")
-    storage.refuse_remote(args.calib, "--calib DATA_DIR")
-    storage.refuse_remote(args.data, "--data DATA_DIR")
     storage.refuse_remote(args.run_dir, "--run-dir")
     if storage.is_remote(args.out):
         storage.check_bucket(args.out)
@@ -189,7 +187,7 @@ def run(args: argparse.Namespace) -> PruneResult:
     parent_provenance = hf.load_provenance(model) if os.path.isdir(model) else {}
     provenance = {
         "stage": "prune",
-        "parent": args.model if storage.is_remote(args.model) else os.path.abspath(args.model),
+        "parent": storage.absolute(args.model),
         "parent_provenance": parent_provenance,
         "method": args.method,
         "options": {
@@ -204,7 +202,7 @@ def run(args: argparse.Namespace) -> PruneResult:
         "realized_ratio": result.report["realized_ratio"],
         **({"input_sparsity": result.report["input_sparsity"]} if input_masks else {}),
         **({"prune_tokens": result.report["prune_tokens"]} if "prune_tokens" in result.report else {}),
-        "calibration": {"data_dir": os.path.abspath(args.calib), "fingerprint": fingerprint} if args.calib else None,
+        "calibration": {"data_dir": storage.absolute(args.calib), "fingerprint": fingerprint} if args.calib else None,
         "seconds": round(seconds, 1),
         "report": result.report,
     }

@@ -149,7 +149,6 @@ def train(
         tcfg = tcfg.replace(**dict(config_lib.parse_override(o) for o in overrides))
     if (teacher is None) != (tcfg.distill_alpha == 0):
         raise ConfigError("distillation needs both a teacher MODEL_DIR and distill_alpha > 0")
-    storage.refuse_remote(data_dir, "DATA_DIR")
     storage.refuse_remote(out_dir, "RUN_DIR")
     store = TokenStore(data_dir)
     cfg, params, masks, tok_dir = model_source(init, scratch, reinit, tcfg.seed)
@@ -167,7 +166,7 @@ def train(
     resolved = _resolved(
         tcfg,
         model={"init": init, "scratch": scratch, "reinit": reinit, "config": cfg.to_hf_dict()},
-        data={"dir": os.path.abspath(data_dir), "fingerprint": store.fingerprint, "windows": len(source)},
+        data={"dir": storage.absolute(data_dir), "fingerprint": store.fingerprint, "windows": len(source)},
         tokens=tokens,
         steps=total_steps,
         teacher=teacher,
