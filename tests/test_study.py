@@ -149,6 +149,47 @@ def test_stage_keys_cover_config_contents_not_paths(tmp_path):
     assert wider["parent"] != inline["parent"]
 
 
+def test_seeds_vary_what_follows_the_pruning():
+    default = plan.build(study_config.from_dict(MINI))
+    for same in ({"seeds": 1}, {"seeds": [0]}):  # the default is one seed, 0: the same plan, stage for stage
+        stages = plan.build(study_config.from_dict({**MINI, **same}))
+        assert [(s.id, s.spec, s.deps) for s in stages] == [(s.id, s.spec, s.deps) for s in default]
+    study = study_config.from_dict({**MINI, "seeds": 3})
+    assert study.seeds == (0, 1, 2)
+    stages = {s.id: s for s in plan.build(study)}
+    assert [sid for sid in stages if sid.startswith("prune/wanda/")] == ["prune/wanda/r0.5/s0"]  # pruned once
+    assert [sid for sid in stages if sid.startswith("baseline/params/wanda/")] == ["baseline/params/wanda/r0.5/s0"]
+    for seed in (0, 1, 2):
+        retrain = stages[f"retrain/wanda/r0.5/s{seed}/R2k"]
+        assert retrain.deps == ("prune/wanda/r0.5/s0", "data") and retrain.spec["seed"] == seed
+        for shape, source in (("same", "prune/wanda/r0.5/s0"), ("params", "baseline/params/wanda/r0.5/s0")):
+            scratch = stages[f"scratch/{shape}/wanda/r0.5/s{seed}/equal_total/R4k"]
+            assert scratch.deps == (source, "data") and scratch.spec["seed"] == seed
+            assert stages[f"eval/{scratch.id}"].info["seed"] == seed
+    seeded = study_config.from_dict({**MINI, "seeds": [3, 7]})
+    ids = [s.id for s in plan.build(seeded)]
+    assert "prune/wanda/r0.5/s3" in ids and "retrain/wanda/r0.5/s7/R4k" in ids and "prune/wanda/r0.5/s7" not in ids
+
+
+def test_dense_controls_retrain_the_parent_with_the_pruned_models_recipe():
+    assert not any(s.id.startswith("control/") for s in plan.build(study_config.from_dict(MINI)))  # opt-in
+    study = study_config.from_dict({**MINI, "seeds": 2, "dense_control": ["continue", "once"]})
+    stages = {s.id: s for s in plan.build(study)}
+    for seed in (0, 1):
+        for budget in ("2k", "4k"):
+            cont = stages[f"control/continue/s{seed}/R{budget}"]
+            retrain = stages[f"retrain/wanda/r0.5/s{seed}/R{budget}"]
+            assert cont.kind == "retrain" and cont.deps == ("parent", "data")
+            assert cont.spec == retrain.spec  # the same tokens [P+1, P+R+1], recipe and data order
+            assert stages[f"eval/{cont.id}"].info["setting"] == "continue"
+        once = stages[f"control/once/s{seed}/R4k"]  # the largest budget only: the equal-total setting
+        assert once.kind == "scratch" and once.deps == ("parent", "data")
+        assert once.spec["tokens"] == 6_000 + 4_000 and not once.spec["reinit"] and once.spec["seed"] == seed
+        assert once.spec["train"] == cont.spec["train"]
+        assert f"control/once/s{seed}/R2k" not in stages
+    assert study_config.from_dict({**MINI, "dense_control": "once"}).dense_control == ("once",)
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -177,6 +218,17 @@ def test_two_grid_cells_never_share_a_stage(change):
         ({"parent": {"import": "/nonexistent/model"}}, "parent path /nonexistent/model does not exist"),
         ({"scratch_shapes": ["bigger"]}, "unknown scratch_shapes ['bigger']"),
         ({"evaluation": {}}, "unknown key(s) evaluation"),
+        ({"seed": 3}, "unknown key(s) seed; valid: "),
+        ({"seeds": 0}, "seeds: 0 asks for no runs"),
+        ({"seeds": []}, "seeds must be a count (e.g. 3) or a non-empty list of integers, got []"),
+        ({"seeds": [0, "1"]}, "seeds must be a count"),
+        ({"seeds": True}, "seeds must be a count"),
+        ({"dense_control": ["continued"]}, "unknown dense_control ['continued']; valid: continue, once"),
+        ({"dense_control": True}, "dense_control must be a list of strings, got True"),
+        (
+            {"dense_control": ["once"], "parent": {"import": "configs/train/tiny.yaml"}},
+            "dense_control 'once' retrains the parent's architecture for P+R tokens",
+        ),
         ({"methods": [{"name": "minitron-width", "ratios": [0.9]}]}, "minitron-width cannot reach ratio 0.9"),
     ],
 )
