@@ -1,5 +1,6 @@
 """The study: baselines, plan, runner (end to end, interrupted, changed config) and report."""
 
+import csv
 import dataclasses
 import glob
 import json
@@ -349,3 +350,67 @@ def test_an_interrupted_study_exits_130_with_the_resume_hint(tmp_path, monkeypat
     config.write_text(yaml.safe_dump(MINI))
     assert runner.main([str(config), "--out", str(tmp_path / "s")]) == 130
     assert "study stopped during retrain/wanda/r0.5/s0/R2k; run the same command again" in capsys.readouterr().err
+
+
+SEEDED = {  # the miniature study with two seeds and both dense controls, cut to one method and one budget
+    **MINI,
+    "name": "seeded",
+    "parent": {**MINI["parent"], "tokens": "2k"},
+    "methods": ["wanda"],
+    "retrain_budgets": ["1k"],
+    "scratch_shapes": ["same"],
+    "seeds": 2,
+    "dense_control": ["continue", "once"],
+}
+
+
+def test_a_seeded_study_with_dense_controls_runs_and_reports_its_noise(tmp_path):
+    study = study_config.from_dict(SEEDED)
+    out = str(tmp_path / "seeded")
+    log: list[str] = []
+    assert Runner(study, out).run(log=log.append) == 0, log[-1]
+
+    def run_json(stage_id):
+        with open(os.path.join(out, stage_id, "run.json")) as f:
+            return json.load(f)
+
+    # the continued parent trains exactly as the pruned model does (recipe, token range, seed), from the parent
+    for seed in (0, 1):
+        cont, retrain = run_json(f"control/continue/s{seed}/R1k"), run_json(f"retrain/wanda/r0.5/s{seed}/R1k")
+        assert cont["train"] == retrain["train"] and cont["train"]["seed"] == seed
+        assert cont["train"]["data_offset"] == 2_001 and cont["model"]["init"].endswith("/parent/final")
+        assert retrain["model"]["init"].endswith("/prune/wanda/r0.5/s0")  # one pruning for both seeds
+        once = run_json(f"control/once/s{seed}/R1k")  # the parent's shape from random init, one schedule on P+R
+        assert once["model"]["scratch"].endswith("/parent/final") and once["tokens"] == 3_000
+        assert (once["train"]["data_offset"], once["train"]["data_count"]) == (0, 3_001)
+    _, rows = report.load_results(out)
+    loss = {r["model"]: r["val_loss"] for r in rows}
+    for prefix in ("retrain/wanda/r0.5/s{}/R1k", "scratch/same/wanda/r0.5/s{}/equal_train/R1k", "control/once/s{}/R1k"):
+        assert loss[prefix.format(0)] != loss[prefix.format(1)], prefix  # the seed changes the run
+
+    text = open(report.write_report(out)["markdown"]).read()
+    for needle in (
+        "Seeds: 0, 1 (2 per cell;",
+        "## Second schedule vs pruning (dense controls)",
+        "Dense control at R=1,000 (the column finding 4 lacks)",
+        "figure1_right.png",
+    ):
+        assert needle in text, needle
+    assert "Missing results" not in text
+    with open(os.path.join(out, "comparison.csv")) as f:
+        (table,) = list(csv.DictReader(f))
+    assert table["pruned_n"] == "2/2" and table["once_n"] == "2/2" and float(table["pruned_sd"]) > 0
+    mean = (loss["retrain/wanda/r0.5/s0/R1k"] + loss["retrain/wanda/r0.5/s1/R1k"]) / 2
+    assert float(table["pruned"]) == pytest.approx(mean, rel=1e-12)
+    once = (loss["control/once/s0/R1k"] + loss["control/once/s1/R1k"]) / 2
+    cont = (loss["control/continue/s0/R1k"] + loss["control/continue/s1/R1k"]) / 2
+    assert float(table["schedule_cost"]) == pytest.approx(cont - once, rel=1e-9)
+    assert float(table["pruning_cost"]) == pytest.approx(mean - cont, rel=1e-9)
+
+    # a seed whose result is lost is reported missing, not averaged away
+    os.remove(os.path.join(out, "eval/retrain/wanda/r0.5/s1/R1k/results.json"))
+    text = open(report.write_report(out)["markdown"]).read()
+    assert "Missing results: 1 cell(s) have fewer seeds than planned" in text
+    assert "pruned of wanda@0.5/R=1,000: n=1/2" in text and "(n=1/2)" in text.split("## Pruned vs scratch")[1]
+    _, rows = report.load_results(out)
+    assert [r["val_loss"] for r in rows if r["model"] == "retrain/wanda/r0.5/s1/R1k"] == [None]
