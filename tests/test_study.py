@@ -392,7 +392,7 @@ def test_a_seeded_study_with_dense_controls_runs_and_reports_its_noise(tmp_path)
     for needle in (
         "Seeds: 0, 1 (2 per cell;",
         "## Second schedule vs pruning (dense controls)",
-        "Dense control at R=1,000 (the column finding 4 lacks)",
+        "Dense control at R=1,000 (splits finding 4's gap)",
         "figure1_right.png",
     ):
         assert needle in text, needle

@@ -5,8 +5,8 @@ lower is better, and a gap is `scratch - pruned` (positive = the pruned initiali
 are averaged over their seeds with a noise band (noise.py); the grid's records are built in
 comparison.py, the verdicts in verdicts.py, the figures in figures.py. Every planned evaluation is a
 row of results.csv, with an empty loss where its result is missing: a missing seed is shown as such
-(n of planned), never averaged away in silence. A study with one seed and no dense controls reads
-exactly as it did before seeds and controls existed.
+(n of planned), never averaged away in silence. For a study with one seed and no dense controls,
+report.md and comparison.csv read exactly as they did before seeds and controls existed.
 """
 
 from __future__ import annotations

@@ -36,136 +36,146 @@ def _cell(r: dict[str, Any]) -> str:
 
 def findings(comp: list[dict[str, Any]]) -> list[str]:
     """A plain statement for each of the paper's four findings, with the numbers (and the dense controls')."""
-    out = []
     eq = [r for r in comp if r["gap_equal_train"] is not None]
     banded = any(r[k] is not None and r[k].spread is not None for r in comp for k in GAPS)
-    if eq:
-        calls = [r["gap_equal_train"].call() for r in eq]
-        wins = sum(c > 0 for c in calls)
-        mean_gap = statistics.fmean(r["gap_equal_train"].value for r in eq)
-        head = (
-            f"1. Equal training tokens, pruned init beats random init: **{_verdict(calls)}** — pruned wins "
-            + ("beyond the noise band in " if banded else "")
-            + f"{wins}/{len(eq)} (method, ratio, budget) cells; mean gap {mean_gap:+.3f} nats"
-        )
-        if not banded:
-            losers = ", ".join(_cell(r) for r, c in zip(eq, calls, strict=True) if c <= 0)
-            out.append(head + (f"; scratch wins or ties at {losers}" if losers else "") + ".")
-        else:
-            noisy = ", ".join(_cell(r) for r, c in zip(eq, calls, strict=True) if c == 0)
-            losers = ", ".join(_cell(r) for r, c in zip(eq, calls, strict=True) if c < 0)
-            out.append(
-                head
-                + (f"; within noise at {noisy}" if noisy else "")
-                + (f"; scratch wins beyond the noise band at {losers}" if losers else "")
-                + "."
-            )
-    else:
-        out.append("1. Equal training tokens: **not measured** (no pruned/scratch pair finished).")
+    return [
+        equal_train(eq, banded),
+        budget_trend(eq, banded),
+        ratio_trend(eq, banded),
+        equal_total(comp, banded),
+        *control_findings(comp),
+        *missing_seeds(comp),
+    ]
 
-    def trend(key: str) -> list[tuple[tuple, dict[str, Any], dict[str, Any], Gap]]:
-        groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-        for r in eq:
-            groups[(r["method"], r[key])].append(r)
-        pairs = []
-        for k, v in groups.items():
-            if len(v) >= 2:
-                v = sorted(v, key=lambda r: r["budget" if key == "ratio" else "ratio"])
-                pairs.append((k, v[0], v[-1], change(v[0]["gap_equal_train"], v[-1]["gap_equal_train"])))
-        return pairs
 
-    def moved(d: Gap) -> str:
-        return {1: "widens", 0: "within noise", -1: "narrows"}[d.call()]
+def equal_train(eq: list[dict[str, Any]], banded: bool) -> str:
+    """Finding 1: pruned init beats random init at equal training tokens, in every cell."""
+    if not eq:
+        return "1. Equal training tokens: **not measured** (no pruned/scratch pair finished)."
+    calls = [r["gap_equal_train"].call() for r in eq]
+    mean_gap = statistics.fmean(r["gap_equal_train"].value for r in eq)
+    head = (
+        f"1. Equal training tokens, pruned init beats random init: **{_verdict(calls)}** — pruned wins "
+        + ("beyond the noise band in " if banded else "")
+        + f"{sum(c > 0 for c in calls)}/{len(eq)} (method, ratio, budget) cells; mean gap {mean_gap:+.3f} nats"
+    )
+    if not banded:
+        losers = ", ".join(_cell(r) for r, c in zip(eq, calls, strict=True) if c <= 0)
+        return head + (f"; scratch wins or ties at {losers}" if losers else "") + "."
+    noisy = ", ".join(_cell(r) for r, c in zip(eq, calls, strict=True) if c == 0)
+    losers = ", ".join(_cell(r) for r, c in zip(eq, calls, strict=True) if c < 0)
+    return (
+        head
+        + (f"; within noise at {noisy}" if noisy else "")
+        + (f"; scratch wins beyond the noise band at {losers}" if losers else "")
+        + "."
+    )
 
-    pairs = trend("ratio")
-    if pairs:
-        calls = [-d.call() for *_, d in pairs]  # narrowing is the finding
-        if banded:
-            detail = "; ".join(
-                f"{m}@{r:g}: {fmt_gap(a['gap_equal_train'])} → {fmt_gap(b['gap_equal_train'])} "
-                f"(change {fmt_gap(d)}: {moved(d)})"
-                for (m, r), a, b, d in pairs
-            )
-        else:
-            detail = "; ".join(
-                f"{m}@{r:g}: {a['gap_equal_train'].value:+.3f} → {b['gap_equal_train'].value:+.3f}"
-                for (m, r), a, b, _ in pairs
-            )
-        out.append(
-            f"2. The advantage narrows as the retraining budget grows: **{_verdict(calls)}** — "
-            f"{sum(c > 0 for c in calls)}/{len(pairs)} (method, ratio) pairs narrow "
-            + ("beyond the noise band " if banded else "")
-            + f"from the smallest to the largest budget ({detail})."
-        )
-    else:
-        out.append("2. Budget trend: **not measured** (needs two retraining budgets).")
 
-    pairs = trend("budget")
-    if pairs:
-        calls = [-d.call() for *_, d in pairs]
-        if banded:
-            detail = "; ".join(
-                f"{m}/R={b:,}: {fmt_gap(lo['gap_equal_train'])}@{lo['ratio']:g} → "
-                f"{fmt_gap(hi['gap_equal_train'])}@{hi['ratio']:g} (change {fmt_gap(d)}: {moved(d)})"
-                for (m, b), lo, hi, d in pairs
-            )
-        else:
-            detail = "; ".join(
-                f"{m}/R={b:,}: {lo['gap_equal_train'].value:+.3f}@{lo['ratio']:g} → "
-                f"{hi['gap_equal_train'].value:+.3f}@{hi['ratio']:g}"
-                for (m, b), lo, hi, _ in pairs
-            )
-        out.append(
-            f"3. The advantage narrows as the ratio grows: **{_verdict(calls)}** — {sum(c > 0 for c in calls)}/"
-            f"{len(pairs)} (method, budget) pairs have a smaller gap at the highest ratio"
-            + (" beyond the noise band" if banded else "")
-            + f" ({detail})."
-        )
-    else:
-        out.append("3. Ratio trend: **not measured** (needs two ratios of one method).")
+def _trend(eq: list[dict[str, Any]], fixed: str, along: str) -> list[tuple[tuple, dict, dict, Gap]]:
+    """For each (method, `fixed`) with two or more values of `along`: its records at the smallest and the
+    largest value, and the change of the equal-train gap between them (negative: it narrows)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in eq:
+        groups[(r["method"], r[fixed])].append(r)
+    pairs = []
+    for key, rs in groups.items():
+        if len(rs) >= 2:
+            lo, hi = min(rs, key=lambda r: r[along]), max(rs, key=lambda r: r[along])
+            pairs.append((key, lo, hi, change(lo["gap_equal_train"], hi["gap_equal_train"])))
+    return pairs
 
+
+def _moved(d: Gap) -> str:
+    return {1: "widens", 0: "within noise", -1: "narrows"}[d.call()]
+
+
+def _from_to(lo: dict[str, Any], hi: dict[str, Any], d: Gap, banded: bool, at: str = "") -> str:
+    """`+1.000 → +0.500`, or with bands `+1.000 ± 0.1 → +0.500 ± 0.1 (change -0.500 ± 0.141: narrows)`;
+    `at` names the record field written after each gap (the ratio trend writes `@ratio`)."""
+
+    def one(r: dict[str, Any]) -> str:
+        g = r["gap_equal_train"]
+        return (fmt_gap(g) if banded else f"{g.value:+.3f}") + (f"@{r[at]:g}" if at else "")
+
+    return f"{one(lo)} → {one(hi)}" + (f" (change {fmt_gap(d)}: {_moved(d)})" if banded else "")
+
+
+def budget_trend(eq: list[dict[str, Any]], banded: bool) -> str:
+    """Finding 2: the equal-train gap narrows from the smallest to the largest retraining budget."""
+    pairs = _trend(eq, "ratio", "budget")
+    if not pairs:
+        return "2. Budget trend: **not measured** (needs two retraining budgets)."
+    calls = [-d.call() for *_, d in pairs]  # narrowing is the finding
+    detail = "; ".join(f"{m}@{r:g}: {_from_to(lo, hi, d, banded)}" for (m, r), lo, hi, d in pairs)
+    return (
+        f"2. The advantage narrows as the retraining budget grows: **{_verdict(calls)}** — "
+        f"{sum(c > 0 for c in calls)}/{len(pairs)} (method, ratio) pairs narrow "
+        + ("beyond the noise band " if banded else "")
+        + f"from the smallest to the largest budget ({detail})."
+    )
+
+
+def ratio_trend(eq: list[dict[str, Any]], banded: bool) -> str:
+    """Finding 3: the equal-train gap narrows from the lowest to the highest ratio."""
+    pairs = _trend(eq, "budget", "ratio")
+    if not pairs:
+        return "3. Ratio trend: **not measured** (needs two ratios of one method)."
+    calls = [-d.call() for *_, d in pairs]
+    detail = "; ".join(f"{m}/R={b:,}: {_from_to(lo, hi, d, banded, 'ratio')}" for (m, b), lo, hi, d in pairs)
+    return (
+        f"3. The advantage narrows as the ratio grows: **{_verdict(calls)}** — {sum(c > 0 for c in calls)}/"
+        f"{len(pairs)} (method, budget) pairs have a smaller gap at the highest ratio"
+        + (" beyond the noise band" if banded else "")
+        + f" ({detail})."
+    )
+
+
+def equal_total(comp: list[dict[str, Any]], banded: bool) -> str:
+    """Finding 4: at equal total tokens fine granularity stays ahead, coarse structure is matched or beaten."""
     tot = [r for r in comp if r["gap_equal_total"] is not None]
-    if tot:
-        fine = [r["gap_equal_total"].call() for r in tot if r["granularity"] in FINE]
-        coarse = [r["gap_equal_total"].call() for r in tot if r["granularity"] in COARSE]
-        fine_ok = sum(c > 0 for c in fine)
-        coarse_ok = sum(c <= 0 for c in coarse)  # matched (within noise) or beaten
-        # The distinguishing claim is that fine granularity keeps an advantage scratch cannot close;
-        # coarse methods being matched is only half of it (that half also holds when scratch wins everywhere).
-        if not fine:
-            verdict = "not measured (no fine-grained method)"
-        elif fine_ok == len(fine) and coarse_ok == len(coarse):
-            verdict = "reproduced"
-        elif fine_ok == 0:
-            verdict = "not reproduced" if any(c < 0 for c in fine) else "within noise"
-        else:
-            verdict = "partly reproduced"
-        detail = "; ".join(
-            f"{r['method']}@{r['ratio']:g} ({r['granularity']}): {fmt_gap(r['gap_equal_total'], noise=True)}"
-            for r in tot
-        )
-        out.append(
-            f"4. At equal total tokens fine granularity keeps its advantage while coarse structure is "
-            f"matched or beaten: **{verdict}** — fine methods ahead "
-            + ("beyond the noise band " if banded else "")
-            + f"in {fine_ok}/{len(fine)}, coarse methods matched or beaten in {coarse_ok}/{len(coarse)} "
-            f"(gap S_(P+R) − P-R_R: {detail})."
-        )
+    if not tot:
+        return "4. Equal total tokens: **not measured** (no S_(P+R) run finished)."
+    fine = [r["gap_equal_total"].call() for r in tot if r["granularity"] in FINE]
+    coarse = [r["gap_equal_total"].call() for r in tot if r["granularity"] in COARSE]
+    fine_ok = sum(c > 0 for c in fine)
+    coarse_ok = sum(c <= 0 for c in coarse)  # matched (within noise) or beaten
+    # The distinguishing claim is that fine granularity keeps an advantage scratch cannot close;
+    # coarse methods being matched is only half of it (that half also holds when scratch wins everywhere).
+    if not fine:
+        verdict = "not measured (no fine-grained method)"
+    elif fine_ok == len(fine) and coarse_ok == len(coarse):
+        verdict = "reproduced"
+    elif fine_ok == 0:
+        verdict = "not reproduced" if any(c < 0 for c in fine) else "within noise"
     else:
-        out.append("4. Equal total tokens: **not measured** (no S_(P+R) run finished).")
-    out += control_findings(comp)
+        verdict = "partly reproduced"
+    detail = "; ".join(
+        f"{r['method']}@{r['ratio']:g} ({r['granularity']}): {fmt_gap(r['gap_equal_total'], noise=True)}" for r in tot
+    )
+    return (
+        f"4. At equal total tokens fine granularity keeps its advantage while coarse structure is "
+        f"matched or beaten: **{verdict}** — fine methods ahead "
+        + ("beyond the noise band " if banded else "")
+        + f"in {fine_ok}/{len(fine)}, coarse methods matched or beaten in {coarse_ok}/{len(coarse)} "
+        f"(gap S_(P+R) − P-R_R: {detail})."
+    )
+
+
+def missing_seeds(comp: list[dict[str, Any]]) -> list[str]:
+    """One line naming every cell with fewer results than planned seeds (nothing when all finished)."""
     missing: dict[str, Stat] = {}  # a control cell appears in every row of its budget: listed once
     for r in comp:
         for k in STATS:
             if r[k] is not None and r[k].missing:
                 missing[f"{k} at R={r['budget']:,}" if k in CONTROL_COLUMNS else f"{k} of {_cell(r)}"] = r[k]
-    if missing:
-        listed = "; ".join(f"{label}: n={x.n}/{x.planned}" for label, x in missing.items())
-        out.append(
-            f"Missing results: {len(missing)} cell(s) have fewer seeds than planned; each is the mean of the "
-            f"seeds that finished, and a gap without two seeds on each side counts as within noise ({listed})."
-        )
-    return out
+    if not missing:
+        return []
+    listed = "; ".join(f"{label}: n={x.n}/{x.planned}" for label, x in missing.items())
+    return [
+        f"Missing results: {len(missing)} cell(s) have fewer seeds than planned; each is the mean of the "
+        f"seeds that finished, and a gap without two seeds on each side counts as within noise ({listed})."
+    ]
 
 
 def control_findings(comp: list[dict[str, Any]]) -> list[str]:
@@ -181,7 +191,7 @@ def control_findings(comp: list[dict[str, Any]]) -> list[str]:
             for r in rows
         )
         out.append(
-            f"Dense control at R={budget:,} (the column finding 4 lacks): training the unpruned parent in two "
+            f"Dense control at R={budget:,} (splits finding 4's gap): training the unpruned parent in two "
             f"schedules (P, then R with the retraining recipe) instead of once for P+R changes its loss by "
             f"{fmt_gap(cost)} nats ({called[cost.call()]}: the second schedule's cost); pruning and retraining "
             f"instead of continuing the parent changes it by: {detail or 'no pruned model finished'}."
