@@ -1,5 +1,6 @@
 """The study: baselines, plan, runner (end to end, interrupted, changed config) and report."""
 
+import csv
 import dataclasses
 import glob
 import json
@@ -149,6 +150,47 @@ def test_stage_keys_cover_config_contents_not_paths(tmp_path):
     assert wider["parent"] != inline["parent"]
 
 
+def test_seeds_vary_what_follows_the_pruning():
+    default = plan.build(study_config.from_dict(MINI))
+    for same in ({"seeds": 1}, {"seeds": [0]}):  # the default is one seed, 0: the same plan, stage for stage
+        stages = plan.build(study_config.from_dict({**MINI, **same}))
+        assert [(s.id, s.spec, s.deps) for s in stages] == [(s.id, s.spec, s.deps) for s in default]
+    study = study_config.from_dict({**MINI, "seeds": 3})
+    assert study.seeds == (0, 1, 2)
+    stages = {s.id: s for s in plan.build(study)}
+    assert [sid for sid in stages if sid.startswith("prune/wanda/")] == ["prune/wanda/r0.5/s0"]  # pruned once
+    assert [sid for sid in stages if sid.startswith("baseline/params/wanda/")] == ["baseline/params/wanda/r0.5/s0"]
+    for seed in (0, 1, 2):
+        retrain = stages[f"retrain/wanda/r0.5/s{seed}/R2k"]
+        assert retrain.deps == ("prune/wanda/r0.5/s0", "data") and retrain.spec["seed"] == seed
+        for shape, source in (("same", "prune/wanda/r0.5/s0"), ("params", "baseline/params/wanda/r0.5/s0")):
+            scratch = stages[f"scratch/{shape}/wanda/r0.5/s{seed}/equal_total/R4k"]
+            assert scratch.deps == (source, "data") and scratch.spec["seed"] == seed
+            assert stages[f"eval/{scratch.id}"].info["seed"] == seed
+    seeded = study_config.from_dict({**MINI, "seeds": [3, 7]})
+    ids = [s.id for s in plan.build(seeded)]
+    assert "prune/wanda/r0.5/s3" in ids and "retrain/wanda/r0.5/s7/R4k" in ids and "prune/wanda/r0.5/s7" not in ids
+
+
+def test_dense_controls_retrain_the_parent_with_the_pruned_models_recipe():
+    assert not any(s.id.startswith("control/") for s in plan.build(study_config.from_dict(MINI)))  # opt-in
+    study = study_config.from_dict({**MINI, "seeds": 2, "dense_control": ["continue", "once"]})
+    stages = {s.id: s for s in plan.build(study)}
+    for seed in (0, 1):
+        for budget in ("2k", "4k"):
+            cont = stages[f"control/continue/s{seed}/R{budget}"]
+            retrain = stages[f"retrain/wanda/r0.5/s{seed}/R{budget}"]
+            assert cont.kind == "retrain" and cont.deps == ("parent", "data")
+            assert cont.spec == retrain.spec  # the same tokens [P+1, P+R+1], recipe and data order
+            assert stages[f"eval/{cont.id}"].info["setting"] == "continue"
+        once = stages[f"control/once/s{seed}/R4k"]  # the largest budget only: the equal-total setting
+        assert once.kind == "scratch" and once.deps == ("parent", "data")
+        assert once.spec["tokens"] == 6_000 + 4_000 and not once.spec["reinit"] and once.spec["seed"] == seed
+        assert once.spec["train"] == cont.spec["train"]
+        assert f"control/once/s{seed}/R2k" not in stages
+    assert study_config.from_dict({**MINI, "dense_control": "once"}).dense_control == ("once",)
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -177,6 +219,17 @@ def test_two_grid_cells_never_share_a_stage(change):
         ({"parent": {"import": "/nonexistent/model"}}, "parent path /nonexistent/model does not exist"),
         ({"scratch_shapes": ["bigger"]}, "unknown scratch_shapes ['bigger']"),
         ({"evaluation": {}}, "unknown key(s) evaluation"),
+        ({"seed": 3}, "unknown key(s) seed; valid: "),
+        ({"seeds": 0}, "seeds: 0 asks for no runs"),
+        ({"seeds": []}, "seeds must be a count (e.g. 3) or a non-empty list of integers, got []"),
+        ({"seeds": [0, "1"]}, "seeds must be a count"),
+        ({"seeds": True}, "seeds must be a count"),
+        ({"dense_control": ["continued"]}, "unknown dense_control ['continued']; valid: continue, once"),
+        ({"dense_control": True}, "dense_control must be a list of strings, got True"),
+        (
+            {"dense_control": ["once"], "parent": {"import": "configs/train/tiny.yaml"}},
+            "dense_control 'once' retrains the parent's architecture for P+R tokens",
+        ),
         ({"methods": [{"name": "minitron-width", "ratios": [0.9]}]}, "minitron-width cannot reach ratio 0.9"),
     ],
 )
@@ -297,3 +350,67 @@ def test_an_interrupted_study_exits_130_with_the_resume_hint(tmp_path, monkeypat
     config.write_text(yaml.safe_dump(MINI))
     assert runner.main([str(config), "--out", str(tmp_path / "s")]) == 130
     assert "study stopped during retrain/wanda/r0.5/s0/R2k; run the same command again" in capsys.readouterr().err
+
+
+SEEDED = {  # the miniature study with two seeds and both dense controls, cut to one method and one budget
+    **MINI,
+    "name": "seeded",
+    "parent": {**MINI["parent"], "tokens": "2k"},
+    "methods": ["wanda"],
+    "retrain_budgets": ["1k"],
+    "scratch_shapes": ["same"],
+    "seeds": 2,
+    "dense_control": ["continue", "once"],
+}
+
+
+def test_a_seeded_study_with_dense_controls_runs_and_reports_its_noise(tmp_path):
+    study = study_config.from_dict(SEEDED)
+    out = str(tmp_path / "seeded")
+    log: list[str] = []
+    assert Runner(study, out).run(log=log.append) == 0, log[-1]
+
+    def run_json(stage_id):
+        with open(os.path.join(out, stage_id, "run.json")) as f:
+            return json.load(f)
+
+    # the continued parent trains exactly as the pruned model does (recipe, token range, seed), from the parent
+    for seed in (0, 1):
+        cont, retrain = run_json(f"control/continue/s{seed}/R1k"), run_json(f"retrain/wanda/r0.5/s{seed}/R1k")
+        assert cont["train"] == retrain["train"] and cont["train"]["seed"] == seed
+        assert cont["train"]["data_offset"] == 2_001 and cont["model"]["init"].endswith("/parent/final")
+        assert retrain["model"]["init"].endswith("/prune/wanda/r0.5/s0")  # one pruning for both seeds
+        once = run_json(f"control/once/s{seed}/R1k")  # the parent's shape from random init, one schedule on P+R
+        assert once["model"]["scratch"].endswith("/parent/final") and once["tokens"] == 3_000
+        assert (once["train"]["data_offset"], once["train"]["data_count"]) == (0, 3_001)
+    _, rows = report.load_results(out)
+    loss = {r["model"]: r["val_loss"] for r in rows}
+    for prefix in ("retrain/wanda/r0.5/s{}/R1k", "scratch/same/wanda/r0.5/s{}/equal_train/R1k", "control/once/s{}/R1k"):
+        assert loss[prefix.format(0)] != loss[prefix.format(1)], prefix  # the seed changes the run
+
+    text = open(report.write_report(out)["markdown"]).read()
+    for needle in (
+        "Seeds: 0, 1 (2 per cell;",
+        "## Second schedule vs pruning (dense controls)",
+        "Dense control at R=1,000 (splits finding 4's gap)",
+        "figure1_right.png",
+    ):
+        assert needle in text, needle
+    assert "Missing results" not in text
+    with open(os.path.join(out, "comparison.csv")) as f:
+        (table,) = list(csv.DictReader(f))
+    assert table["pruned_n"] == "2/2" and table["once_n"] == "2/2" and float(table["pruned_sd"]) > 0
+    mean = (loss["retrain/wanda/r0.5/s0/R1k"] + loss["retrain/wanda/r0.5/s1/R1k"]) / 2
+    assert float(table["pruned"]) == pytest.approx(mean, rel=1e-12)
+    once = (loss["control/once/s0/R1k"] + loss["control/once/s1/R1k"]) / 2
+    cont = (loss["control/continue/s0/R1k"] + loss["control/continue/s1/R1k"]) / 2
+    assert float(table["schedule_cost"]) == pytest.approx(cont - once, rel=1e-9)
+    assert float(table["pruning_cost"]) == pytest.approx(mean - cont, rel=1e-9)
+
+    # a seed whose result is lost is reported missing, not averaged away
+    os.remove(os.path.join(out, "eval/retrain/wanda/r0.5/s1/R1k/results.json"))
+    text = open(report.write_report(out)["markdown"]).read()
+    assert "Missing results: 1 cell(s) have fewer seeds than planned" in text
+    assert "pruned of wanda@0.5/R=1,000: n=1/2" in text and "(n=1/2)" in text.split("## Pruned vs scratch")[1]
+    _, rows = report.load_results(out)
+    assert [r["val_loss"] for r in rows if r["model"] == "retrain/wanda/r0.5/s1/R1k"] == [None]

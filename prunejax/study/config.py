@@ -13,6 +13,10 @@ from prunejax.config import ConfigError, parse_tokens
 
 SCRATCH_SHAPES = ("same", "params", "flops")
 SCRATCH_SETTINGS = ("equal_train", "equal_total")
+# The unpruned parent under the retraining recipe: `continue` retrains it on the same R tokens as every
+# pruned model (P then R: two schedules); `once` trains its architecture from random init for P+R tokens
+# under one schedule (at the largest budget, the equal-total setting). See plan.py.
+DENSE_CONTROLS = ("continue", "once")
 STRUCTURED = {"minitron-depth": "depth", "shortgpt": "depth", "minitron-width": "width", "sheared": "mixed"}
 SPARSE = ("magnitude", "wanda", "sparsegpt")
 
@@ -82,7 +86,8 @@ class StudyConfig:
     scratch_shapes: tuple[str, ...] = ("same",)
     scratch_settings: tuple[str, ...] = SCRATCH_SETTINGS
     count_pruning_tokens: bool = False  # add calibration / Sheared-stage tokens to equal-total budgets
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0,)  # YAML: a list of seeds, or a count n for seeds 0..n-1
+    dense_control: tuple[str, ...] = ()  # any of DENSE_CONTROLS (opt-in: they add stages)
     train_config: str | None = None
     train_overrides: tuple[str, ...] = ()
     calibration: CalibrationSpec = CalibrationSpec()
@@ -119,11 +124,11 @@ def from_dict(d: dict[str, Any], source: str = "study config") -> StudyConfig:
     d["methods"] = tuple(methods)
     d["ratios"] = tuple(float(r) for r in d.get("ratios", ()))
     d["retrain_budgets"] = tuple(parse_tokens(b) for b in d.get("retrain_budgets", ()))
-    for key in ("scratch_shapes", "scratch_settings", "train_overrides"):
+    for key in ("scratch_shapes", "scratch_settings", "train_overrides", "dense_control"):
         if key in d:
-            d[key] = tuple(d[key])
+            d[key] = _names(d[key], key, source)
     if "seeds" in d:
-        d["seeds"] = tuple(int(s) for s in d["seeds"])
+        d["seeds"] = parse_seeds(d["seeds"], source)
     if "sheared_prune_tokens" in d:
         d["sheared_prune_tokens"] = parse_tokens(d["sheared_prune_tokens"])
     d["calibration"] = yamlconf.build(CalibrationSpec, d.get("calibration", {}), f"{source}: calibration")
@@ -134,6 +139,26 @@ def from_dict(d: dict[str, Any], source: str = "study config") -> StudyConfig:
     cfg = dataclasses.replace(cfg, source=source)
     validate(cfg)
     return cfg
+
+
+def _names(value: Any, key: str, source: str) -> tuple[str, ...]:
+    """A list of strings; one string alone stands for a list of one."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{source}: {key} must be a list of strings, got {value!r}")
+
+
+def parse_seeds(value: Any, source: str) -> tuple[int, ...]:
+    """`seeds: 3` means seeds 0, 1, 2; `seeds: [0, 7]` lists them. At least one; a repeat is caught by the plan."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(f"{source}: seeds: {value} asks for no runs; give a count >= 1 or a list of seeds")
+        return tuple(range(value))
+    if isinstance(value, list | tuple) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        return tuple(value)
+    raise ConfigError(f"{source}: seeds must be a count (e.g. 3) or a non-empty list of integers, got {value!r}")
 
 
 def validate(cfg: StudyConfig) -> None:
@@ -170,10 +195,19 @@ def validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"{where}: a method appears twice: {labels}")
     if not cfg.retrain_budgets or min(cfg.retrain_budgets) <= 0:
         raise ConfigError(f"{where}: retrain_budgets must be positive token counts")
-    for key, allowed in (("scratch_shapes", SCRATCH_SHAPES), ("scratch_settings", SCRATCH_SETTINGS)):
+    for key, allowed in (
+        ("scratch_shapes", SCRATCH_SHAPES),
+        ("scratch_settings", SCRATCH_SETTINGS),
+        ("dense_control", DENSE_CONTROLS),
+    ):
         bad = sorted(set(getattr(cfg, key)) - set(allowed))
         if bad:
             raise ConfigError(f"{where}: unknown {key} {bad}; valid: {', '.join(allowed)}")
+    if "once" in cfg.dense_control and cfg.parent.model is None:
+        raise ConfigError(
+            f"{where}: dense_control 'once' retrains the parent's architecture for P+R tokens, so it needs a parent "
+            "the study pretrains (parent.model, parent.tokens = P), not an imported one"
+        )
     if "sheared" in labels and cfg.sheared_prune_tokens <= 0:
         raise ConfigError(f"{where}: sheared needs sheared_prune_tokens > 0")
     if cfg.sheared_config is not None and not os.path.exists(cfg.sheared_config):

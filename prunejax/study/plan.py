@@ -9,6 +9,12 @@ differ below the id's precision, is a ConfigError).
 Token ranges of the train split follow the paper: the parent reads [0, P]; every retraining run
 reads the disjoint [P+1, P+R+1]; scratch runs read [0, T] (T = R, or P+R at equal total tokens).
 Each range holds one token more than its budget: a window of L inputs needs L+1 tokens.
+Seeds: each (method, ratio) is pruned once, with the first seed (pruning is deterministic but for
+Sheared's gates); every seed then retrains it in its own data order and trains each scratch model
+from its own init in its own order. Stage ids say the seed (`s<seed>`).
+Dense controls (opt-in, `dense_control`): `control/continue/s<seed>/R<R>` retrains the unpruned parent
+exactly as a pruned model is retrained; `control/once/s<seed>/R<R>` trains the parent's architecture
+from random init on [0, P+R] under one schedule, for the largest R.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from prunejax.study.config import SPARSE, MethodSpec, StudyConfig
 @dataclasses.dataclass(frozen=True)
 class Stage:
     id: str
-    kind: str  # tokenizer | data | parent | prune | retrain | baseline | scratch | eval
+    kind: str  # tokenizer | data | parent | prune | retrain | baseline | scratch | eval (controls: retrain, scratch)
     deps: tuple[str, ...]
     spec: dict[str, Any]
     tokens: int = 0  # tokens this stage processes (training, calibration, Sheared's stage)
@@ -132,6 +138,24 @@ def build(study: StudyConfig) -> list[Stage]:
             )
         )
 
+    def add_control(control: str) -> None:
+        """The unpruned parent under the same recipe: `continue` retrains it exactly as each pruned model is
+        retrained (same R tokens, offset, recipe, seed); `once` trains its architecture from random init on
+        [0, P+R] under one schedule, at the largest budget (the equal-total setting)."""
+        budgets = study.retrain_budgets if control == "continue" else study.retrain_budgets[-1:]
+        parent_tokens = study.parent.tokens
+        for seed in study.seeds:
+            for budget in budgets:
+                tokens = budget if control == "continue" else parent_tokens + budget
+                cid = f"control/{control}/s{seed}/R{_fmt_tokens(budget)}"
+                spec: dict[str, Any] = {"tokens": tokens, "train": train_spec, "seed": seed}
+                spec.update({"offset": parent_tokens + 1} if control == "continue" else {"reinit": False})
+                info = {"method": "parent", "role": "control", "setting": control, "seed": seed}
+                info.update({"budget": budget, "tokens": tokens})
+                kind = "retrain" if control == "continue" else "scratch"
+                stages.append(Stage(cid, kind, ("parent", "data"), spec, tokens, train_flops(parent_cfg, tokens), info))
+                add_eval(cid, parent_cfg, info)
+
     data = study.data
     data_deps: tuple[str, ...] = ()
     if data.data_dir is None and data.tokenizer == "train":
@@ -172,36 +196,43 @@ def build(study: StudyConfig) -> list[Stage]:
         )
     add_eval("parent", parent_cfg, {"role": "parent", "tokens": p.tokens})
 
+    for control in study.dense_control:
+        add_control(control)
+
     cal = study.calibration
-    for seed in study.seeds:
-        for method in study.methods:
-            for ratio in study.method_ratios(method):
-                tag = f"{method.label}/r{ratio:g}/s{seed}"
-                shape, density = expected_shape(parent_cfg, method, ratio) if parent_cfg else (None, 1.0)
-                info = {"method": method.label, "granularity": method.granularity, "ratio": ratio, "seed": seed}
-                prune_tokens = study.sheared_prune_tokens if method.name == "sheared" else cal.samples * cal.seq_len
-                prune_id = f"prune/{tag}"
-                stages.append(
-                    Stage(
-                        prune_id,
-                        "prune",
-                        ("parent", "data"),
-                        {
-                            "method": method.name,
-                            "pattern": method.pattern,
-                            "ratio": ratio,
-                            "calibration": dataclasses.asdict(cal),
-                            "seed": seed,
-                            "sheared_tokens": study.sheared_prune_tokens if method.name == "sheared" else 0,
-                            "sheared_config": study.sheared_config if method.name == "sheared" else None,
-                            "sheared_resolved": sheared_resolved if method.name == "sheared" else None,
-                        },
-                        prune_tokens,
-                        None,
-                        {**info, "role": "pruned"},
-                    )
+    first_seed = study.seeds[0]
+    for method in study.methods:
+        for ratio in study.method_ratios(method):
+            cell = f"{method.label}/r{ratio:g}"
+            shape, density = expected_shape(parent_cfg, method, ratio) if parent_cfg else (None, 1.0)
+            info = {"method": method.label, "granularity": method.granularity, "ratio": ratio}
+            prune_tokens = study.sheared_prune_tokens if method.name == "sheared" else cal.samples * cal.seq_len
+            # pruned once, with the first seed (only Sheared's gates use it): seeds vary what follows the pruning
+            prune_id = f"prune/{cell}/s{first_seed}"
+            stages.append(
+                Stage(
+                    prune_id,
+                    "prune",
+                    ("parent", "data"),
+                    {
+                        "method": method.name,
+                        "pattern": method.pattern,
+                        "ratio": ratio,
+                        "calibration": dataclasses.asdict(cal),
+                        "seed": first_seed,
+                        "sheared_tokens": study.sheared_prune_tokens if method.name == "sheared" else 0,
+                        "sheared_config": study.sheared_config if method.name == "sheared" else None,
+                        "sheared_resolved": sheared_resolved if method.name == "sheared" else None,
+                    },
+                    prune_tokens,
+                    None,
+                    {**info, "seed": first_seed, "role": "pruned"},
                 )
-                add_eval(prune_id, shape, {**info, "role": "oneshot", "tokens": 0}, density)
+            )
+            add_eval(prune_id, shape, {**info, "seed": first_seed, "role": "oneshot", "tokens": 0}, density)
+            for seed in study.seeds:
+                tag = f"{cell}/s{seed}"
+                seeded = {**info, "seed": seed}
                 for budget in study.retrain_budgets:
                     rid = f"retrain/{tag}/R{_fmt_tokens(budget)}"
                     stages.append(
@@ -212,23 +243,24 @@ def build(study: StudyConfig) -> list[Stage]:
                             {"tokens": budget, "offset": p.tokens + 1, "train": train_spec, "seed": seed},
                             budget,
                             train_flops(shape, budget, density),
-                            {**info, "role": "retrained", "tokens": budget},
+                            {**seeded, "role": "retrained", "tokens": budget},
                         )
                     )
-                    add_eval(rid, shape, {**info, "role": "retrained", "tokens": budget}, density)
+                    add_eval(rid, shape, {**seeded, "role": "retrained", "tokens": budget}, density)
                 for kind in study.scratch_shapes:
                     source = prune_id
                     if kind != "same":
-                        source = f"baseline/{kind}/{tag}"
-                        stages.append(
-                            Stage(
-                                source,
-                                "baseline",
-                                ("parent", prune_id),
-                                {"match": kind, "seq_len": seq},
-                                info={**info, "shape": kind},
+                        source = f"baseline/{kind}/{cell}/s{first_seed}"  # a shape: one per pruned model
+                        if seed == first_seed:
+                            stages.append(
+                                Stage(
+                                    source,
+                                    "baseline",
+                                    ("parent", prune_id),
+                                    {"match": kind, "seq_len": seq},
+                                    info={**info, "seed": first_seed, "shape": kind},
+                                )
                             )
-                        )
                     s_shape, s_density = (shape, density) if kind == "same" else (None, 1.0)
                     for setting in study.scratch_settings:
                         budgets = study.retrain_budgets if setting == "equal_train" else study.retrain_budgets[-1:]
@@ -242,6 +274,14 @@ def build(study: StudyConfig) -> list[Stage]:
                             )
                             sid = f"scratch/{kind}/{tag}/{setting}/R{_fmt_tokens(budget)}"
                             reinit = kind == "same" and method.name in SPARSE
+                            scratch_info = {
+                                **seeded,
+                                "role": "scratch",
+                                "shape": kind,
+                                "setting": setting,
+                                "budget": budget,
+                                "tokens": tokens,
+                            }
                             stages.append(
                                 Stage(
                                     sid,
@@ -250,29 +290,10 @@ def build(study: StudyConfig) -> list[Stage]:
                                     {"tokens": tokens, "reinit": reinit, "train": train_spec, "seed": seed},
                                     tokens,
                                     train_flops(s_shape, tokens, s_density),
-                                    {
-                                        **info,
-                                        "role": "scratch",
-                                        "shape": kind,
-                                        "setting": setting,
-                                        "budget": budget,
-                                        "tokens": tokens,
-                                    },
+                                    scratch_info,
                                 )
                             )
-                            add_eval(
-                                sid,
-                                s_shape,
-                                {
-                                    **info,
-                                    "role": "scratch",
-                                    "shape": kind,
-                                    "setting": setting,
-                                    "budget": budget,
-                                    "tokens": tokens,
-                                },
-                                s_density,
-                            )
+                            add_eval(sid, s_shape, scratch_info, s_density)
     check_unique_ids(stages)
     return stages
 

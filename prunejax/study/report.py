@@ -1,9 +1,12 @@
 """`prunejax report STUDY_DIR`: tables, CSV, the paper's Figure-1 plots, and a verdict per finding.
 
 The metric is validation loss on the DATA_DIR's held-out split (the y-axis of the paper's Figure 1);
-lower is better, and a gap is `scratch - pruned` (positive = the pruned initialization wins).
-Seeds are averaged. Each of the paper's four findings gets one statement: reproduced, partly
-reproduced, not reproduced, or not measured — with the numbers behind it.
+lower is better, and a gap is `scratch - pruned` (positive = the pruned initialization wins). Cells
+are averaged over their seeds with a noise band (noise.py); the grid's records are built in
+comparison.py, the verdicts in verdicts.py, the figures in figures.py. Every planned evaluation is a
+row of results.csv, with an empty loss where its result is missing: a missing seed is shown as such
+(n of planned), never averaged away in silence. For a study with one seed and no dense controls,
+report.md and comparison.csv read exactly as they did before seeds and controls existed.
 """
 
 from __future__ import annotations
@@ -13,19 +16,19 @@ import csv
 import json
 import math
 import os
-import statistics
 from collections import defaultdict
 from typing import Any
 
 from prunejax import distributed
 from prunejax.distributed import add_launch_args
-
-FINE = ("unstructured", "mixed")  # the paper's fine granularities at equal total tokens
-COARSE = ("depth", "semi-structured")
+from prunejax.study.comparison import CONTROL_COLUMNS, GAPS, STATS, comparison, has_control, mean_of, seeded
+from prunejax.study.figures import plot
+from prunejax.study.noise import fmt_gap, fmt_stat, fmt_value
+from prunejax.study.verdicts import findings
 
 
 def load_results(study_dir: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(stages index, one row per evaluated model with its validation loss)."""
+    """(stages index, one row per planned evaluation; `val_loss` is None where its result is missing)."""
     path = os.path.join(study_dir, "stages.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{study_dir}: no stages.json (run `prunejax study` first)")
@@ -36,10 +39,10 @@ def load_results(study_dir: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if stage["kind"] != "eval":
             continue
         file = os.path.join(study_dir, stage["id"], "results.json")
-        if not os.path.exists(file):
-            continue
-        with open(file) as f:
-            res = json.load(f)
+        res: dict[str, Any] = {}
+        if os.path.exists(file):
+            with open(file) as f:
+                res = json.load(f)
         info = stage["info"]
         loss = res.get("validation_loss")
         rows.append(
@@ -62,189 +65,68 @@ def load_results(study_dir: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return index, rows
 
 
-def _mean(values: list[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
-def cells(rows: list[dict[str, Any]]) -> dict[tuple, float]:
-    """Seed-averaged losses keyed by (role, method, ratio, budget, setting, shape)."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["val_loss"] is not None:
-            groups[(r["role"], r["method"], r["ratio"], r["budget"], r["setting"], r["shape"])].append(r["val_loss"])
-    return {k: _mean(v) for k, v in groups.items()}
-
-
-def _fmt(x: float | None, signed: bool = False) -> str:
-    return "—" if x is None else (f"{x:+.3f}" if signed else f"{x:.3f}")
-
-
-def comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per (method, ratio, budget): P-R_R, S_R, S_{P+R} and the gaps (same-shape scratch)."""
-    c = cells(rows)
-    keys = sorted(
-        {(r["method"], r["granularity"], r["ratio"], r["budget"]) for r in rows if r["role"] == "retrained"},
-        key=lambda k: (k[0], k[2], k[3]),
-    )
+def csv_rows(comp: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """comparison.csv: means and gaps; spreads and seed counts only when seeds were planned, control columns
+    only when controls were (so a single-seed study without controls keeps its columns)."""
+    multi, control = seeded(comp), has_control(comp)
     out = []
-    for method, gran, ratio, budget in keys:
-        pruned = c.get(("retrained", method, ratio, budget, "", ""))
-        s_r = c.get(("scratch", method, ratio, budget, "equal_train", "same"))
-        s_pr = c.get(("scratch", method, ratio, budget, "equal_total", "same"))
-        oneshot = c.get(("oneshot", method, ratio, 0, "", ""))
-        out.append(
-            {
-                "method": method,
-                "granularity": gran,
-                "ratio": ratio,
-                "budget": budget,
-                "oneshot": oneshot,
-                "pruned": pruned,
-                "scratch_equal_train": s_r,
-                "scratch_equal_total": s_pr,
-                "gap_equal_train": None if s_r is None or pruned is None else s_r - pruned,
-                "gap_equal_total": None if s_pr is None or pruned is None else s_pr - pruned,
-            }
-        )
+    for r in comp:
+        row: dict[str, Any] = {k: r[k] for k in ("method", "granularity", "ratio", "budget")}
+        for k in (*STATS, *GAPS):
+            if k in CONTROL_COLUMNS and not control:
+                continue
+            x = r[k]
+            if k in STATS:
+                row[k] = mean_of(x)
+                if multi:
+                    row[f"{k}_sd"] = None if x is None else x.sd
+                    row[f"{k}_n"] = None if x is None else f"{x.n}/{x.planned}"
+            else:
+                row[k] = None if x is None else x.value
+                if multi:
+                    row[f"{k}_spread"] = None if x is None else x.spread
+        out.append(row)
     return out
 
 
-def findings(comp: list[dict[str, Any]]) -> list[str]:
-    """A plain statement for each of the paper's four findings, with the numbers."""
-    out = []
-    eq = [r for r in comp if r["gap_equal_train"] is not None]
-    if eq:
-        wins = [r for r in eq if r["gap_equal_train"] > 0]
-        verdict = "reproduced" if len(wins) == len(eq) else ("partly reproduced" if wins else "not reproduced")
-        losers = ", ".join(f"{r['method']}@{r['ratio']:g}/R={r['budget']:,}" for r in eq if r["gap_equal_train"] <= 0)
-        out.append(
-            f"1. Equal training tokens, pruned init beats random init: **{verdict}** — pruned wins "
-            f"{len(wins)}/{len(eq)} (method, ratio, budget) cells; mean gap "
-            f"{statistics.fmean(r['gap_equal_train'] for r in eq):+.3f} nats"
-            + (f"; scratch wins or ties at {losers}" if losers else "")
-            + "."
+def _seeds_line(index: dict[str, Any], comp: list[dict[str, Any]]) -> list[str]:
+    """How cells are aggregated, for a study with several seeds (nothing for one)."""
+    if not seeded(comp):
+        return []
+    seeds = sorted({s["info"]["seed"] for s in index["stages"] if s["kind"] == "eval" and "seed" in s["info"]})
+    planned = sorted({r[k].planned for r in comp for k in STATS if r[k] is not None and r[k].planned > 1})
+    return [
+        f"Seeds: {', '.join(map(str, seeds))} ({'/'.join(map(str, planned))} per cell; pruning runs once per "
+        "method and ratio, each seed retrains it in its own data order and trains scratch models from its own "
+        "init). A cell is mean ± sample standard deviation over its seeds (n − 1 denominator); a gap's spread "
+        "is √(sd₁² + sd₂²) of its two cells, and a gap counts only where it exceeds its spread (else *within "
+        "noise*); `(n=k/m)` marks a cell with seeds missing, `± ?` a band that cannot be computed.",
+        "",
+    ]
+
+
+def _control_table(comp: list[dict[str, Any]]) -> list[str]:
+    """Second schedule vs pruning, per method: the split of P-R_R − P_(P+R) at each budget."""
+    if not has_control(comp):
+        return []
+    lines = [
+        "## Second schedule vs pruning (dense controls)",
+        "",
+        "The unpruned parent continued on the same R tokens with the retraining recipe (P then R: two "
+        "schedules) and its architecture trained once for P+R tokens under one schedule. Costs are loss "
+        "differences (positive: higher loss): second schedule = continued − once; pruning = P-R_R − continued.",
+        "",
+        "| method | granularity | ratio | R tokens | P-R_R | parent continued | parent once (P+R) "
+        "| second schedule | pruning | S_(P+R) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in comp:
+        lines.append(
+            f"| {r['method']} | {r['granularity']} | {r['ratio']:g} | {r['budget']:,} | {fmt_stat(r['pruned'])} "
+            f"| {fmt_stat(r['continued'])} | {fmt_stat(r['once'])} | {fmt_gap(r['schedule_cost'], True)} "
+            f"| {fmt_gap(r['pruning_cost'], True)} | {fmt_stat(r['scratch_equal_total'])} |"
         )
-    else:
-        out.append("1. Equal training tokens: **not measured** (no pruned/scratch pair finished).")
-
-    by_mr: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in eq:
-        by_mr[(r["method"], r["ratio"])].append(r)
-    pairs = [(k, sorted(v, key=lambda r: r["budget"])) for k, v in by_mr.items() if len(v) >= 2]
-    if pairs:
-        narrow = [(k, v[0]["gap_equal_train"], v[-1]["gap_equal_train"]) for k, v in pairs]
-        n = sum(last < first for _, first, last in narrow)
-        verdict = "reproduced" if n == len(narrow) else ("partly reproduced" if n else "not reproduced")
-        detail = "; ".join(f"{m}@{r:g}: {a:+.3f} → {b:+.3f}" for (m, r), a, b in narrow)
-        out.append(
-            f"2. The advantage narrows as the retraining budget grows: **{verdict}** — "
-            f"{n}/{len(narrow)} (method, ratio) pairs narrow from the smallest to the largest budget ({detail})."
-        )
-    else:
-        out.append("2. Budget trend: **not measured** (needs two retraining budgets).")
-
-    by_mb: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in eq:
-        by_mb[(r["method"], r["budget"])].append(r)
-    pairs = [(k, sorted(v, key=lambda r: r["ratio"])) for k, v in by_mb.items() if len(v) >= 2]
-    if pairs:
-        trend = [
-            (k, v[0]["ratio"], v[0]["gap_equal_train"], v[-1]["ratio"], v[-1]["gap_equal_train"]) for k, v in pairs
-        ]
-        n = sum(g_hi < g_lo for _, _, g_lo, _, g_hi in trend)
-        verdict = "reproduced" if n == len(trend) else ("partly reproduced" if n else "not reproduced")
-        detail = "; ".join(f"{m}/R={b:,}: {g0:+.3f}@{r0:g} → {g1:+.3f}@{r1:g}" for (m, b), r0, g0, r1, g1 in trend)
-        out.append(
-            f"3. The advantage narrows as the ratio grows: **{verdict}** — {n}/{len(trend)} "
-            f"(method, budget) pairs have a smaller gap at the highest ratio ({detail})."
-        )
-    else:
-        out.append("3. Ratio trend: **not measured** (needs two ratios of one method).")
-
-    tot = [r for r in comp if r["gap_equal_total"] is not None]
-    if tot:
-        fine = [r for r in tot if r["granularity"] in FINE]
-        coarse = [r for r in tot if r["granularity"] in COARSE]
-        fine_ok = sum(r["gap_equal_total"] > 0 for r in fine)
-        coarse_ok = sum(r["gap_equal_total"] <= 0 for r in coarse)
-        # The distinguishing claim is that fine granularity keeps an advantage scratch cannot close;
-        # coarse methods being matched is only half of it (that half also holds when scratch wins everywhere).
-        if fine and fine_ok == len(fine) and coarse_ok == len(coarse):
-            verdict = "reproduced"
-        elif not fine:
-            verdict = "not measured (no fine-grained method)"
-        elif fine_ok == 0:
-            verdict = "not reproduced"
-        else:
-            verdict = "partly reproduced"
-        detail = "; ".join(
-            f"{r['method']}@{r['ratio']:g} ({r['granularity']}): {r['gap_equal_total']:+.3f}" for r in tot
-        )
-        out.append(
-            f"4. At equal total tokens fine granularity keeps its advantage while coarse structure is "
-            f"matched or beaten: **{verdict}** — fine methods ahead in {fine_ok}/{len(fine)}, coarse "
-            f"methods matched or beaten in {coarse_ok}/{len(coarse)} (gap S_(P+R) − P-R_R: {detail})."
-        )
-    else:
-        out.append("4. Equal total tokens: **not measured** (no S_(P+R) run finished).")
-    return out
-
-
-def plot(comp: list[dict[str, Any]], parent_loss: float | None, parent_tokens: int, out_dir: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    ratios = sorted({r["ratio"] for r in comp})
-    methods = sorted({r["method"] for r in comp})
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, max(len(ratios), 1), figsize=(5.5 * max(len(ratios), 1), 4.2), squeeze=False)
-    for ax, ratio in zip(axes[0], ratios, strict=False):
-        for m in methods:
-            rs = sorted((r for r in comp if r["method"] == m and r["ratio"] == ratio), key=lambda r: r["budget"])
-            xs = [r["budget"] for r in rs]
-            if any(r["pruned"] is not None for r in rs):
-                ax.plot(xs, [r["pruned"] for r in rs], "o-", color=colors[m], label=f"{m} P-R")
-            if any(r["scratch_equal_train"] is not None for r in rs):
-                ax.plot(xs, [r["scratch_equal_train"] for r in rs], "s--", color=colors[m], alpha=0.7, label=f"{m} S")
-        if parent_loss is not None:
-            ax.axhline(parent_loss, color="k", lw=1, ls=":", label="parent")
-        ax.set(
-            title=f"ratio {ratio:g}: validation loss vs retraining tokens",
-            xlabel="training tokens",
-            ylabel="validation loss",
-        )
-        ax.set_xscale("log")
-    axes[0][0].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "figure1_left.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    tot = [r for r in comp if r["scratch_equal_total"] is not None and r["pruned"] is not None]
-    if tot:
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tot)), 4.2))
-        labels = [f"{r['method']}\n@{r['ratio']:g}" for r in tot]
-        xs = range(len(tot))
-        ax.bar([x - 0.2 for x in xs], [r["pruned"] for r in tot], 0.4, label="P-R_R (pruned, retrained)")
-        ax.bar(
-            [x + 0.2 for x in xs],
-            [r["scratch_equal_total"] for r in tot],
-            0.4,
-            label=f"S_(P+R) (scratch, +{parent_tokens:,} parent tokens)",
-        )
-        ax.set_xticks(list(xs), labels, fontsize=7)
-        lo = min(min(r["pruned"], r["scratch_equal_total"]) for r in tot)
-        ax.set_ylim(lo * 0.95, None)
-        ax.set(title="equal total tokens: validation loss (lower is better)", ylabel="validation loss")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(os.path.join(out_dir, "figure1_right.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
+    return lines
 
 
 def write_report(study_dir: str) -> dict[str, str]:
@@ -257,10 +139,11 @@ def write_report(study_dir: str) -> dict[str, str]:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["model"])
         w.writeheader()
         w.writerows(rows)
+    table = csv_rows(comp)
     with open(os.path.join(study_dir, "comparison.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(comp[0]) if comp else ["method"])
+        w = csv.DictWriter(f, fieldnames=list(table[0]) if table else ["method"])
         w.writeheader()
-        w.writerows(comp)
+        w.writerows(table)
     figures = plot(comp, parent_loss, index.get("parent_tokens", 0), study_dir) if comp else []
     statuses = defaultdict(int)
     for s in index["stages"]:
@@ -272,8 +155,9 @@ def write_report(study_dir: str) -> dict[str, str]:
         + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
         + ". Metric: validation loss (nats/token) on held-out data; gap = scratch − pruned (positive: pruned wins).",
         "",
-        f"Parent validation loss: {_fmt(parent_loss)} after {index.get('parent_tokens', 0):,} tokens.",
+        f"Parent validation loss: {fmt_value(parent_loss)} after {index.get('parent_tokens', 0):,} tokens.",
         "",
+        *_seeds_line(index, comp),
         "## Findings",
         "",
         *findings(comp),
@@ -286,15 +170,27 @@ def write_report(study_dir: str) -> dict[str, str]:
     ]
     for r in comp:
         lines.append(
-            f"| {r['method']} | {r['granularity']} | {r['ratio']:g} | {r['budget']:,} | {_fmt(r['oneshot'])} "
-            f"| {_fmt(r['pruned'])} | {_fmt(r['scratch_equal_train'])} | {_fmt(r['gap_equal_train'], True)} "
-            f"| {_fmt(r['scratch_equal_total'])} | {_fmt(r['gap_equal_total'], True)} |"
+            f"| {r['method']} | {r['granularity']} | {r['ratio']:g} | {r['budget']:,} | {fmt_stat(r['oneshot'])} "
+            f"| {fmt_stat(r['pruned'])} | {fmt_stat(r['scratch_equal_train'])} "
+            f"| {fmt_gap(r['gap_equal_train'], True)} | {fmt_stat(r['scratch_equal_total'])} "
+            f"| {fmt_gap(r['gap_equal_total'], True)} |"
         )
+    control = _control_table(comp)
+    if control:
+        lines += ["", *control]
     failed = [s for s in index["stages"] if s["status"] == "failed"]
     if failed:
         lines += ["", "## Failed stages", ""] + [f"- `{s['id']}`: {s['error']}" for s in failed]
     lines += ["", "## Figures", ""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in figures]
-    lines += ["", "Data: `results.csv` (every evaluated model), `comparison.csv` (the table above)."]
+    missing = sum(r["val_loss"] is None for r in rows)
+    lines += [
+        "",
+        "Data: `results.csv` (every evaluated model"
+        + (f"; {missing} planned without a result have an empty val_loss" if missing else "")
+        + "), `comparison.csv` (the table"
+        + ("s" if control else "")
+        + " above).",
+    ]
     md = os.path.join(study_dir, "report.md")
     with open(md, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -235,8 +235,11 @@ class Runner:
         )
 
     def _scratch_source(self, stage: Stage) -> str:
+        """The shape a scratch run trains: a pruned model, the parent (the `once` control) or a baseline's config."""
         src = stage.deps[0]
-        return self.model_dir(src) if self.by_id[src].kind == "prune" else os.path.join(self.out(src), "config.json")
+        if self.by_id[src].kind in ("prune", "parent"):
+            return self.model_dir(src)
+        return os.path.join(self.out(src), "config.json")
 
     def _scratch_key(self, stage: Stage) -> str | None:
         """What a random-init run depends on: the shape, tokens, recipe, seed and data. None for --reinit
