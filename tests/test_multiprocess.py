@@ -119,7 +119,9 @@ def test_disagreeing_processes_each_say_so_and_write_nothing(inputs, tmp_path):
     assert not os.path.exists(out)
 
 
-def test_a_killed_process_ends_the_other_with_a_message_in_bounded_time(inputs, tmp_path):
+@pytest.mark.parametrize("victim", [1, 0])  # process 0 also hosts the coordination service
+def test_a_killed_process_ends_the_other_with_a_message_in_bounded_time(inputs, tmp_path, victim):
+    survivor = 1 - victim
     out = tmp_path / "run"
     argv = ["train", "--scratch", "tiny", "--data", inputs["data"], "--tokens", "40k", "--out", str(out)]
     argv += ["--no-progress", "seq_len=32", "global_batch=8", "val_batches=0", "ckpt_every=10", "peak_tflops=1"]
@@ -128,14 +130,19 @@ def test_a_killed_process_ends_the_other_with_a_message_in_bounded_time(inputs, 
     while not (out / "checkpoints").exists() or not any(d.isdigit() for d in os.listdir(out / "checkpoints")):
         assert time.time() < deadline and procs[0].poll() is None, "training never reached a checkpoint"
         time.sleep(0.5)
-    procs[1].send_signal(signal.SIGKILL)
+    procs[victim].send_signal(signal.SIGKILL)
     killed_at = time.time()
     outcome = wait(procs, timeout=90)
-    assert outcome.codes[0] != 0
+    assert outcome.codes[survivor] != 0
     assert time.time() - killed_at < 60
-    text = outcome.outputs[0]
-    # either prunejax's own line (a collective failed first) or the runtime's (the heartbeat ran out first)
-    named = [r"\[process 0\]: error: .*stopped: process\(es\) 1\b", r"Task 1 heartbeat timeout", r"heartbeats\):\s*1\n"]
+    text = outcome.outputs[survivor]
+    # either prunejax's own line (a collective failed first) or the runtime's (the heartbeat ran out first;
+    # or, when process 0 dies, the coordination service it hosted is gone and the runtime says so)
+    named = [
+        rf"\[process {survivor}\]: error: .*stopped: process\(es\) {victim}\b",
+        rf"Task {victim} heartbeat timeout",
+    ]
+    named += [rf"heartbeats\):\s*{victim}\n"] if victim else [r"the leader task was preempted/died"]
     assert any(re.search(p, text) for p in named), text[-3000:]
     # the same command on both processes resumes from the last checkpoint and finishes
     resumed = launch(argv).check()
@@ -175,6 +182,17 @@ def test_distributed_env_without_a_cluster_is_a_clear_error(inputs, tmp_path):
     assert outcome.codes == [1], outcome.outputs[0]
     assert "PRUNEJAX_DISTRIBUTED=1 but JAX found no cluster" in outcome.outputs[0]
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_global_batch_the_processes_do_not_divide_is_refused_on_every_process(inputs, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "--scratch", "tiny", "--data", inputs["data"], "--tokens", "2k", "--out", str(out)]
+    argv += ["seq_len=32", "global_batch=3", "mesh_data=1", "mesh_fsdp=1", "mesh_tp=8"]  # 3 rows, 2 processes
+    outcome = wait(start(argv, processes=2, devices=4))
+    assert outcome.codes == [1, 1], outcome.outputs
+    for text in outcome.outputs:
+        assert "global batch 3 does not divide into 1 micro-batches x 2 processes" in text, text[-2000:]
+    assert not out.exists()
 
 
 STUDY = {  # test_study's miniature study, trimmed: one method per family, one budget, one setting
