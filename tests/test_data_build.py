@@ -385,3 +385,23 @@ def test_ctrl_c_in_a_study_data_stage_stops_the_study(tok, tmp_path, monkeypatch
     assert f"run the same command again to resume from {work_dir(out)}" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         data_cli.main(argv)
+
+
+def test_a_shard_damaged_after_writing_fails_the_build_before_it_is_renamed(tok, tmp_path, monkeypatch):
+    """The shards are read back against the fingerprint of what was written (issue 13, class 7)."""
+    from prunejax.data import build
+
+    out = str(tmp_path / "data")
+    finish = build._finish
+
+    def damage_then_finish(work, *args):
+        with open(os.path.join(work, "train-00001.bin"), "r+b") as f:  # one byte flipped on "disk"
+            first = f.read(1)
+            f.seek(0)
+            f.write(bytes([first[0] ^ 1]))
+        return finish(work, *args)
+
+    monkeypatch.setattr(build, "_finish", damage_then_finish)
+    with pytest.raises(DataError, match="read back differently from what was written"):
+        prepare(DOCS, tok, out, **KW)
+    assert not os.path.exists(out)

@@ -161,6 +161,7 @@ def _finish(work: str, out_dir: str, meta: dict[str, Any], tokenizer_files: Sequ
     """Make the work directory the DATA_DIR: tokenizer/ and meta.json written durably inside it, renamed to
     `out_dir`, then its progress record removed. Every document is committed by now, so an interruption
     before the rename leaves a partial build whose rerun only finishes again."""
+    _check_read_back(work, meta)
     tok_dir = os.path.join(work, "tokenizer")
     if os.path.exists(tok_dir):  # from an interrupted finish
         shutil.rmtree(tok_dir)
@@ -190,6 +191,19 @@ def _finish(work: str, out_dir: str, meta: dict[str, Any], tokenizer_files: Sequ
     fsync_path(out_dir)
     if aside is not None:
         shutil.rmtree(os.path.dirname(aside))
+
+
+def _check_read_back(work: str, meta: dict[str, Any]) -> None:
+    """The shards on disk must hash to the fingerprint of the bytes that were written (train, then
+    validation): a shard damaged after writing fails the build here instead of training on it."""
+    digest = hashlib.sha256()
+    for split in meta["splits"].values():
+        hash_shards(work, split["shards"], digest)
+    if digest.hexdigest()[:16] != meta["fingerprint"]:
+        raise DataError(
+            f"{work}: the shards read back differently from what was written (fingerprint "
+            f"{digest.hexdigest()[:16]}, written {meta['fingerprint']}); rerun with --overwrite to build again"
+        )
 
 
 def _finished(out_dir: str, fingerprint: dict[str, Any]) -> bool:
