@@ -9,6 +9,7 @@ import dataclasses
 import glob
 import json
 import os
+import shlex
 import signal
 
 import jax
@@ -333,3 +334,19 @@ def test_cli_prune_stopped_by_a_signal_exits_as_train_does(params, tmp_path, cap
     assert main([*args, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 128 + signal.SIGTERM
     assert "stopped at a checkpoint; run the same command again" in capsys.readouterr().out
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_config_headers_parse_with_the_real_parser():
+    from prunejax.prune.cli import parse_args
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    paths = sorted(glob.glob(os.path.join(root, "configs", "prune", "sheared*.yaml")))
+    assert paths
+    for path in paths:
+        with open(path) as f:
+            header = "".join(line[1:] for line in f if line.startswith("#")).replace("\\\n", " ")
+        commands = [shlex.split(line)[2:] for line in header.splitlines() if line.strip().startswith("prunejax prune")]
+        assert len(commands) == 1, path
+        args = parse_args(commands[0])
+        assert args.method == "sheared" and args.prune_tokens > 0, path
+        assert os.path.samefile(os.path.join(root, args.sheared_config), path)
