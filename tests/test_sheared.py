@@ -1,12 +1,16 @@
 """Sheared-LLaMA: hard-concrete gates, gated forward == folded forward, convergence to an exact target
-shape, transformers parity of the export, exact resume, and clear errors on bad input.
+shape, transformers parity of the export, exact resume (after stop_after and after SIGTERM), NaN caught,
+and clear errors on bad input.
 
 Tolerances: 1e-5 for the gate math, 1e-4 for whole-model logits in float32 (the policy of STYLE.md).
 """
 
 import dataclasses
+import glob
 import json
 import os
+import shlex
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +26,7 @@ from prunejax.prune.masks import PruneError
 from prunejax.prune.shapes import Target
 from prunejax.prune.sheared_model import fold, masked_forward
 from prunejax.sharding import make_mesh
+from prunejax.train.loop import Stopped, TrainingDiverged
 
 CFG = TINY  # 4 layers, hidden 64, FFN 176, 4 q-heads / 2 kv-heads, head_dim 16
 GOAL = CFG.replace(
@@ -169,10 +174,10 @@ def test_fold_rejects_unfoldable_gates(params):
 
 # ---- the stage ---------------------------------------------------------------------------------
 def test_stage_converges_and_export_matches_transformers(params, full_run, tmp_path):
-    gaps = sg.check_reached(full_run["log_alpha"], CFG, GOAL, SC.fold_tolerance)
+    gaps = sg.check_reached(full_run["extra"]["log_alpha"], CFG, GOAL, SC.fold_tolerance)
     assert abs(gaps["layers"]) < 0.5 and abs(gaps["heads"]) < 0.5
     assert abs(gaps["hidden"]) < 0.05 * 64 and abs(gaps["ffn"]) < 0.05 * 176
-    gates, keep = sg.deterministic_gates(full_run["log_alpha"], GOAL)
+    gates, keep = sg.deterministic_gates(full_run["extra"]["log_alpha"], GOAL)
     new_cfg, new_params = fold(CFG, jax.device_get(full_run["params"]), gates, keep)
     assert new_cfg == GOAL  # exactly the target shape
     out = hf.save(str(tmp_path / "m"), new_cfg, new_params)
@@ -194,7 +199,7 @@ def test_resume_mid_stage_continues_exactly(params, store, full_run, tmp_path):
     logs = []
     resumed = sh.train_gates(CFG, params, GOAL, SC, store, BUDGET, run_dir=run, log=logs.append)
     assert "resumed" in logs[0] and "step 45" in logs[0]
-    for key in ("params", "log_alpha", "lambdas", "opt", "step"):
+    for key in ("params", "extra", "opt_state", "step"):  # extra: the log-alphas and lambdas
         jax.tree.map(np.testing.assert_array_equal, resumed[key], full_run[key])
     with open(os.path.join(run, "metrics.jsonl")) as f:
         assert [json.loads(line)["step"] for line in f] == list(range(1, 101))
@@ -203,6 +208,34 @@ def test_resume_mid_stage_continues_exactly(params, store, full_run, tmp_path):
     assert jitted._cache_size() == 1
     with pytest.raises(PruneError, match="other settings"):
         sh.train_gates(CFG, params, GOAL, dataclasses.replace(SC, seed=1), store, BUDGET, run_dir=run)
+
+
+def _saved_steps(run_dir):
+    return sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(run_dir, "checkpoints", "[0-9]*")))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_stage_matches(params, store, full_run, tmp_path):
+    run = str(tmp_path / "run")
+
+    def preempt(step):
+        if step == 50:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Stopped) as stopped:
+        sh.train_gates(CFG, params, GOAL, SC, store, BUDGET, run_dir=run, on_step=preempt, log=lambda s: None)
+    assert stopped.value.signum == signal.SIGTERM and _saved_steps(run) == [30, 50]
+    resumed = sh.train_gates(CFG, params, GOAL, SC, store, BUDGET, run_dir=run, log=lambda s: None)
+    jax.tree.map(np.testing.assert_array_equal, resumed, full_run)  # the whole state, bit for bit
+    assert json.load(open(os.path.join(run, "run.json")))["steps"] == 100
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(params, store, tmp_path):
+    run = str(tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match=r"at step (\d+)") as err:
+        sc = dataclasses.replace(SC, lr=1e30, ckpt_every=1)
+        sh.train_gates(CFG, params, GOAL, sc, store, BUDGET, run_dir=run, log=lambda s: None)
+    bad = int(err.value.args[0].split("at step ")[1].split(":")[0])
+    assert _saved_steps(run) and max(_saved_steps(run)) < bad
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -286,3 +319,34 @@ def test_cli_prune_sheared_writes_exact_target_model_dir(params, store, tmp_path
         == 1
     )
     assert "apply to sheared only" in capsys.readouterr().err
+
+
+def test_cli_prune_stopped_by_a_signal_exits_as_train_does(params, tmp_path, capsys, monkeypatch):
+    from prunejax.cli import main
+    from prunejax.prune import cli as prune_cli
+
+    def stopped(*args, **kwargs):
+        raise Stopped(str(tmp_path / "run"), signal.SIGTERM)
+
+    monkeypatch.setattr(prune_cli, "get_method", lambda name: stopped)
+    parent = hf.save(str(tmp_path / "parent"), CFG, params)
+    args = ["prune", "--model", parent, "--method", "sheared", "--ratio", "0.5", "--data", "d", "--prune-tokens", "9"]
+    assert main([*args, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 128 + signal.SIGTERM
+    assert "stopped at a checkpoint; run the same command again" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_config_headers_parse_with_the_real_parser():
+    from prunejax.prune.cli import parse_args
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    paths = sorted(glob.glob(os.path.join(root, "configs", "prune", "sheared*.yaml")))
+    assert paths
+    for path in paths:
+        with open(path) as f:
+            header = "".join(line[1:] for line in f if line.startswith("#")).replace("\\\n", " ")
+        commands = [shlex.split(line)[2:] for line in header.splitlines() if line.strip().startswith("prunejax prune")]
+        assert len(commands) == 1, path
+        args = parse_args(commands[0])
+        assert args.method == "sheared" and args.prune_tokens > 0, path
+        assert os.path.samefile(os.path.join(root, args.sheared_config), path)

@@ -1,4 +1,5 @@
-"""The pure train step: hand-computed AdamW update, accumulation, masks, compile-once, 8 devices == 1."""
+"""The pure train step: hand-computed AdamW update, accumulation, masks, compile-once, 8 devices == 1,
+and a pruning method's Objective (extra leaves with their own optimizer and projection)."""
 
 import functools
 
@@ -6,6 +7,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from prunejax import model, sharding
@@ -13,7 +15,7 @@ from prunejax.config import TINY
 from prunejax.train import optim
 from prunejax.train import state as state_lib
 from prunejax.train.config import TrainConfig
-from prunejax.train.step import cross_entropy, distill_kl, make_loss, make_train_step
+from prunejax.train.step import Objective, cross_entropy, distill_kl, make_loss, make_train_step
 from prunejax.tree import leaf_paths
 
 CFG = TINY.replace(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, head_dim=8)
@@ -191,3 +193,30 @@ def test_distillation_loss():
     )
     assert float(plain[1]) == pytest.approx(float(mixed[1]), rel=1e-6)
     assert float(mixed[0]) != pytest.approx(float(plain[0]), rel=1e-3)
+
+
+@pytest.mark.parametrize("floor", [None, 0.6])
+def test_objective_extra_leaves_train_with_their_own_optimizer_and_projection(floor):
+    # the objective scales the cross-entropy by an extra leaf s; SGD(0.1) on s sees d(s*ce)/ds = ce unclipped
+    # (clip_norm 1e-6 applies to the weights' gradients only), the projection max(s, floor) runs after it
+    tcfg = TrainConfig(seq_len=16, global_batch=8, clip_norm=1e-6, peak_lr=1e-2)
+    ce_of = make_loss(CFG, tcfg)
+
+    def loss(params, extra, inputs, targets, step):
+        ce = ce_of(params, inputs, targets, None)[1]
+        return extra["scale"]["s"] * ce, ce, {"s": extra["scale"]["s"]}
+
+    project = (lambda e: e) if floor is None else (lambda e: {"scale": {"s": jnp.maximum(e["scale"]["s"], floor)}})
+    opt = optim.with_extra(optim.optimizer(tcfg, TOTAL), {"scale": optax.sgd(0.1)})
+    masks = _random_masks(_params0())
+    extra = {"scale": {"s": np.float32(1.0)}}
+    mesh = sharding.make_mesh(data=-1)
+    state = state_lib.place_state(mesh, state_lib.init_state(_params0(), masks, opt, 0, extra=extra))
+    step = make_train_step(CFG, tcfg, opt, TOTAL, objective=Objective(loss=loss, project=project))
+    new, metrics = state_lib.jit_train_step(step, mesh, state)(state, state_lib.global_batch(mesh, _batch(1, 1, 8)))
+    s = float(new["extra"]["scale"]["s"])
+    assert float(metrics["s"]) == 1.0 and float(metrics["loss"]) == pytest.approx(float(metrics["ce"]), rel=1e-6)
+    assert s == (pytest.approx(1 - 0.1 * float(metrics["ce"]), rel=1e-5) if floor is None else np.float32(floor))
+    params = jax.device_get(new["params"])
+    for path, m in leaf_paths(masks):  # the masks still hold on the weights
+        assert np.all(np.asarray(_get(params, path))[~m] == 0), "/".join(path)

@@ -4,7 +4,8 @@
                  [--pattern N:M] --calib DATA_DIR [--calib-samples N] [--calib-seq-len L]
                  [--mesh data=N,fsdp=M,tp=K] --out MODEL_DIR [--overwrite]
   sheared trains its masks instead: --data DATA_DIR --prune-tokens N [--sheared-config YAML] [--run-dir DIR]
-                 [--seed S]
+                 [--seed S]; with --run-dir it resumes, and SIGINT/SIGTERM save a checkpoint and exit
+                 130/143, as `prunejax train` does
 
 Calibration reads the first N x L tokens of the DATA_DIR's train split; each batch is split over
 the mesh's data x fsdp devices (default data=-1: every device, as train and eval do). Everything
@@ -38,6 +39,8 @@ from prunejax.prune.masks import PruneError, parse_pattern
 from prunejax.prune.registry import METHODS, NO_CALIBRATION, SPARSE, TRAINED, get_method
 from prunejax.prune.result import PruneResult, composed_result
 from prunejax.prune.shapes import parse_target
+from prunejax.train.cli import STOPPED_BASE
+from prunejax.train.loop import Stopped
 from prunejax.tree import apply_masks
 
 DEFAULT_MESH = "data=-1"  # every device on the batch axis: train's and eval's default mesh
@@ -228,5 +231,9 @@ def run(args: argparse.Namespace) -> PruneResult:
 
 
 def main(argv: list[str]) -> int:
-    run(parse_args(argv))
+    try:
+        run(parse_args(argv))
+    except Stopped as e:  # a trained method's stage saved a checkpoint in --run-dir and stopped
+        print(f"stopped at a checkpoint; run the same command again to resume {e.run_dir}")
+        return STOPPED_BASE + e.signum  # as `prunejax train`: 130 on Ctrl-C, 143 on SIGTERM
     return 0

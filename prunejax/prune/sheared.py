@@ -1,22 +1,23 @@
 """Sheared-LLaMA: learn hard-concrete structured gates toward an exact target shape, then fold them.
 
-The model weights, the gate log-alphas and the Lagrange multipliers train jointly on a token
-budget read from a DATA_DIR: LM loss of the gated model plus the Lagrangian of `sheared_gates`,
-AdamW on the weights, Adam on the log-alphas, Adam *ascent* on the lambdas (the original recipe:
-lr 1e-4 for weights, 1.0 for masks and lambdas, Lagrangian warmup over 20% of the steps, ~0.42B
-tokens = 3200 steps of 32 x 4096). Step t reads the contiguous windows of tokens
-[offset + t*B*L, offset + (t+1)*B*L + 1) and samples its gates with `fold_in(seed, t)`, so a run
-restored from an Orbax checkpoint in RUN_DIR continues bit for bit. At the end the gates must be
-within `fold_tolerance` of the target (else a PruneError with the gap), and `sheared_model.fold`
-turns them into a plain Llama of exactly the target shape.
+The gate log-alphas and the Lagrange multipliers train jointly with the weights on the engine of
+`prunejax train`: its one pure step with an `Objective` (LM loss of the gated model plus the Lagrangian of
+`sheared_gates`, the log-alphas clipped after each update) and one optimizer over both
+(`optim.with_extra`: the run's AdamW with warmup then cosine on the weights, Adam on the log-alphas, Adam
+*ascent* on the lambdas; the original recipe: lr 1e-4 for weights, 1.0 for masks and lambdas, Lagrangian
+warmup over 20% of the steps, ~0.42B tokens = 3200 steps of 32 x 4096), its loop, checkpoints, metrics
+and grain pipeline. The stage reads the windows of the token range [offset, offset + steps*B*L + 1) once
+each, shuffled by seed, and samples step t's gates with `fold_in(seed, t)`. With a `run_dir` the stage is
+a RUN_DIR like train's (run.json, metrics.jsonl, Orbax checkpoints with the iterator position): it
+resumes bit for bit, and SIGTERM/SIGINT save a checkpoint and stop it. At the end the gates must be
+within `fold_tolerance` of the target (else a PruneError with the gap), and `sheared_model.fold` turns
+them into a plain Llama of exactly the target shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from prunejax import model, sharding
+from prunejax import model, sharding, storage
 from prunejax.config import ConfigError, LlamaConfig
 from prunejax.data.store import DataError, TokenStore
 from prunejax.prune import sheared_gates as sg
@@ -36,26 +37,55 @@ from prunejax.prune.result import PruneResult, shape_of, structured_result
 from prunejax.prune.shapes import Target, apply_target, resolve_target
 from prunejax.prune.sheared_config import Plan, ShearedConfig, load_config, plan
 from prunejax.prune.sheared_model import fold, masked_forward
-from prunejax.train.state import batch_sharding, place_state, state_shardings
+from prunejax.train import optim
+from prunejax.train import state as state_lib
+from prunejax.train.config import TrainConfig
+from prunejax.train.loop import LoopConfig, Stopped
+from prunejax.train.step import COMPUTE, Objective, cross_entropy, make_train_step
 
 Params = dict[str, Any]
 State = dict[str, Any]
 
 
-def _optimizers(sc: ShearedConfig, p: Plan) -> dict[str, optax.GradientTransformation]:
-    end = sc.lr * sc.lr_final_frac
-    if p.lr_warmup > 0:
-        lr = optax.warmup_cosine_decay_schedule(sc.lr / p.lr_warmup, sc.lr, p.lr_warmup, p.steps, end)
-    else:
-        lr = optax.cosine_decay_schedule(sc.lr, p.steps, sc.lr_final_frac)
-    return {
-        "params": optax.chain(
-            optax.clip_by_global_norm(sc.clip_norm),
-            optax.adamw(lr, b1=sc.beta1, b2=sc.beta2, eps=sc.eps, weight_decay=sc.weight_decay),
-        ),
-        "log_alpha": optax.adam(sc.mask_lr),
-        "lambdas": optax.adam(sc.lambda_lr),
-    }
+def train_config(sc: ShearedConfig, p: Plan) -> TrainConfig:
+    """The weights' side of the stage in the train engine's terms: batch, schedule, AdamW, data range
+    (exactly the windows the budget uses), a metrics record every step, checkpoint cadence, mesh."""
+    return TrainConfig(
+        seq_len=sc.seq_len,
+        global_batch=sc.batch_size,
+        peak_lr=sc.lr,
+        warmup_frac=sc.lr_warmup_frac,
+        final_lr_frac=sc.lr_final_frac,
+        beta1=sc.beta1,
+        beta2=sc.beta2,
+        eps=sc.eps,
+        weight_decay=sc.weight_decay,
+        clip_norm=sc.clip_norm,
+        compute_dtype=sc.compute_dtype,
+        remat=sc.remat,
+        seed=sc.seed,
+        data_split=sc.data_split,
+        data_offset=sc.data_offset,
+        data_count=p.tokens + 1,
+        val_batches=0,
+        log_every=1,
+        ckpt_every=sc.ckpt_every,
+        keep_checkpoints=2,
+        mesh_data=sc.mesh_data,
+        mesh_fsdp=sc.mesh_fsdp,
+        mesh_tp=sc.mesh_tp,
+    )
+
+
+def optimizer(sc: ShearedConfig, p: Plan) -> optax.GradientTransformation:
+    """The train engine's AdamW on the weights, Adam on the log-alphas, Adam ascent on the lambdas."""
+    return optim.with_extra(
+        optim.optimizer(train_config(sc, p), p.steps),
+        {
+            "log_alpha": optax.adam(sc.mask_lr),
+            "lambdas": optax.chain(optax.scale(-1.0), optax.adam(sc.lambda_lr)),  # ascent: maximize over lambdas
+        },
+    )
 
 
 def _keys(sc: ShearedConfig) -> jax.Array:
@@ -63,68 +93,45 @@ def _keys(sc: ShearedConfig) -> jax.Array:
     return jax.random.split(jax.random.key(sc.seed))
 
 
-def init_state(cfg: LlamaConfig, params: Params, sc: ShearedConfig, p: Plan) -> State:
-    opts = _optimizers(sc, p)
-    trainable = {
-        "params": jax.tree.map(lambda x: jnp.array(x, jnp.float32), params),  # a copy: the step donates it
-        "log_alpha": sg.init_log_alpha(cfg, _keys(sc)[0], sc.mask_init),
-        "lambdas": sg.init_lambdas(),
-    }
-    opt = {k: opts[k].init(v) for k, v in trainable.items()}
-    return {**trainable, "opt": opt, "step": jnp.zeros((), jnp.int32), "masks": None}
-
-
-def make_step(
-    cfg: LlamaConfig, target: LlamaConfig, sc: ShearedConfig, p: Plan
-) -> Callable[[State, jax.Array], tuple[State, dict]]:
-    """The pure update `(state, tokens [B, L+1]) -> (state, metrics)`."""
-    opts = _optimizers(sc, p)
-    dtype = jnp.bfloat16 if sc.compute_dtype == "bfloat16" else jnp.float32
+def objective(cfg: LlamaConfig, target: LlamaConfig, sc: ShearedConfig, p: Plan) -> Objective:
+    """The gated model's LM loss plus the Lagrangian toward `target`; gates sampled per step."""
+    dtype = COMPUTE[sc.compute_dtype]
     base = _keys(sc)[1]
 
-    def loss_fn(trainable: State, step: jax.Array, tokens_BL1: jax.Array) -> tuple[jax.Array, dict]:
-        gates = sg.sample_gates(trainable["log_alpha"], jax.random.fold_in(base, step))
-        logits = masked_forward(cfg, trainable["params"], gates, tokens_BL1[:, :-1], dtype=dtype, remat=sc.remat)
-        lm = optax.softmax_cross_entropy_with_integer_labels(logits, tokens_BL1[:, 1:]).mean()
+    def loss(
+        params: Params, extra: State, inputs_BL: jax.Array, targets_BL: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+        gates = sg.sample_gates(extra["log_alpha"], jax.random.fold_in(base, step))
+        logits_BLV = masked_forward(cfg, params, gates, inputs_BL, dtype=dtype, remat=sc.remat)
+        ce = cross_entropy(logits_BLV, targets_BL)
         progress = jnp.minimum(1.0, step.astype(jnp.float32) / p.lagrangian_warmup)
-        lag, metrics = sg.lagrangian(trainable["log_alpha"], trainable["lambdas"], cfg, target, progress)
-        return lm + lag, {"lm_loss": lm, "lagrangian": lag, **metrics}
+        lag, metrics = sg.lagrangian(extra["log_alpha"], extra["lambdas"], cfg, target, progress)
+        lambda1 = {f"lambda1_{g}": extra["lambdas"][g][0] for g in sg.GROUPS}
+        return ce + lag, ce, {"lagrangian": lag, **metrics, **lambda1}
 
-    def step_fn(state: State, tokens_BL1: jax.Array) -> tuple[State, dict]:
-        trainable = {k: state[k] for k in ("params", "log_alpha", "lambdas")}
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, state["step"], tokens_BL1)
-        grads["lambdas"] = jax.tree.map(jnp.negative, grads["lambdas"])  # ascent: maximize over lambdas
-        new, opt = {}, {}
-        for k, tx in opts.items():
-            updates, opt[k] = tx.update(grads[k], state["opt"][k], trainable[k])
-            new[k] = optax.apply_updates(trainable[k], updates)
-        new["log_alpha"] = sg.clip_log_alpha(new["log_alpha"])
-        metrics = {**metrics, "loss": loss, "lambda1": {g: new["lambdas"][g][0] for g in sg.GROUPS}}
-        return {**new, "opt": opt, "step": state["step"] + 1, "masks": None}, metrics
+    def project(extra: State) -> State:
+        return {**extra, "log_alpha": sg.clip_log_alpha(extra["log_alpha"])}
 
-    return step_fn
+    return Objective(loss=loss, project=project)
 
 
-def batch(store: TokenStore, sc: ShearedConfig, step: int) -> np.ndarray:
-    """Tokens [B, L+1] of step `step`: contiguous windows of L+1 tokens with stride L."""
-    n = sc.tokens_per_step
-    flat = store.read(sc.data_split, sc.data_offset + step * n, n + 1)
-    rows = np.arange(sc.batch_size)[:, None] * sc.seq_len + np.arange(sc.seq_len + 1)[None, :]
-    return flat[rows]
+def init_state(cfg: LlamaConfig, params: Params, sc: ShearedConfig, p: Plan) -> State:
+    """The train engine's step-0 state with the gates and lambdas as its extra leaves."""
+    extra = {"log_alpha": sg.init_log_alpha(cfg, _keys(sc)[0], sc.mask_init), "lambdas": sg.init_lambdas()}
+    weights = jax.tree.map(lambda x: jnp.array(x, jnp.float32), params)  # a copy: the step donates it
+    return state_lib.init_state(weights, None, optimizer(sc, p), sc.seed, extra=extra)
 
 
 @functools.lru_cache(maxsize=4)
 def _jitted_step(cfg: LlamaConfig, target: LlamaConfig, sc: ShearedConfig, p: Plan, mesh: Mesh) -> Callable[..., Any]:
-    """jit once per setting with the train engine's shardings (weights and moments by the logical-axis
-    table, gates and lambdas replicated, batch over data x fsdp) and the state donated."""
+    """The train engine's step with Sheared's objective, jitted once per setting with its shardings (weights
+    and moments by the logical-axis table, gates and lambdas replicated, batch over data x fsdp), the state
+    donated."""
     shape = jax.eval_shape(lambda: init_state(cfg, model.init_params(cfg, jax.random.key(0)), sc, p))
-    state_sh = state_shardings(mesh, shape)
-    return jax.jit(
-        make_step(cfg, target, sc, p),
-        in_shardings=(state_sh, batch_sharding(mesh, accumulated=False)),
-        out_shardings=(state_sh, sharding.replicated(mesh)),
-        donate_argnums=(0,),
+    step = make_train_step(
+        cfg, train_config(sc, p), optimizer(sc, p), p.steps, mesh=mesh, objective=objective(cfg, target, sc, p)
     )
+    return state_lib.jit_train_step(step, mesh, shape)
 
 
 def make_stage_mesh(sc: ShearedConfig, mesh: Mesh | None = None) -> Mesh:
@@ -140,31 +147,6 @@ def make_stage_mesh(sc: ShearedConfig, mesh: Mesh | None = None) -> Mesh:
     return mesh
 
 
-# ---- run directory --------------------------------------------------------------------------
-def _check_run_dir(run_dir: str, record: dict[str, Any]) -> None:
-    """A run dir belongs to one (parent, target, data, config); resuming anything else is an error."""
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != json.loads(json.dumps(record, default=str)):
-            raise PruneError(f"{run_dir} holds a sheared run with other settings; use a new --run-dir")
-    else:
-        with open(path, "w") as f:
-            json.dump(record, f, indent=2, default=str)
-
-
-def _scalars(metrics: dict) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update({f"{k}_{g}": float(x) for g, x in v.items()})
-        else:
-            out[k] = float(v)
-    return out
-
-
 # ---- the stage --------------------------------------------------------------------------------
 def train_gates(
     cfg: LlamaConfig,
@@ -177,11 +159,19 @@ def train_gates(
     run_dir: str | None = None,
     stop_after: int | None = None,
     mesh: Mesh | None = None,
+    on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> State:
-    """Joint training of weights, gates and lambdas; resumes from `run_dir` if it holds a checkpoint.
-    `stop_after` ends after that many total steps (the state is checkpointed), as a preemption would.
-    `mesh` replaces the one the settings name (mesh_data, mesh_fsdp, mesh_tp)."""
+    """Joint training of weights, gates and lambdas on the train engine; returns its state (gates and
+    lambdas in state["extra"]). With `run_dir` (a RUN_DIR) it resumes from the newest checkpoint there, and
+    SIGTERM/SIGINT save a checkpoint and raise `Stopped`. `stop_after` ends after that many total steps
+    (checkpointed when there is a run_dir), as a preemption would. `mesh` replaces the one the settings name
+    (mesh_data, mesh_fsdp, mesh_tp)."""
+    from prunejax.data.pipeline import BatchSpec, WindowSource, train_dataset  # grain and Orbax: only to train
+    from prunejax.train import run as engine
+    from prunejax.train.checkpoint import Checkpointer
+    from prunejax.train.metrics import MetricsWriter
+
     sg.validate_target(cfg, target)
     p = plan(sc, prune_tokens)
     end = sc.data_offset + p.tokens + 1
@@ -190,61 +180,66 @@ def train_gates(
             f"{store.data_dir}: the pruning stage needs tokens [{sc.data_offset:,}, {end:,}) of split "
             f"{sc.data_split!r}, which has {store.num_tokens(sc.data_split):,}"
         )
-    if store.vocab_size > cfg.vocab_size:
-        raise DataError(f"{store.data_dir}: vocab {store.vocab_size} exceeds the model's {cfg.vocab_size}")
+    tcfg = train_config(sc, p)
+    engine.check_inputs(cfg, tcfg, store, p.tokens)
     mesh = make_stage_mesh(sc, mesh)
-    state = place_state(mesh, init_state(cfg, params, sc, p))
-    ckpt = writer = None
+    source = WindowSource(store, sc.data_split, sc.data_offset, p.tokens + 1, sc.seq_len)
+    state = state_lib.place_state(mesh, init_state(cfg, params, sc, p))
+    checkpointer, resuming, start, data_state = None, False, 0, None
     if run_dir:
-        from prunejax.train.checkpoint import Checkpointer, abstract  # Orbax only when checkpointing
-        from prunejax.train.metrics import MetricsWriter
-
         record = {
-            "parent": dataclasses.asdict(cfg),
-            "target": dataclasses.asdict(target),
+            "train": tcfg.to_dict(),
             "sheared": dataclasses.asdict(sc),
+            "model": {"parent": cfg.to_hf_dict(), "target": target.to_hf_dict()},
+            "data": {"dir": storage.absolute(store.data_dir), "fingerprint": store.fingerprint, "windows": len(source)},
+            "tokens": prune_tokens,
+            "steps": p.steps,
         }
-        record.update(prune_tokens=prune_tokens, data=store.fingerprint)
-        _check_run_dir(run_dir, record)
-        ckpt, writer = Checkpointer(run_dir, keep=2), MetricsWriter(run_dir)
-        restored = ckpt.restore_latest(abstract(state))
-        if restored is not None:
-            state = restored[1]
-            writer.truncate_after(restored[0])
-            log(f"sheared: resumed {run_dir} at step {restored[0]}")
-    step_fn = _jitted_step(cfg, target, sc, p, mesh)
-    batch_sh = batch_sharding(mesh, accumulated=False)
-    rows = sc.batch_size // jax.process_count()
-    local = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
-    last = p.steps if stop_after is None else min(stop_after, p.steps)
-    start = int(state["step"])
-    pending: tuple[int, dict] | None = None
+        try:
+            resuming = engine.open_run_dir(run_dir, record)
+        except ConfigError as e:
+            raise PruneError(f"{e}: this sheared run has other settings; use a new --run-dir") from None
+        checkpointer = Checkpointer(run_dir, keep=tcfg.keep_checkpoints)
+    writer = MetricsWriter(run_dir or None, echo=_progress(sc, p, log))
+    try:
+        if resuming:
+            start, state, data_state = engine.resume(checkpointer, state)
+            if start:
+                log(f"sheared: resumed {run_dir} at step {start}")
+        lc = LoopConfig(
+            start_step=start,
+            total_steps=p.steps,
+            tokens_per_step=sc.tokens_per_step,
+            log_every=tcfg.log_every,
+            ckpt_every=tcfg.ckpt_every,
+            stop_after=stop_after,
+            progress=False,  # the progress lines instead
+        )
+        spec = BatchSpec(sc.batch_size, 1, jax.process_index(), jax.process_count())
+        data = train_dataset(source, spec, sc.seed, p.steps)
+        step_fn = _jitted_step(cfg, target, sc, p, mesh)
+        state, _, signum = engine.fit(step_fn, state, data, data_state, mesh, lc, writer, checkpointer, on_step=on_step)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+        writer.close()
+    if signum is not None:
+        raise Stopped(str(run_dir), signum)
+    return state
+
+
+def _progress(sc: ShearedConfig, p: Plan, log: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+    """A console line every log_every steps (the metrics record of every step goes to metrics.jsonl)."""
     t0 = time.time()
 
-    def report(step: int, metrics: dict) -> None:
-        row = {"step": step, **_scalars(metrics)}
-        if not np.isfinite(row["loss"]):
-            raise PruneError(f"sheared: loss is {row['loss']} at step {step}; lower lr or mask_lr")
-        if writer:
-            writer.write(row)
-        if step % sc.log_every == 0 or step == p.steps:
+    def echo(row: dict[str, Any]) -> None:
+        step = row["step"]
+        if "lagrangian" in row and (step % sc.log_every == 0 or step == p.steps):
             sizes = " ".join(f"{g}={row[f'expected_{g}']:.1f}" for g in sg.GROUPS)
-            head = f"sheared step {step}/{p.steps} loss {row['lm_loss']:.4f} lag {row['lagrangian']:+.4f}"
+            head = f"sheared step {step}/{p.steps} loss {row['ce']:.4f} lag {row['lagrangian']:+.4f}"
             log(f"{head} {sizes} ({time.time() - t0:.0f}s)")
 
-    for step in range(start, last):
-        tokens_BL1 = jax.make_array_from_process_local_data(batch_sh, batch(store, sc, step)[local])
-        state, metrics = step_fn(state, tokens_BL1)
-        if pending is not None:  # read step t-1's metrics only once step t is dispatched
-            report(*pending)
-        pending = (step + 1, metrics)
-        if ckpt and ((step + 1) % sc.ckpt_every == 0 or step + 1 == last):
-            ckpt.save(step + 1, state, {"step": step + 1})
-    if pending is not None:
-        report(*pending)
-    if ckpt:
-        ckpt.close()
-    return state
+    return echo
 
 
 def shear(
@@ -262,8 +257,9 @@ def shear(
     """The whole stage: train the gates, check they reached the target, fold. Returns the folded
     (cfg, params) and a report (tokens consumed, final expected sizes and gaps, kept indices)."""
     state = train_gates(cfg, params, target, sc, store, prune_tokens, run_dir=run_dir, mesh=mesh, log=log)
-    gaps = sg.check_reached(state["log_alpha"], cfg, target, sc.fold_tolerance)
-    gates, keep = sg.deterministic_gates(state["log_alpha"], target)
+    log_alpha = state["extra"]["log_alpha"]
+    gaps = sg.check_reached(log_alpha, cfg, target, sc.fold_tolerance)
+    gates, keep = sg.deterministic_gates(log_alpha, target)
     new_cfg, new_params = fold(cfg, state["params"], gates, keep)
     if shape_of(new_cfg) != shape_of(target):  # the top-k fold guarantees this; a mismatch is a bug
         raise PruneError(f"fold produced {shape_of(new_cfg)}, target is {shape_of(target)}")
@@ -272,7 +268,7 @@ def shear(
         "prune_tokens": p.tokens,
         "prune_steps": p.steps,
         "data": {
-            "dir": os.path.abspath(store.data_dir),
+            "dir": storage.absolute(store.data_dir),
             "fingerprint": store.fingerprint,
             "split": sc.data_split,
             "offset": sc.data_offset,

@@ -54,6 +54,8 @@ class ShearedConfig:
                 raise ConfigError(f"sheared: {name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0 < self.lagrangian_warmup_frac < 1 or not 0 <= self.lr_warmup_frac < 1:
             raise ConfigError("sheared: lagrangian_warmup_frac must be in (0, 1) and lr_warmup_frac in [0, 1)")
+        if not 0 <= self.lr_final_frac <= 1:
+            raise ConfigError(f"sheared: lr_final_frac must be in [0, 1], got {self.lr_final_frac}")
         if min(self.lr, self.mask_lr, self.lambda_lr, self.clip_norm) <= 0:
             raise ConfigError("sheared: lr, mask_lr, lambda_lr and clip_norm must be positive")
         if self.compute_dtype not in ("float32", "bfloat16"):
@@ -73,11 +75,10 @@ def load_config(path: str | None = None, **overrides: Any) -> ShearedConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The step counts a token budget gives."""
+    """The step counts a token budget gives (the lr warmup is the train engine's: `optim.warmup_steps`)."""
 
     steps: int
     lagrangian_warmup: int
-    lr_warmup: int
     tokens: int  # tokens actually consumed (steps * batch * seq_len)
 
 
@@ -91,4 +92,4 @@ def plan(sc: ShearedConfig, prune_tokens: int) -> Plan:
             f"the Lagrangian warmup ({sc.lagrangian_warmup_frac} of the steps = {lag}) needs at least "
             f"{sc.min_lagrangian_warmup_steps} steps: give at least {int(need):,} tokens"
         )
-    return Plan(steps, lag, int(round(sc.lr_warmup_frac * steps)), steps * sc.tokens_per_step)
+    return Plan(steps, lag, steps * sc.tokens_per_step)

@@ -27,6 +27,15 @@ class TrainingDiverged(ValueError):
     """The loss or gradient norm became NaN/Inf."""
 
 
+class Stopped(Exception):
+    """A run that SIGTERM/SIGINT stopped at a checkpoint, raised by a caller that owes a finished result (a
+    trained pruning method); the same call on the same RUN_DIR resumes it."""
+
+    def __init__(self, run_dir: str, signum: int):
+        super().__init__(f"stopped by signal {signum} at a checkpoint in {run_dir}; run it again to resume")
+        self.run_dir, self.signum = run_dir, signum
+
+
 class StopFlag:
     """Set by SIGTERM/SIGINT (preemption): the loop saves a checkpoint and returns at the next step."""
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -13,13 +14,17 @@ import jax.numpy as jnp
 
 
 class MetricsWriter:
-    """Appends one JSON line per record to RUN_DIR/metrics.jsonl (process 0 only), optionally TensorBoard."""
+    """Appends one JSON line per record to RUN_DIR/metrics.jsonl (process 0 only; no file when `run_dir` is
+    None), optionally to TensorBoard, and hands each record to `echo` (e.g. a console line) when given."""
 
-    def __init__(self, run_dir: str, *, tensorboard: bool = False):
+    def __init__(
+        self, run_dir: str | None, *, tensorboard: bool = False, echo: Callable[[dict[str, Any]], None] | None = None
+    ):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = os.path.join(run_dir, "metrics.jsonl") if run_dir is not None else None
+        self.echo = echo
         self.tb = None
-        if tensorboard and self.enabled:
+        if tensorboard and self.enabled and run_dir is not None:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
@@ -28,7 +33,7 @@ class MetricsWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drop records past `step` (written after the checkpoint a resumed run restarts from)."""
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled or self.path is None or not os.path.exists(self.path):
             return
         with open(self.path) as f:
             keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
@@ -38,9 +43,12 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        if self.echo is not None:
+            self.echo(record)
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(clean) + "\n")
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, int | float) and k != "step" and v is not None:

@@ -1,4 +1,5 @@
-"""The learning-rate schedule and AdamW of the paper's recipe, and the mask helpers sparse training uses."""
+"""The learning-rate schedule and AdamW of the paper's recipe, the joint optimizer of a trained pruning
+method's extra leaves, and the mask helpers sparse training uses."""
 
 from __future__ import annotations
 
@@ -54,3 +55,19 @@ def optimizer(tcfg: TrainConfig, total_steps: int) -> optax.GradientTransformati
             mask=decay_mask,
         ),
     )
+
+
+def with_extra(
+    weights: optax.GradientTransformation, extra: dict[str, optax.GradientTransformation]
+) -> optax.GradientTransformation:
+    """One optimizer over {"params": weights, "extra": {name: subtree}} (`step.Objective`'s trainable tree):
+    `weights` (the run's `optimizer`) on params, `extra[name]` on each extra subtree, through
+    optax.multi_transform, so clipping and the schedule see the weights' gradients only."""
+    if "params" in extra:
+        raise ValueError("an extra subtree may not be called 'params' (that label is the weights')")
+
+    def labels(tree: Params) -> Params:
+        named = {name: jax.tree.map(lambda _, n=name: n, sub) for name, sub in tree["extra"].items()}
+        return {"params": jax.tree.map(lambda _: "params", tree["params"]), "extra": named}
+
+    return optax.multi_transform({"params": weights, **extra}, labels)

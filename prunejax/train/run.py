@@ -4,10 +4,14 @@ RUN_DIR layout: run.json (the resolved config: train config, model source, data 
 fingerprint, budget and derived steps), metrics.jsonl, checkpoints/<step>/ (Orbax), final/ (a
 MODEL_DIR). Calling `train` again on an existing RUN_DIR resumes from its newest readable
 checkpoint, provided the resolved config is the same.
+
+`open_run_dir`, `resume` and `fit` are the engine under `train`, also driven by the trained pruning
+methods (Sheared-LLaMA's `--run-dir`): one run-dir check, one resume, one loop with its checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +19,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import grain
 import jax
 import numpy as np
 
@@ -75,7 +80,8 @@ def model_source(
     return cfg, params, masks, tok
 
 
-def _check_inputs(cfg: LlamaConfig, tcfg: config_lib.TrainConfig, store: TokenStore, tokens: int) -> int:
+def check_inputs(cfg: LlamaConfig, tcfg: config_lib.TrainConfig, store: TokenStore, tokens: int) -> int:
+    """The steps a token budget gives, once the DATA_DIR's vocabulary and seq_len are known to fit the model."""
     if store.vocab_size > cfg.vocab_size:
         raise DataError(
             f"DATA_DIR vocabulary ({store.vocab_size}) exceeds the model's vocab_size ({cfg.vocab_size}): "
@@ -98,9 +104,9 @@ def _resolved(tcfg: config_lib.TrainConfig, **fields: Any) -> dict[str, Any]:
     return {"train": tcfg.to_dict(), **fields}
 
 
-def _open_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
-    """Create or validate RUN_DIR; True when resuming an earlier run of the same config.
-    Every process decides before process 0 writes, so all of them agree."""
+def open_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
+    """Create or validate RUN_DIR (its run.json is `resolved`); True when resuming an earlier run of the
+    same config. Every process decides before process 0 writes, so all of them agree."""
     try:
         return _check_run_dir(out_dir, resolved)
     finally:
@@ -125,6 +131,60 @@ def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
             json.dump(resolved, f, indent=2)
         os.replace(path + ".tmp", path)
     return False
+
+
+def resume(checkpointer: ckpt.Checkpointer, state: state_lib.State) -> tuple[int, state_lib.State, Any]:
+    """(step, state, data-iterator state) of the newest readable checkpoint, or (0, `state`, None)."""
+    restored = checkpointer.restore_latest(ckpt.abstract(state))
+    if restored is None:
+        return 0, state, None
+    step, state, extra = restored
+    return step, state, extra["iterator"]
+
+
+def fit(
+    step_fn: Callable[[state_lib.State, Any], tuple[state_lib.State, dict[str, jax.Array]]],
+    state: state_lib.State,
+    data: grain.MapDataset,
+    data_state: Any,
+    mesh: jax.sharding.Mesh,
+    lc: LoopConfig,
+    writer: MetricsWriter,
+    checkpointer: ckpt.Checkpointer | None,
+    *,
+    evaluate: Callable[[state_lib.State], dict[str, float]] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[state_lib.State, str, int | None]:
+    """Steps lc.start_step+1 .. lc.total_steps of `step_fn` (jitted) over `data` (`train_dataset`, positioned
+    at `data_state`); checkpoints (state and iterator position) every lc.ckpt_every steps, on SIGTERM/SIGINT
+    and at the end. Returns (state, 'done' | 'stopped', the signal that stopped it or None). Without a
+    checkpointer nothing is saved, and signals keep their default action (there is nothing to resume)."""
+    writer.truncate_after(lc.start_step)
+    iterator = train_iterator(data, data_state)
+
+    def batches() -> Any:
+        while True:
+            yield state_lib.global_batch(mesh, next(iterator))
+
+    save = None
+    if checkpointer is not None:
+
+        def save(at: int, s: state_lib.State) -> None:
+            checkpointer.save(at, s, {"iterator": iterator.get_state(), "step": at})
+            sp = ckpt.realized_sparsity(s)
+            if sp is not None:
+                writer.write({"step": at, "tokens": at * lc.tokens_per_step, **sp})
+
+    flag = StopFlag()
+    with jax.set_mesh(mesh):  # activations follow the batch axes (sharding.constrain_batch)
+        with flag if checkpointer is not None else contextlib.nullcontext(flag) as stop:
+            state, status = run_loop(
+                step_fn, state, batches(), lc, writer, save=save, evaluate=evaluate, on_step=on_step, stop=stop
+            )
+        unsaved = not lc.ckpt_every or lc.total_steps % lc.ckpt_every
+        if save is not None and status == "done" and lc.start_step < lc.total_steps and unsaved:
+            save(lc.total_steps, state)
+    return state, status, flag.signum
 
 
 def train(
@@ -152,7 +212,7 @@ def train(
     storage.refuse_remote(out_dir, "RUN_DIR")
     store = TokenStore(data_dir)
     cfg, params, masks, tok_dir = model_source(init, scratch, reinit, tcfg.seed)
-    total_steps = _check_inputs(cfg, tcfg, store, tokens)
+    total_steps = check_inputs(cfg, tcfg, store, tokens)
     mesh = mesh or sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp)
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     if tcfg.micro_batch % batch_devices:
@@ -178,7 +238,7 @@ def train(
             f"= {total_steps:,} steps ({tokens - total_steps * tcfg.tokens_per_step:,} tokens left over); "
             f"{windows_needed / len(source):.2f} epochs of {len(source):,} windows"
         )
-    resuming = _open_run_dir(out_dir, resolved)
+    resuming = open_run_dir(out_dir, resolved)
 
     opt = optim.optimizer(tcfg, total_steps)
     state = state_lib.place_state(mesh, state_lib.init_state(params, masks, opt, tcfg.seed))
@@ -186,12 +246,9 @@ def train(
     checkpointer = ckpt.Checkpointer(out_dir, keep=tcfg.keep_checkpoints, use_async=tcfg.async_checkpoint)
     start_step, data_state = 0, None
     if resuming:
-        restored = checkpointer.restore_latest(ckpt.abstract(state))
-        if restored is not None:
-            start_step, state, extra = restored
-            data_state = extra["iterator"]
-            if jax.process_index() == 0:
-                print(f"resuming {out_dir} from step {start_step:,}")
+        start_step, state, data_state = resume(checkpointer, state)
+        if start_step and jax.process_index() == 0:
+            print(f"resuming {out_dir} from step {start_step:,}")
     final_dir = os.path.join(out_dir, "final")
     if start_step == total_steps and os.path.exists(os.path.join(final_dir, "config.json")):
         checkpointer.close()
@@ -205,7 +262,6 @@ def train(
             "final": final_dir,
         }
     writer = MetricsWriter(out_dir, tensorboard=tcfg.tensorboard)
-    writer.truncate_after(start_step)
 
     teacher_params, teacher_cfg = None, None
     if teacher is not None:
@@ -216,11 +272,6 @@ def train(
             )
     step_fn = make_train_step(cfg, tcfg, opt, total_steps, teacher_cfg, mesh)
     jitted = state_lib.jit_train_step(step_fn, mesh, state, teacher_params)
-    iterator = train_iterator(train_dataset(source, spec, tcfg.seed, total_steps), data_state)
-
-    def batches() -> Any:
-        while True:
-            yield state_lib.global_batch(mesh, next(iterator))
 
     def step(s: Any, b: Any) -> Any:
         return jitted(s, b) if teacher_params is None else jitted(s, b, teacher_params)
@@ -236,12 +287,6 @@ def train(
             losses = [eval_fn(s["params"], state_lib.global_batch(mesh, b, accumulated=False)) for b in val_data]
             return {"val_loss": float(np.mean(np.asarray(jax.device_get(losses), np.float64)))}
 
-    def save(at: int, s: Any) -> None:
-        checkpointer.save(at, s, {"iterator": iterator.get_state(), "step": at})
-        sp = ckpt.realized_sparsity(s)
-        if sp is not None:
-            writer.write({"step": at, "tokens": at * tcfg.tokens_per_step, **sp})
-
     lc = LoopConfig(
         start_step=start_step,
         total_steps=total_steps,
@@ -254,18 +299,16 @@ def train(
         stop_after=stop_after,
         progress=progress and jax.process_index() == 0,
     )
+    data = train_dataset(source, spec, tcfg.seed, total_steps)
     summary: dict[str, Any] = {"run_dir": out_dir, "steps": total_steps, "start_step": start_step}
     try:
-        with jax.set_mesh(mesh):  # activations follow the batch axes (sharding.constrain_batch)
-            with StopFlag() as stop:
-                state, status = run_loop(
-                    step, state, batches(), lc, writer, save=save, evaluate=evaluate, on_step=on_step, stop=stop
-                )
-            summary["status"] = status
-            summary["signal"] = stop.signum  # SIGTERM/SIGINT that stopped the run, None otherwise
-            if status == "done":
-                if start_step < total_steps and (not tcfg.ckpt_every or total_steps % tcfg.ckpt_every):
-                    save(total_steps, state)
+        state, status, signum = fit(
+            step, state, data, data_state, mesh, lc, writer, checkpointer, evaluate=evaluate, on_step=on_step
+        )
+        summary["status"] = status
+        summary["signal"] = signum  # SIGTERM/SIGINT that stopped the run, None otherwise
+        if status == "done":
+            with jax.set_mesh(mesh):
                 if evaluate is not None:
                     val = evaluate(state)
                     writer.write({"step": total_steps, "tokens": total_steps * tcfg.tokens_per_step, **val})
@@ -282,7 +325,7 @@ def train(
                     provenance=provenance,
                     overwrite=True,
                 )
-                summary["final"] = final_dir
+            summary["final"] = final_dir
     finally:
         checkpointer.close()
         writer.close()

@@ -57,19 +57,23 @@ def reinit_kept(cfg: LlamaConfig, masks: Any, key: jax.Array) -> Any:
     return apply_masks(random_params(cfg, key), masks)
 
 
-def init_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed: int) -> State:
-    """A step-0 state: params (fp32, masked), fresh optimizer moments, masks, step, RNG."""
+def init_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed: int, extra: Any = None) -> State:
+    """A step-0 state: params (fp32, masked), fresh optimizer moments, masks, step, RNG; with `extra` (a
+    `step.Objective`'s leaves, fp32) also those, and `opt` then updates {"params", "extra"}."""
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     masks = jax.tree.map(lambda m: jnp.asarray(m, bool), masks or {})
     check_masks(params, masks)
     params = apply_masks(params, masks)
-    return {
+    if extra is not None:
+        extra = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), extra)
+    state = {
         "params": params,
-        "opt_state": opt.init(params),
+        "opt_state": opt.init(params if extra is None else {"params": params, "extra": extra}),
         "masks": masks,
         "step": jnp.zeros((), jnp.int32),
         "rng": jax.random.key_data(jax.random.key(seed)),
     }
+    return state if extra is None else {**state, "extra": extra}
 
 
 def _dict_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
