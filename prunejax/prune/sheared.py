@@ -74,6 +74,7 @@ def train_config(sc: ShearedConfig, p: Plan) -> TrainConfig:
         mesh_data=sc.mesh_data,
         mesh_fsdp=sc.mesh_fsdp,
         mesh_tp=sc.mesh_tp,
+        grad_reduce=sc.grad_reduce,
     )
 
 

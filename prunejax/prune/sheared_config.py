@@ -45,6 +45,7 @@ class ShearedConfig:
     mesh_data: int = -1  # data x fsdp x tp = devices; -1 takes the rest
     mesh_fsdp: int = 1
     mesh_tp: int = 1
+    grad_reduce: str = "xla"  # or "ordered": N processes train the same bits as 1 (train's grad_reduce)
     log_every: int = 10
     ckpt_every: int = 100  # steps between checkpoints when a run_dir is given
 
