@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 from prunejax.config import LlamaConfig
 from prunejax.data.store import DataError, TokenStore
 from prunejax.distributed import to_host, tree_to_host
-from prunejax.model import apply_rope, embed, head, nll_from_logits, rms_norm, rope_tables
+from prunejax.model import embed, head, layer_taps, nll_from_logits
 
 log = logging.getLogger(__name__)
 _unsharded: set[tuple[int, int]] = set()
@@ -67,29 +67,6 @@ def calibration_tokens(data_dir: str, samples: int = DEFAULT_SAMPLES, seq_len: i
         return store.read("train", 0, need).reshape(samples, seq_len)
     except DataError as e:
         raise CalibrationError(str(e)) from e
-
-
-def layer_taps(cfg: LlamaConfig, lp: Params, x_BLD: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One decoder layer (same math as `prunejax.model`), returning its output and its four projection inputs."""
-    cos_LH, sin_LH = rope_tables(cfg, jnp.arange(x_BLD.shape[1]))
-    attn, mlp = lp["self_attn"], lp["mlp"]
-    a_BLD = rms_norm(x_BLD, lp["input_layernorm"], cfg.rms_norm_eps)
-    q_BLNH = apply_rope(jnp.einsum("BLD,DNH->BLNH", a_BLD, attn["q_proj"]), cos_LH, sin_LH)
-    k_BSKH = apply_rope(jnp.einsum("BSD,DKH->BSKH", a_BLD, attn["k_proj"]), cos_LH, sin_LH)
-    v_BSKH = jnp.einsum("BSD,DKH->BSKH", a_BLD, attn["v_proj"])
-    b, length, n, h = q_BLNH.shape
-    k = k_BSKH.shape[2]
-    q_BLKGH = q_BLNH.reshape(b, length, k, n // k, h)
-    logits_BKGLS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH) / math.sqrt(h)
-    causal_LS = jnp.tril(jnp.ones((length, length), dtype=bool))
-    probs_BKGLS = jax.nn.softmax(jnp.where(causal_LS, logits_BKGLS, jnp.finfo(jnp.float32).min), axis=-1)
-    o_BLNH = jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS, v_BSKH).reshape(b, length, n, h)
-    h_BLD = x_BLD + jnp.einsum("BLNH,NHD->BLD", o_BLNH, attn["o_proj"])
-    m_BLD = rms_norm(h_BLD, lp["post_attention_layernorm"], cfg.rms_norm_eps)
-    gate_BLF = jnp.einsum("BLD,DF->BLF", m_BLD, mlp["gate_proj"])
-    f_BLF = jax.nn.silu(gate_BLF) * jnp.einsum("BLD,DF->BLF", m_BLD, mlp["up_proj"])
-    y_BLD = h_BLD + jnp.einsum("BLF,FD->BLD", f_BLF, mlp["down_proj"])
-    return y_BLD, {"attn": a_BLD, "o": o_BLNH, "mlp": m_BLD, "down": f_BLF}
 
 
 def _sample_sums(a_BL_: jax.Array) -> jax.Array:

@@ -111,7 +111,8 @@ class Attention(nnx.Module):
         self.v_proj = nnx.Param(_trunc_normal(rngs, (d, k, h), dtype))
         self.o_proj = nnx.Param(_trunc_normal(rngs, (n, h, d), dtype))
 
-    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None) -> jax.Array:
+    def heads(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None) -> jax.Array:
+        """Every head's output [B,L,N,H], before `o_proj` mixes them (the input Wanda/SparseGPT see there)."""
         dt = x_BLD.dtype
         q_BLNH = jnp.einsum("BLD,DNH->BLNH", x_BLD, self.q_proj[...].astype(dt))
         k_BSKH = jnp.einsum("BSD,DKH->BSKH", x_BLD, self.k_proj[...].astype(dt))
@@ -125,8 +126,11 @@ class Attention(nnx.Module):
             out_BLKGH = blockwise_attention(q_BLKGH, k_BSKH, v_BSKH, block)
         else:
             out_BLKGH = causal_attention(q_BLKGH, k_BSKH, v_BSKH, 0)
-        out_BLNH = out_BLKGH.reshape(b, length, n, h)
-        return jnp.einsum("BLNH,NHD->BLD", out_BLNH, self.o_proj[...].astype(dt))
+        return out_BLKGH.reshape(b, length, n, h)
+
+    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None) -> jax.Array:
+        out_BLNH = self.heads(x_BLD, cos_LH, sin_LH, block)
+        return jnp.einsum("BLNH,NHD->BLD", out_BLNH, self.o_proj[...].astype(x_BLD.dtype))
 
 
 class MLP(nnx.Module):
@@ -160,6 +164,20 @@ class DecoderLayer(nnx.Module):
         attn_in_BLD = rms_norm(x_BLD, self.input_layernorm[...], self.eps)
         h_BLD = x_BLD + self.self_attn(attn_in_BLD, cos_LH, sin_LH, block)
         return h_BLD + self.mlp(rms_norm(h_BLD, self.post_attention_layernorm[...], self.eps))
+
+    def taps(
+        self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The layer's output and the inputs of its four projection groups, computed by the same ops as
+        `__call__`: "attn" (into q/k/v), "o" (per-head, into o_proj), "mlp" (into gate/up), "down"."""
+        dt = x_BLD.dtype
+        attn_in_BLD = rms_norm(x_BLD, self.input_layernorm[...], self.eps)
+        heads_BLNH = self.self_attn.heads(attn_in_BLD, cos_LH, sin_LH, block)
+        h_BLD = x_BLD + jnp.einsum("BLNH,NHD->BLD", heads_BLNH, self.self_attn.o_proj[...].astype(dt))
+        mlp_in_BLD = rms_norm(h_BLD, self.post_attention_layernorm[...], self.eps)
+        hidden_BLF = self.mlp.hidden(mlp_in_BLD)
+        y_BLD = h_BLD + jnp.einsum("BLF,FD->BLD", hidden_BLF, self.mlp.down_proj[...].astype(dt))
+        return y_BLD, {"attn": attn_in_BLD, "o": heads_BLNH, "mlp": mlp_in_BLD, "down": hidden_BLF}
 
 
 class Llama(nnx.Module):
@@ -293,6 +311,15 @@ def layer_forward(
         positions_L = jnp.arange(x_BLD.shape[1])
     cos_LH, sin_LH = rope_tables(cfg, positions_L)
     return _merge(cfg, layer_params, "layer")(x_BLD, cos_LH, sin_LH)
+
+
+def layer_taps(
+    cfg: LlamaConfig, layer_params: Params, x_BLD: jax.Array, block: int | None = ATTN_BLOCK
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One decoder layer's output [B,L,D] and its projection inputs (`DecoderLayer.taps`): what
+    layer-sequential calibration measures, with the forward pass's own (blockwise) attention."""
+    cos_LH, sin_LH = rope_tables(cfg, jnp.arange(x_BLD.shape[1]))
+    return _merge(cfg, layer_params, "layer").taps(x_BLD, cos_LH, sin_LH, block)
 
 
 def layer_mlp_hidden(cfg: LlamaConfig, layer_params: Params, x_BLD: jax.Array) -> jax.Array:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prunejax import calibrate
+from prunejax import calibrate, model
 from prunejax.config import TINY
 from prunejax.data.store import write_data_dir
 from prunejax.model import forward, init_params, layer_forward, rms_norm
@@ -30,7 +30,7 @@ def tokens():
 
 def test_layer_taps_match_the_model(params, tokens):
     x = calibrate.embed_tokens(CFG, params, tokens)
-    y, taps = calibrate.layer_taps(CFG, params["layers"]["1"], jnp.asarray(x))
+    y, taps = model.layer_taps(CFG, params["layers"]["1"], jnp.asarray(x))
     np.testing.assert_allclose(y, layer_forward(CFG, params["layers"]["1"], jnp.asarray(x)), atol=1e-5)
     assert taps["o"].shape == (8, 16, CFG.num_attention_heads, CFG.head_dim)
     assert taps["down"].shape == (8, 16, CFG.intermediate_size)
@@ -40,7 +40,7 @@ def test_statistics_equal_hand_sums(params, tokens):
     lp = params["layers"]["0"]
     x = jnp.asarray(calibrate.embed_tokens(CFG, params, tokens))
     _, stats = calibrate.layer_statistics(CFG, lp, x, ("act", "cosine", "hessian", "sq_norm"))
-    _, taps = calibrate.layer_taps(CFG, lp, x)
+    _, taps = model.layer_taps(CFG, lp, x)
     a = np.asarray(rms_norm(x, lp["input_layernorm"], CFG.rms_norm_eps)).reshape(-1, CFG.hidden_size)
     np.testing.assert_allclose(stats["hessian"]["attn"], a.T @ a, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(stats["sq_norm"]["attn"], (a * a).sum(0), rtol=1e-5)
@@ -130,3 +130,16 @@ def test_calibration_tokens(tmp_path):
     np.testing.assert_array_equal(toks.reshape(-1), chunks[0][:60])
     with pytest.raises(calibrate.CalibrationError, match=r"needs 8 x 20 = 160 tokens, the train split has 100"):
         calibrate.calibration_tokens(str(data), samples=8, seq_len=20)
+
+
+def test_calibration_taps_come_from_the_models_blockwise_layer(params, tokens):
+    """One decoder-layer implementation: the taps are the forward pass's own, and with queries in blocks
+    (what long calibration sequences use) they equal full attention's."""
+    x = jnp.asarray(calibrate.embed_tokens(CFG, params, tokens))  # [8, 16, D]
+    lp = params["layers"]["0"]
+    y_full, full = model.layer_taps(CFG, lp, x, block=None)
+    y_block, blocked = model.layer_taps(CFG, lp, x, block=4)  # 4 blocks of 4 queries
+    np.testing.assert_allclose(y_block, y_full, rtol=1e-5, atol=1e-6)
+    for name in full:
+        np.testing.assert_allclose(blocked[name], full[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(y_full, layer_forward(CFG, lp, x))  # the same ops as the forward pass
