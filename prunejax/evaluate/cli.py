@@ -80,6 +80,10 @@ def evaluate(
 ) -> str:
     """`evaluate_model` written to the results.json `out`, which is returned; an existing `out` is refused
     before, not after, the evaluation unless `overwrite`."""
+    counts = {"--seq-len": seq_len, "--stride": stride, "--max-tokens": max_tokens, "--limit": limit}
+    for flag, value in {**counts, "--batch-size": batch_size}.items():  # what the CLI's argparse types check
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     if storage.is_remote(out):
         storage.check_bucket(out)
     storage.refuse_existing(out, overwrite)
