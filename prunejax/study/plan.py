@@ -1,11 +1,13 @@
 """The study's stages in dependency order, each with the spec that determines its output.
 
-A stage's hash covers its kind, its spec (paths relative to STUDY_DIR) and the hashes of the stages
-it depends on, so changing anything upstream invalidates exactly the stages downstream of it. A
-config file a stage reads (train_config, sheared_config, a parent model YAML) enters the hash as its
-resolved values, not its path: editing a value invalidates, moving the file or editing a comment
-does not. Two grid cells never share a stage id (a ratio, budget or seed listed twice, or two that
-differ below the id's precision, is a ConfigError).
+A spec is a frozen dataclass per kind (`PruneSpec`, `RetrainSpec`, ...), which `stages.STAGES` hands to
+the verb's entry function. A stage's hash covers its kind, its spec (paths relative to STUDY_DIR; read as
+`spec_dict`, the dict it has always been hashed as) and the hashes of the stages it depends on, so
+changing anything upstream invalidates exactly the stages downstream of it. A config file a stage reads
+(train_config, sheared_config, a parent model YAML) enters the hash as its resolved values, not its
+path: editing a value invalidates, moving the file or editing a comment does not. Two grid cells never
+share a stage id (a ratio, budget or seed listed twice, or two that differ below the id's precision,
+is a ConfigError).
 Token ranges of the train split follow the paper: the parent reads [0, P]; every retraining run
 reads the disjoint [P+1, P+R+1]; scratch runs read [0, T] (T = R, or P+R at equal total tokens).
 Each range holds one token more than its budget: a window of L inputs needs L+1 tokens.
