@@ -373,15 +373,13 @@ def test_bad_input_removes_even_a_resumed_partial_build(tok, tmp_path):
 
 
 def test_ctrl_c_in_a_study_data_stage_stops_the_study(tok, tmp_path, monkeypatch, capsys):
-    from prunejax.study import runner
-
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
     out = str(tmp_path / "data")
     argv = ["prepare", "--text", str(tmp_path / "docs.jsonl"), "--tokenizer", tok, "--out", out, "--workers", "1"]
     read_files = data_cli.read_files
     monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):  # not a RuntimeError that would mark the stage failed and go on
-        runner.cli("data", argv)
+    with pytest.raises(KeyboardInterrupt):  # the study's call: not an error that would mark the stage failed
+        data_cli.prepare_data(out, tokenizer=tok, text=[str(tmp_path / "docs.jsonl")], workers=1)
     assert f"run the same command again to resume from {work_dir(out)}" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         data_cli.main(argv)

@@ -163,3 +163,15 @@ def test_eval_refuses_a_tokenizer_with_auto_map(inputs, capsys) -> None:
     assert cli.main(argv) == 1
     assert f"{path}: auto_map names custom code" in capsys.readouterr().err
     assert not os.path.exists(f"{model}.json")
+
+
+def test_evaluate_is_the_cli_without_flags(inputs) -> None:
+    from prunejax.evaluate.cli import evaluate
+
+    out = f"{inputs['root']}/by_function.json"
+    assert evaluate(inputs["model"], out=out, data=inputs["data"], seq_len=32, batch_size=4) == out
+    assert json.load(open(out))["validation"]["scored_tokens"] > 0
+    with pytest.raises(FileExistsError):  # refused before the evaluation, as the CLI does
+        evaluate(inputs["model"], out=out, data=inputs["data"])
+    with pytest.raises(ValueError, match="--batch-size must be at least 1, got 0"):  # what argparse checks
+        evaluate(inputs["model"], out=f"{inputs['root']}/zero.json", data=inputs["data"], batch_size=0)

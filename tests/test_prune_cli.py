@@ -15,6 +15,7 @@ from prunejax.cli import main
 from prunejax.config import TINY
 from prunejax.data.store import write_data_dir
 from prunejax.model import forward, init_params
+from prunejax.prune import PruneError
 
 CFG = TINY.replace(num_hidden_layers=2)
 
@@ -248,3 +249,24 @@ def test_existing_output_needs_overwrite(dirs, capsys):
     assert (dirs / "taken" / "keep.txt").exists()
     assert run(dirs, "--method", "magnitude", "--ratio", "0.5", "--overwrite", out="taken") == 0
     assert not (dirs / "taken" / "keep.txt").exists()
+
+
+def test_prune_model_is_the_cli_without_flags(dirs, capsys):
+    from prunejax.prune.cli import prune_model
+
+    out, cli_out = str(dirs / "by_function"), str(dirs / "by_cli")
+    assert prune_model(str(dirs / "model"), "magnitude", ratio=0.25, out=out) == out
+    assert (
+        main(["prune", "--model", str(dirs / "model"), "--method", "magnitude", "--ratio", "0.25", "--out", cli_out])
+        == 0
+    )
+    prov, by_cli = (hf.load_provenance(d) for d in (out, cli_out))
+    assert {**prov, "seconds": 0} == {**by_cli, "seconds": 0}  # the MODEL_DIR `prunejax prune` writes
+    assert (dirs / "by_function" / "model.safetensors").read_bytes() == (
+        dirs / "by_cli" / "model.safetensors"
+    ).read_bytes()
+    for both in ({"ratio": 0.5, "target": "layers=1"}, {}):  # argparse's group, for callers without a parser
+        with pytest.raises(PruneError, match="give exactly one of --ratio or --target"):
+            prune_model(str(dirs / "model"), "shortgpt", **both, calib=str(dirs / "data"), out=str(dirs / "x"))
+    with pytest.raises(PruneError, match="wanda needs calibration data"):  # the CLI's messages, as exceptions
+        prune_model(str(dirs / "model"), "wanda", ratio=0.5, out=str(dirs / "x"))

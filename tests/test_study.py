@@ -15,6 +15,7 @@ from prunejax.model import init_params
 from prunejax.study import baselines, plan, report
 from prunejax.study import config as study_config
 from prunejax.study.runner import Runner, StudyError
+from prunejax.study.stages import STAGES
 
 
 def _count(cfg) -> int:
@@ -103,10 +104,10 @@ def test_every_config_loads_and_dry_runs(capsys):
 def test_plan_ranges_and_hashes():
     study = study_config.from_dict(MINI)
     stages = {s.id: s for s in plan.build(study)}
-    assert stages["retrain/wanda/r0.5/s0/R2k"].spec["offset"] == 6001  # disjoint from the parent's [0, 6000]
+    assert stages["retrain/wanda/r0.5/s0/R2k"].spec.offset == 6001  # disjoint from the parent's [0, 6000]
     assert stages["scratch/same/wanda/r0.5/s0/equal_total/R4k"].tokens == 10_000
-    assert stages["scratch/same/wanda/r0.5/s0/equal_train/R4k"].spec["reinit"]  # the sparse control
-    assert not stages["scratch/same/minitron-depth/r0.5/s0/equal_train/R4k"].spec["reinit"]
+    assert stages["scratch/same/wanda/r0.5/s0/equal_train/R4k"].spec.reinit  # the sparse control
+    assert not stages["scratch/same/minitron-depth/r0.5/s0/equal_train/R4k"].spec.reinit
     h1 = plan.hashes(list(stages.values()))
     changed = study_config.from_dict({**MINI, "retrain_budgets": ["2k", "5k"]})
     h2 = plan.hashes(plan.build(changed))
@@ -162,10 +163,10 @@ def test_seeds_vary_what_follows_the_pruning():
     assert [sid for sid in stages if sid.startswith("baseline/params/wanda/")] == ["baseline/params/wanda/r0.5/s0"]
     for seed in (0, 1, 2):
         retrain = stages[f"retrain/wanda/r0.5/s{seed}/R2k"]
-        assert retrain.deps == ("prune/wanda/r0.5/s0", "data") and retrain.spec["seed"] == seed
+        assert retrain.deps == ("prune/wanda/r0.5/s0", "data") and retrain.spec.seed == seed
         for shape, source in (("same", "prune/wanda/r0.5/s0"), ("params", "baseline/params/wanda/r0.5/s0")):
             scratch = stages[f"scratch/{shape}/wanda/r0.5/s{seed}/equal_total/R4k"]
-            assert scratch.deps == (source, "data") and scratch.spec["seed"] == seed
+            assert scratch.deps == (source, "data") and scratch.spec.seed == seed
             assert stages[f"eval/{scratch.id}"].info["seed"] == seed
     seeded = study_config.from_dict({**MINI, "seeds": [3, 7]})
     ids = [s.id for s in plan.build(seeded)]
@@ -185,8 +186,8 @@ def test_dense_controls_retrain_the_parent_with_the_pruned_models_recipe():
             assert stages[f"eval/{cont.id}"].info["setting"] == "continue"
         once = stages[f"control/once/s{seed}/R4k"]  # the largest budget only: the equal-total setting
         assert once.kind == "scratch" and once.deps == ("parent", "data")
-        assert once.spec["tokens"] == 6_000 + 4_000 and not once.spec["reinit"] and once.spec["seed"] == seed
-        assert once.spec["train"] == cont.spec["train"]
+        assert once.spec.tokens == 6_000 + 4_000 and not once.spec.reinit and once.spec.seed == seed
+        assert once.spec.train == cont.spec.train
         assert f"control/once/s{seed}/R2k" not in stages
     assert study_config.from_dict({**MINI, "dense_control": "once"}).dense_control == ("once",)
 
@@ -246,12 +247,12 @@ def mini_study(tmp_path_factory):
     study = study_config.from_dict(MINI)
     out = str(tmp_path_factory.mktemp("study") / "mini")
     runner = Runner(study, out)
-    real = Runner.run_retrain
+    real = STAGES["retrain"]
 
-    def interrupted(self, stage):
+    def interrupted(runner, stage):
         raise KeyboardInterrupt  # what a Ctrl-C or a killed job leaves behind: a stage marked running
 
-    Runner.run_retrain = interrupted
+    STAGES["retrain"] = interrupted
     first: list[str] = []
     try:
         runner.run(log=first.append)
@@ -259,7 +260,7 @@ def mini_study(tmp_path_factory):
     except KeyboardInterrupt:
         pass
     finally:
-        Runner.run_retrain = real
+        STAGES["retrain"] = real
     second: list[str] = []
     rc = Runner(study, out).run(log=second.append)
     return study, out, first, second, rc
@@ -335,6 +336,25 @@ def test_changed_config_names_invalidated_stages(mini_study):
     msg = str(e.value)
     assert "prune/wanda/r0.5/s0" in msg and "retrain/wanda/r0.5/s0/R2k" in msg
     assert "\n  parent\n" not in msg and "--rerun-changed" in msg
+
+
+def test_an_error_in_a_stage_arrives_as_its_exception_and_fails_the_stage(tmp_path):
+    from prunejax.data.store import DataError
+    from prunejax.study.runner import read_marker
+
+    missing = str(tmp_path / "no-tokenizer")
+    study = study_config.from_dict({**MINI, "data": {**MINI["data"], "tokenizer": missing}})
+    runner = Runner(study, str(tmp_path / "s"))
+    with pytest.raises(DataError, match="not a tokenizer directory") as e:  # the verb's own error, not an exit
+        STAGES["data"](runner, runner.by_id["data"])
+    log: list[str] = []
+    assert runner.run(log=log.append) == 1
+    marker = read_marker(runner.dir, "data")
+    assert marker["status"] == "failed" and marker["error"] == f"DataError: {e.value}"
+    assert log[0].endswith(f"data: failed in {marker['seconds']:.1f}s — DataError: {e.value}")
+    assert "failed: data;" in log[-1] and f"{len(runner.stages) - 1} stages skipped" in log[-1]
+    index = json.load(open(os.path.join(runner.dir, "stages.json")))["stages"]
+    assert [(s["id"], s["status"], s["error"]) for s in index][0] == ("data", "failed", f"DataError: {e.value}")
 
 
 def test_an_interrupted_study_exits_130_with_the_resume_hint(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,8 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prunejax import distributed, storage
 from prunejax.data.build import val_every, work_dir
@@ -20,19 +21,26 @@ from prunejax.data.store import DataError, TokenStore
 from prunejax.distributed import add_launch_args
 
 
-def _documents(args: argparse.Namespace) -> tuple[Iterator[str], str, list[str]]:
-    """(documents, source name, the files they are read from)."""
-    if bool(args.text) == bool(args.corpus):
+def documents(
+    text: Sequence[str] = (),
+    corpus: str | None = None,
+    *,
+    corpus_path: str | None = None,
+    field: str = "text",
+    max_documents: int = 0,
+) -> tuple[Iterator[str], str, list[str]]:
+    """(documents, source name, the files they are read from) of text files or a built-in corpus."""
+    if bool(text) == bool(corpus):
         raise DataError("give exactly one of --text FILES... or --corpus NAME")
-    if args.corpus:
-        files = [corpus_file(args.corpus, args.corpus_path)]
-        docs, source = corpus_documents(args.corpus, files[0]), f"corpus:{args.corpus}"
+    if corpus:
+        files = [corpus_file(corpus, corpus_path)]
+        docs, source = corpus_documents(corpus, files[0]), f"corpus:{corpus}"
     else:
-        files = expand_files(args.text)
-        docs, source = read_files(files, args.field), "files:" + ",".join(args.text)
-    if args.max_documents:
-        docs = itertools.islice(docs, args.max_documents)
-        source += f"[:{args.max_documents}]"
+        files = expand_files(text)
+        docs, source = read_files(files, field), "files:" + ",".join(text)
+    if max_documents:
+        docs = itertools.islice(docs, max_documents)
+        source += f"[:{max_documents}]"
     return docs, source, files
 
 
@@ -109,62 +117,144 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    storage.refuse_remote(getattr(args, "corpus_path", None), "--corpus-path")
-    for f in (getattr(args, "array_record", None) or []) + (getattr(args, "val_files", None) or []):
-        storage.refuse_remote(f, "ArrayRecord file")
-    try:
-        if args.cmd == "info":
-            return _run(args)
-        # host work: one process builds, the others wait for it and then read the same DATA_DIR
-        distributed.one_writer(f"data {args.cmd}", lambda: _run_to(args))
-        return 0
-    except KeyboardInterrupt:
-        # re-raised, not an exit status: a study calls this in-process and must stop, not log a failed stage
-        if args.cmd in ("prepare", "index") and os.path.exists(work_dir(args.out)):
-            print(f"interrupted: run the same command again to resume from {work_dir(args.out)}", file=sys.stderr)
-        raise
+def prepare_data(
+    out: str,
+    *,
+    tokenizer: str,
+    text: Sequence[str] = (),
+    corpus: str | None = None,
+    corpus_path: str | None = None,
+    field: str = "text",
+    max_documents: int = 0,
+    val_fraction: float = 0.05,
+    batch_docs: int = 256,
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> str:
+    """`prunejax data prepare`: tokenize text files or a corpus into the DATA_DIR `out`, which is returned."""
+    storage.refuse_remote(corpus_path, "--corpus-path")
 
-
-def _run_to(args: argparse.Namespace) -> None:
-    """`_run`, and for a gs:// --out: built in a local staging directory (an interrupted build resumes
-    there), then uploaded and committed by its marker, and the staging copy removed."""
-    remote = args.out
-    if not storage.is_remote(remote):
-        _run(args)
-        return
-    storage.check_bucket(remote)
-    storage.check_free(remote, args.overwrite)
-    local = storage.staging_dir(remote)
-    _run(argparse.Namespace(**{**vars(args), "out": local}))
-    storage.publish(local, remote, overwrite=args.overwrite)
-    shutil.rmtree(local)
-    print(f"committed {remote}")
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.cmd == "prepare":
-        docs, source, files = _documents(args)
-        out = prepare(
+    def build(local: str) -> None:
+        docs, source, files = documents(text, corpus, corpus_path=corpus_path, field=field, max_documents=max_documents)
+        written = prepare(
             docs,
-            args.tokenizer,
-            args.out,
-            val_fraction=args.val_fraction,
-            batch_docs=args.batch_docs,
-            workers=args.workers,
+            tokenizer,
+            local,
+            val_fraction=val_fraction,
+            batch_docs=batch_docs,
+            workers=default_workers() if workers is None else workers,
             source=source,
             inputs=files,
-            field=None if args.corpus else args.field,
-            overwrite=args.overwrite,
+            field=None if corpus else field,
+            overwrite=overwrite,
         )
-        _print_summary(out)
-    elif args.cmd == "index":
-        out = index_array_records(
-            args.array_record,
-            args.tokenizer,
+        _print_summary(written)
+
+    return _write("prepare", out, overwrite, build)
+
+
+def train_tokenizer(
+    out: str,
+    *,
+    text: Sequence[str] = (),
+    corpus: str | None = None,
+    corpus_path: str | None = None,
+    field: str = "text",
+    max_documents: int = 0,
+    vocab_size: int = 512,
+    overwrite: bool = False,
+) -> str:
+    """`prunejax data train-tokenizer`: a byte-level BPE of text files or a corpus, written to `out` (returned)."""
+    storage.refuse_remote(corpus_path, "--corpus-path")
+
+    def build(local: str) -> None:
+        from prunejax.data.tokenizer import train_bpe
+
+        docs, _, _ = documents(text, corpus, corpus_path=corpus_path, field=field, max_documents=max_documents)
+        written = train_bpe(docs, local, vocab_size=vocab_size, overwrite=overwrite)
+        print(f"wrote {written}: byte-level BPE, vocab {vocab_size}")
+
+    return _write("train-tokenizer", out, overwrite, build)
+
+
+def index_data(
+    out: str,
+    *,
+    array_record: Sequence[str],
+    tokenizer: str,
+    val_fraction: float = 0.05,
+    val_files: Sequence[str] = (),
+    feature: str | None = None,
+    record_dtype: str = "example",
+    append_eos: bool = True,
+    overwrite: bool = False,
+) -> str:
+    """`prunejax data index`: a DATA_DIR `out` (returned) of ArrayRecord files of pre-tokenized documents."""
+    for f in [*array_record, *val_files]:
+        storage.refuse_remote(f, "ArrayRecord file")
+
+    def build(local: str) -> None:
+        written = index_array_records(
+            list(array_record),
+            tokenizer,
+            local,
+            val_fraction=val_fraction,
+            val_files=list(val_files),
+            feature=feature,
+            record_dtype=record_dtype,
+            append_eos=append_eos,
+            overwrite=overwrite,
+        )
+        _print_summary(written)
+
+    return _write("index", out, overwrite, build)
+
+
+def _write(cmd: str, out: str, overwrite: bool, build: Callable[[str], None]) -> str:
+    """`build(out)` on one process (the others wait for it and then read the same output). A gs:// `out` is
+    built in a local staging directory (an interrupted build resumes there), then uploaded and committed by
+    its marker, and the staging copy removed."""
+
+    def build_to() -> None:
+        if not storage.is_remote(out):
+            build(out)
+            return
+        storage.check_bucket(out)
+        storage.check_free(out, overwrite)
+        local = storage.staging_dir(out)
+        build(local)
+        storage.publish(local, out, overwrite=overwrite)
+        shutil.rmtree(local)
+        print(f"committed {out}")
+
+    try:
+        distributed.one_writer(f"data {cmd}", build_to)
+    except KeyboardInterrupt:
+        # re-raised, not an exit status: a study calls this in-process and must stop, not log a failed stage
+        if cmd in ("prepare", "index") and os.path.exists(work_dir(out)):
+            print(f"interrupted: run the same command again to resume from {work_dir(out)}", file=sys.stderr)
+        raise
+    return out
+
+
+def info(data_dir: str) -> dict[str, Any]:
+    """`prunejax data info`: a DATA_DIR's meta.json without its shard list, and its token count per split."""
+    store = TokenStore(data_dir)
+    summary = {k: v for k, v in store.meta.items() if k != "splits"}
+    summary["tokens"] = {s: store.num_tokens(s) for s in store.splits()}
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "info":
+        print(json.dumps(info(args.data_dir), indent=2))
+        return 0
+    if args.cmd == "index":
+        index_data(
             args.out,
+            array_record=args.array_record,
+            tokenizer=args.tokenizer,
             val_fraction=args.val_fraction,
             val_files=args.val_files,
             feature=args.feature,
@@ -172,16 +262,24 @@ def _run(args: argparse.Namespace) -> int:
             append_eos=args.append_eos,
             overwrite=args.overwrite,
         )
-        _print_summary(out)
-    elif args.cmd == "train-tokenizer":
-        from prunejax.data.tokenizer import train_bpe
-
-        docs, _, _ = _documents(args)
-        out = train_bpe(docs, args.out, vocab_size=args.vocab_size, overwrite=args.overwrite)
-        print(f"wrote {out}: byte-level BPE, vocab {args.vocab_size}")
+        return 0
+    source = {
+        "text": args.text or (),
+        "corpus": args.corpus,
+        "corpus_path": args.corpus_path,
+        "field": args.field,
+        "max_documents": args.max_documents,
+    }
+    if args.cmd == "prepare":
+        prepare_data(
+            args.out,
+            tokenizer=args.tokenizer,
+            **source,
+            val_fraction=args.val_fraction,
+            batch_docs=args.batch_docs,
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
     else:
-        store = TokenStore(args.data_dir)
-        summary = {k: v for k, v in store.meta.items() if k != "splits"}
-        summary["tokens"] = {s: store.num_tokens(s) for s in store.splits()}
-        print(json.dumps(summary, indent=2))
+        train_tokenizer(args.out, **source, vocab_size=args.vocab_size, overwrite=args.overwrite)
     return 0

@@ -79,39 +79,49 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def _options(args: argparse.Namespace) -> dict[str, Any]:
+def _options(
+    model: str,
+    method: str,
+    *,
+    out: str,
+    ratio: float | None,
+    target: str | None,
+    pattern: str | None,
+    calib: str | None,
+    batch_size: int,
+    mesh: str | jax.sharding.Mesh | None,
+    trained: dict[str, Any],
+    overwrite: bool,
+) -> dict[str, Any]:
     """Validated method options, before anything heavy is loaded."""
-    get_method(args.method)
-    pattern = parse_pattern(args.pattern)
-    target = parse_target(args.target) if args.target is not None else None
-    if args.ratio is not None and not 0.0 < args.ratio < 1.0:
-        raise PruneError(f"--ratio must be in (0, 1), got {args.ratio}")
-    if args.batch_size < 1:
-        raise PruneError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.calib is None and args.method not in NO_CALIBRATION:
-        raise PruneError(f"{args.method} needs calibration data: give --calib DATA_DIR")
-    storage.refuse_remote(args.run_dir, "--run-dir")
-    if storage.is_remote(args.out):
-        storage.check_bucket(args.out)
-    storage.refuse_input(args.out, args.model, "--model")
-    storage.refuse_existing(args.out, args.overwrite)
-    if args.mesh is not None:
-        mesh = sharding.parse_mesh(args.mesh)
-    elif args.method in TRAINED:
-        mesh = None  # sheared trains on the mesh its config names (mesh_data, mesh_fsdp, mesh_tp)
+    get_method(method)
+    if (ratio is None) == (target is None):  # argparse says so for the CLI; this is for callers of prune_model
+        raise PruneError("give exactly one of --ratio or --target")
+    n_m = parse_pattern(pattern)
+    shape = parse_target(target) if target is not None else None
+    if ratio is not None and not 0.0 < ratio < 1.0:
+        raise PruneError(f"--ratio must be in (0, 1), got {ratio}")
+    if batch_size < 1:
+        raise PruneError(f"--batch-size must be positive, got {batch_size}")
+    if calib is None and method not in NO_CALIBRATION:
+        raise PruneError(f"{method} needs calibration data: give --calib DATA_DIR")
+    storage.refuse_remote(trained["run_dir"], "--run-dir")
+    if storage.is_remote(out):
+        storage.check_bucket(out)
+    storage.refuse_input(out, model, "--model")
+    storage.refuse_existing(out, overwrite)
+    if isinstance(mesh, jax.sharding.Mesh):
+        placed = mesh
+    elif mesh is not None:
+        placed = sharding.parse_mesh(mesh)
+    elif method in TRAINED:
+        placed = None  # sheared trains on the mesh its config names (mesh_data, mesh_fsdp, mesh_tp)
     else:
-        mesh = sharding.parse_mesh(DEFAULT_MESH)
-    options = {"ratio": args.ratio, "target": target, "pattern": pattern, "batch_size": args.batch_size, "mesh": mesh}
-    trained = {
-        "data": args.data,
-        "prune_tokens": args.prune_tokens,
-        "config": args.sheared_config,
-        "run_dir": args.run_dir,
-        "seed": args.seed,
-    }
-    if args.method in TRAINED:
-        if args.data is None or args.prune_tokens is None:
-            raise PruneError(f"{args.method} trains its masks: give --data DATA_DIR and --prune-tokens N")
+        placed = sharding.parse_mesh(DEFAULT_MESH)
+    options = {"ratio": ratio, "target": shape, "pattern": n_m, "batch_size": batch_size, "mesh": placed}
+    if method in TRAINED:
+        if trained["data"] is None or trained["prune_tokens"] is None:
+            raise PruneError(f"{method} trains its masks: give --data DATA_DIR and --prune-tokens N")
         return {**options, **trained}
     if any(v is not None for v in trained.values()):
         raise PruneError(
@@ -152,33 +162,67 @@ def summary(parent: LlamaConfig, result: PruneResult) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> PruneResult:
-    options = _options(args)
+def prune_model(
+    model: str,
+    method: str,
+    *,
+    out: str,
+    ratio: float | None = None,
+    target: str | None = None,
+    pattern: str | None = None,
+    calib: str | None = None,
+    calib_samples: int = calibrate.DEFAULT_SAMPLES,
+    calib_seq_len: int = calibrate.DEFAULT_SEQ_LEN,
+    batch_size: int = 8,
+    mesh: str | jax.sharding.Mesh | None = None,
+    data: str | None = None,
+    prune_tokens: int | None = None,
+    sheared_config: str | None = None,
+    run_dir: str | None = None,
+    seed: int | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Prune `model` (MODEL_DIR, HF dir or .gguf) with `method` at `ratio` or to `target` and write the
+    MODEL_DIR `out`, which is returned; the flags of `prunejax prune` are its keywords (see the module doc)."""
+    trained = {"data": data, "prune_tokens": prune_tokens, "config": sheared_config, "run_dir": run_dir, "seed": seed}
+    options = _options(
+        model,
+        method,
+        out=out,
+        ratio=ratio,
+        target=target,
+        pattern=pattern,
+        calib=calib,
+        batch_size=batch_size,
+        mesh=mesh,
+        trained=trained,
+        overwrite=overwrite,
+    )
     from prunejax.convert import load_any
 
-    model = storage.local_dir(args.model)  # a gs:// MODEL_DIR: its committed local copy; args.model is recorded
-    sparse_input = os.path.isdir(model) and os.path.exists(os.path.join(model, hf.MASKS_FILE))
-    if sparse_input and args.method not in SPARSE:  # before the weights are read
+    src = storage.local_dir(model)  # a gs:// MODEL_DIR: its committed local copy; `model` is recorded
+    sparse_input = os.path.isdir(src) and os.path.exists(os.path.join(src, hf.MASKS_FILE))
+    if sparse_input and method not in SPARSE:  # before the weights are read
         raise PruneError(
-            f"{args.model} is sparse ({hf.MASKS_FILE}): {args.method} removes whole rows, heads or layers and "
+            f"{model} is sparse ({hf.MASKS_FILE}): {method} removes whole rows, heads or layers and "
             f"would drop those masks; prune structurally first and sparsify after, or use a sparse method "
             f"({', '.join(sorted(SPARSE))})"
         )
-    cfg, params = load_any(model, place=hf.on_host)  # host memory; calibration places a layer at a time
-    hf.check_finite(params, args.model)  # magnitude would pass a NaN through; calibration would fail late
-    input_masks = hf.load_masks(model, cfg) if sparse_input else None
+    cfg, params = load_any(src, place=hf.on_host)  # host memory; calibration places a layer at a time
+    hf.check_finite(params, model)  # magnitude would pass a NaN through; calibration would fail late
+    input_masks = hf.load_masks(src, cfg) if sparse_input else None
     if input_masks:
         params = apply_masks(params, input_masks)  # the method sees the sparse model the directory claims to be
-    if args.calib is not None and args.calib_seq_len > cfg.max_position_embeddings:
+    if calib is not None and calib_seq_len > cfg.max_position_embeddings:
         raise PruneError(
-            f"--calib-seq-len {args.calib_seq_len} exceeds the model's max_position_embeddings "
+            f"--calib-seq-len {calib_seq_len} exceeds the model's max_position_embeddings "
             f"{cfg.max_position_embeddings} (train and eval refuse it too)"
         )
     tokens, fingerprint = (None, None)
-    if args.calib is not None:
-        tokens, fingerprint = load_calibration(args.calib, cfg, args.calib_samples, args.calib_seq_len)
+    if calib is not None:
+        tokens, fingerprint = load_calibration(calib, cfg, calib_samples, calib_seq_len)
     t0 = time.time()
-    result = get_method(args.method)(cfg, params, tokens, **options)
+    result = get_method(method)(cfg, params, tokens, **options)
     if input_masks:
         result = composed_result(result, input_masks)
     seconds = time.time() - t0
@@ -186,48 +230,71 @@ def run(args: argparse.Namespace) -> PruneResult:
     result.report["requested_ratio"] = requested
     dtype = hf.DTYPES[cfg.torch_dtype]
     out_params = jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), result.params)
-    hf.check_finite(out_params, f"{args.method} result")
-    parent_provenance = hf.load_provenance(model) if os.path.isdir(model) else {}
+    hf.check_finite(out_params, f"{method} result")
+    parent_provenance = hf.load_provenance(src) if os.path.isdir(src) else {}
     provenance = {
         "stage": "prune",
-        "parent": storage.absolute(args.model),
+        "parent": storage.absolute(model),
         "parent_provenance": parent_provenance,
-        "method": args.method,
+        "method": method,
         "options": {
-            "pattern": args.pattern,
-            "target": args.target,
-            "calib_samples": args.calib_samples if tokens is not None else None,
-            "calib_seq_len": args.calib_seq_len if tokens is not None else None,
-            "batch_size": args.batch_size,
+            "pattern": pattern,
+            "target": target,
+            "calib_samples": calib_samples if tokens is not None else None,
+            "calib_seq_len": calib_seq_len if tokens is not None else None,
+            "batch_size": batch_size,
             "mesh": dict(options["mesh"].shape) if options["mesh"] is not None else None,
         },
         "requested_ratio": requested,
         "realized_ratio": result.report["realized_ratio"],
         **({"input_sparsity": result.report["input_sparsity"]} if input_masks else {}),
         **({"prune_tokens": result.report["prune_tokens"]} if "prune_tokens" in result.report else {}),
-        "calibration": {"data_dir": storage.absolute(args.calib), "fingerprint": fingerprint} if args.calib else None,
+        "calibration": {"data_dir": storage.absolute(calib), "fingerprint": fingerprint} if calib else None,
         "seconds": round(seconds, 1),
         "report": result.report,
     }
     with tempfile.TemporaryDirectory() as tok_dir:
-        tokenizer_dir = model if os.path.isdir(model) else None
-        if args.model.endswith(".gguf"):
+        tokenizer_dir = src if os.path.isdir(src) else None
+        if model.endswith(".gguf"):
             from prunejax.gguf_import import save_gguf_tokenizer
 
-            save_gguf_tokenizer(args.model, tok_dir)
+            save_gguf_tokenizer(model, tok_dir)
             tokenizer_dir = tok_dir
-        hf.save(
-            args.out,
+        written = hf.save(
+            out,
             result.cfg,
             out_params,
             result.masks,
             tokenizer_dir=tokenizer_dir,
             provenance=provenance,
-            overwrite=args.overwrite,
+            overwrite=overwrite,
         )
     print(summary(cfg, result))
-    print(f"wrote {args.out} in {seconds:.1f}s of pruning")
-    return result
+    print(f"wrote {out} in {seconds:.1f}s of pruning")
+    return written
+
+
+def run(args: argparse.Namespace) -> str:
+    """The flags of `prunejax prune`, passed on to `prune_model`."""
+    return prune_model(
+        args.model,
+        args.method,
+        out=args.out,
+        ratio=args.ratio,
+        target=args.target,
+        pattern=args.pattern,
+        calib=args.calib,
+        calib_samples=args.calib_samples,
+        calib_seq_len=args.calib_seq_len,
+        batch_size=args.batch_size,
+        mesh=args.mesh,
+        data=args.data,
+        prune_tokens=args.prune_tokens,
+        sheared_config=args.sheared_config,
+        run_dir=args.run_dir,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -1,11 +1,13 @@
 """The study's stages in dependency order, each with the spec that determines its output.
 
-A stage's hash covers its kind, its spec (paths relative to STUDY_DIR) and the hashes of the stages
-it depends on, so changing anything upstream invalidates exactly the stages downstream of it. A
-config file a stage reads (train_config, sheared_config, a parent model YAML) enters the hash as its
-resolved values, not its path: editing a value invalidates, moving the file or editing a comment
-does not. Two grid cells never share a stage id (a ratio, budget or seed listed twice, or two that
-differ below the id's precision, is a ConfigError).
+A spec is a frozen dataclass per kind (`PruneSpec`, `RetrainSpec`, ...), which `stages.STAGES` hands to
+the verb's entry function. A stage's hash covers its kind, its spec (paths relative to STUDY_DIR; read as
+`spec_dict`, the dict it has always been hashed as) and the hashes of the stages it depends on, so
+changing anything upstream invalidates exactly the stages downstream of it. A config file a stage reads
+(train_config, sheared_config, a parent model YAML) enters the hash as its resolved values, not its
+path: editing a value invalidates, moving the file or editing a comment does not. Two grid cells never
+share a stage id (a ratio, budget or seed listed twice, or two that differ below the id's precision,
+is a ConfigError).
 Token ranges of the train split follow the paper: the parent reads [0, P]; every retraining run
 reads the disjoint [P+1, P+R+1]; scratch runs read [0, T] (T = R, or P+R at equal total tokens).
 Each range holds one token more than its budget: a window of L inputs needs L+1 tokens.
@@ -27,7 +29,99 @@ from typing import Any
 
 from prunejax.config import ConfigError, LlamaConfig, preset
 from prunejax.study import baselines
-from prunejax.study.config import SPARSE, MethodSpec, StudyConfig
+from prunejax.study.config import SPARSE, CalibrationSpec, DataSpec, EvalSpec, MethodSpec, StudyConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRecipe:
+    """The train config every training stage runs: its path, overrides and resolved values."""
+
+    config: str | None
+    overrides: tuple[str, ...]
+    resolved: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerSpec:
+    corpus: str | None
+    text: tuple[str, ...]
+    vocab: int
+    max_documents: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportSpec:
+    """A parent converted from a MODEL_DIR, HF dir or .gguf."""
+
+    import_: str  # absolute path
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSpec:
+    """A parent pretrained from random init on [0, P]."""
+
+    model: Any  # a preset name, a model YAML/JSON path or inline config fields
+    model_resolved: dict[str, Any] | None
+    tokens: int
+    train: TrainRecipe
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneSpec:
+    method: str
+    pattern: str | None
+    ratio: float
+    calibration: CalibrationSpec
+    seed: int
+    sheared_tokens: int
+    sheared_config: str | None
+    sheared_resolved: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainSpec:
+    """Training from a MODEL_DIR on `tokens` tokens from `offset`."""
+
+    tokens: int
+    offset: int
+    train: TrainRecipe
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSpec:
+    """A dense shape matching a pruned model's parameters or FLOPs."""
+
+    match: str
+    seq_len: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ScratchSpec:
+    """Training a shape from random init on [0, tokens]; `reinit` keeps a sparse model's masks."""
+
+    tokens: int
+    reinit: bool
+    train: TrainRecipe
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateSpec:
+    eval: EvalSpec
+
+
+Spec = (
+    TokenizerSpec
+    | DataSpec
+    | ImportSpec
+    | PretrainSpec
+    | PruneSpec
+    | RetrainSpec
+    | BaselineSpec
+    | ScratchSpec
+    | EvaluateSpec
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +129,7 @@ class Stage:
     id: str
     kind: str  # tokenizer | data | parent | prune | retrain | baseline | scratch | eval (controls: retrain, scratch)
     deps: tuple[str, ...]
-    spec: dict[str, Any]
+    spec: Spec
     tokens: int = 0  # tokens this stage processes (training, calibration, Sheared's stage)
     flops: float | None = None  # estimated model FLOPs of the stage (None: shape known only at run time)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -59,8 +153,14 @@ def hashed_spec(spec: Any) -> Any:
     return {k: hashed_spec(v) for k, v in spec.items() if not (k in CONTENT_KEYS and CONTENT_KEYS[k] in spec)}
 
 
+def spec_dict(spec: Spec) -> dict[str, Any]:
+    """The spec as the dict its hash is computed from (tuples hash as the lists they were; `import` is a keyword)."""
+    return {("import" if k == "import_" else k): v for k, v in dataclasses.asdict(spec).items()}
+
+
 def stage_hash(stage: Stage, dep_hashes: dict[str, str]) -> str:
-    payload = {"kind": stage.kind, "spec": hashed_spec(stage.spec), "deps": [dep_hashes[d] for d in stage.deps]}
+    spec = hashed_spec(spec_dict(stage.spec))
+    payload = {"kind": stage.kind, "spec": spec, "deps": [dep_hashes[d] for d in stage.deps]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -108,193 +208,194 @@ def expected_shape(parent: LlamaConfig, method: MethodSpec, ratio: float) -> tup
     return shapes.apply_target(parent, target), 1.0
 
 
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What every part of the plan reads besides the study: the configs it names, resolved."""
+
+    study: StudyConfig
+    train: TrainRecipe
+    sheared_resolved: dict[str, Any]
+    parent: LlamaConfig | None  # None: the parent's shape is known only after it is imported
+
+    def train_flops(self, cfg: LlamaConfig | None, tokens: int, density: float = 1.0) -> float | None:
+        seq = self.study.eval.seq_len
+        return None if cfg is None else baselines.training_flops_per_token(cfg, seq, density) * tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cell:
+    """One (method, ratio) of the grid and the shape its pruning is expected to reach."""
+
+    method: MethodSpec
+    ratio: float
+    name: str  # <label>/r<ratio>
+    shape: LlamaConfig | None
+    density: float
+    prune_id: str
+    prune_tokens: int
+    info: dict[str, Any]
+
+
 def build(study: StudyConfig) -> list[Stage]:
     """Every stage of the study, in an order where each stage follows its dependencies."""
+    inputs = _resolve(study)
+    stages = [*data_stages(study), *parent_stages(inputs)]
+    for control in study.dense_control:
+        stages += control_stages(inputs, control)
+    for method in study.methods:
+        for ratio in study.method_ratios(method):
+            stages += cell_stages(inputs, _cell(inputs, method, ratio))
+    check_unique_ids(stages)
+    return stages
+
+
+def _resolve(study: StudyConfig) -> _Inputs:
     from prunejax.prune import sheared_config
     from prunejax.train import config as train_config
 
-    stages: list[Stage] = []
-    seq = study.eval.seq_len
     resolved = train_config.load(study.train_config, list(study.train_overrides)).to_dict()
-    train_spec = {"config": study.train_config, "overrides": list(study.train_overrides), "resolved": resolved}
+    recipe = TrainRecipe(study.train_config, tuple(study.train_overrides), resolved)
     sheared_resolved = dataclasses.asdict(sheared_config.load_config(study.sheared_config))
-    parent_cfg = parent_config(study)
+    return _Inputs(study, recipe, sheared_resolved, parent_config(study))
 
-    def train_flops(cfg: LlamaConfig | None, tokens: int, density: float = 1.0) -> float | None:
-        return None if cfg is None else baselines.training_flops_per_token(cfg, seq, density) * tokens
 
-    def add_eval(of: str, cfg: LlamaConfig | None, info: dict[str, Any], density: float = 1.0) -> None:
-        tokens = study.eval.max_tokens
-        flops = None if cfg is None or not tokens else cfg.flops_per_token(seq, linear_density=density) * tokens
-        stages.append(
-            Stage(
-                f"eval/{of}",
-                "eval",
-                (of, "data"),
-                {"eval": dataclasses.asdict(study.eval)},
-                tokens,
-                flops,
-                {**info, "of": of},
-            )
-        )
-
-    def add_control(control: str) -> None:
-        """The unpruned parent under the same recipe: `continue` retrains it exactly as each pruned model is
-        retrained (same R tokens, offset, recipe, seed); `once` trains its architecture from random init on
-        [0, P+R] under one schedule, at the largest budget (the equal-total setting)."""
-        budgets = study.retrain_budgets if control == "continue" else study.retrain_budgets[-1:]
-        parent_tokens = study.parent.tokens
-        for seed in study.seeds:
-            for budget in budgets:
-                tokens = budget if control == "continue" else parent_tokens + budget
-                cid = f"control/{control}/s{seed}/R{_fmt_tokens(budget)}"
-                spec: dict[str, Any] = {"tokens": tokens, "train": train_spec, "seed": seed}
-                spec.update({"offset": parent_tokens + 1} if control == "continue" else {"reinit": False})
-                info = {"method": "parent", "role": "control", "setting": control, "seed": seed}
-                info.update({"budget": budget, "tokens": tokens})
-                kind = "retrain" if control == "continue" else "scratch"
-                stages.append(Stage(cid, kind, ("parent", "data"), spec, tokens, train_flops(parent_cfg, tokens), info))
-                add_eval(cid, parent_cfg, info)
-
-    data = study.data
-    data_deps: tuple[str, ...] = ()
-    if data.data_dir is None and data.tokenizer == "train":
-        stages.append(
-            Stage(
-                "tokenizer",
-                "tokenizer",
-                (),
-                {
-                    "corpus": data.corpus,
-                    "text": list(data.text),
-                    "vocab": data.tokenizer_vocab,
-                    "max_documents": data.max_documents,
-                },
-            )
-        )
-        data_deps = ("tokenizer",)
-    stages.append(Stage("data", "data", data_deps, {**dataclasses.asdict(data), "text": list(data.text)}))
-
-    p = study.parent
-    if p.import_ is not None:
-        stages.append(Stage("parent", "parent", ("data",), {"import": os.path.abspath(p.import_)}))
-    else:
-        stages.append(
-            Stage(
-                "parent",
-                "parent",
-                ("data",),
-                {
-                    "model": p.model,
-                    "model_resolved": parent_cfg.to_hf_dict() if parent_cfg else None,
-                    "tokens": p.tokens,
-                    "train": train_spec,
-                },
-                p.tokens,
-                train_flops(parent_cfg, p.tokens),
-            )
-        )
-    add_eval("parent", parent_cfg, {"role": "parent", "tokens": p.tokens})
-
-    for control in study.dense_control:
-        add_control(control)
-
+def _cell(inputs: _Inputs, method: MethodSpec, ratio: float) -> _Cell:
+    study = inputs.study
+    shape, density = expected_shape(inputs.parent, method, ratio) if inputs.parent else (None, 1.0)
     cal = study.calibration
+    prune_tokens = study.sheared_prune_tokens if method.name == "sheared" else cal.samples * cal.seq_len
+    name = f"{method.label}/r{ratio:g}"
+    info = {"method": method.label, "granularity": method.granularity, "ratio": ratio}
+    # pruned once, with the first seed (only Sheared's gates use it): seeds vary what follows the pruning
+    prune_id = f"prune/{name}/s{study.seeds[0]}"
+    return _Cell(method, ratio, name, shape, density, prune_id, prune_tokens, info)
+
+
+def eval_stage(inputs: _Inputs, of: str, cfg: LlamaConfig | None, info: dict[str, Any], density: float = 1.0) -> Stage:
+    """The evaluation of stage `of`'s model (FLOPs estimated when its shape `cfg` is known)."""
+    e = inputs.study.eval
+    tokens = e.max_tokens
+    flops = None if cfg is None or not tokens else cfg.flops_per_token(e.seq_len, linear_density=density) * tokens
+    return Stage(f"eval/{of}", "eval", (of, "data"), EvaluateSpec(e), tokens, flops, {**info, "of": of})
+
+
+def data_stages(study: StudyConfig) -> list[Stage]:
+    """The DATA_DIR, after the tokenizer it is tokenized with when the study trains one."""
+    data = study.data
+    if data.data_dir is not None or data.tokenizer != "train":
+        return [Stage("data", "data", (), data)]
+    tokenizer = TokenizerSpec(data.corpus, data.text, data.tokenizer_vocab, data.max_documents)
+    return [Stage("tokenizer", "tokenizer", (), tokenizer), Stage("data", "data", ("tokenizer",), data)]
+
+
+def parent_stages(inputs: _Inputs) -> list[Stage]:
+    """The parent, imported or pretrained on [0, P], and its evaluation."""
+    p, cfg = inputs.study.parent, inputs.parent
+    if p.import_ is not None:
+        parent = Stage("parent", "parent", ("data",), ImportSpec(os.path.abspath(p.import_)))
+    else:
+        spec = PretrainSpec(p.model, cfg.to_hf_dict() if cfg else None, p.tokens, inputs.train)
+        parent = Stage("parent", "parent", ("data",), spec, p.tokens, inputs.train_flops(cfg, p.tokens))
+    return [parent, eval_stage(inputs, "parent", cfg, {"role": "parent", "tokens": p.tokens})]
+
+
+def control_stages(inputs: _Inputs, control: str) -> list[Stage]:
+    """The unpruned parent under the same recipe: `continue` retrains it exactly as each pruned model is
+    retrained (same R tokens, offset, recipe, seed); `once` trains its architecture from random init on
+    [0, P+R] under one schedule, at the largest budget (the equal-total setting)."""
+    study = inputs.study
+    budgets = study.retrain_budgets if control == "continue" else study.retrain_budgets[-1:]
+    parent_tokens = study.parent.tokens
+    stages = []
+    for seed in study.seeds:
+        for budget in budgets:
+            cid = f"control/{control}/s{seed}/R{_fmt_tokens(budget)}"
+            spec: RetrainSpec | ScratchSpec
+            if control == "continue":
+                kind, tokens = "retrain", budget
+                spec = RetrainSpec(tokens, parent_tokens + 1, inputs.train, seed)
+            else:
+                kind, tokens = "scratch", parent_tokens + budget
+                spec = ScratchSpec(tokens, False, inputs.train, seed)
+            info = {"method": "parent", "role": "control", "setting": control, "seed": seed}
+            info.update({"budget": budget, "tokens": tokens})
+            flops = inputs.train_flops(inputs.parent, tokens)
+            stages += [Stage(cid, kind, ("parent", "data"), spec, tokens, flops, info)]
+            stages += [eval_stage(inputs, cid, inputs.parent, info)]
+    return stages
+
+
+def cell_stages(inputs: _Inputs, cell: _Cell) -> list[Stage]:
+    """One (method, ratio): its pruning, evaluated one-shot, then per seed its retraining and scratch runs."""
+    study = inputs.study
     first_seed = study.seeds[0]
-    for method in study.methods:
-        for ratio in study.method_ratios(method):
-            cell = f"{method.label}/r{ratio:g}"
-            shape, density = expected_shape(parent_cfg, method, ratio) if parent_cfg else (None, 1.0)
-            info = {"method": method.label, "granularity": method.granularity, "ratio": ratio}
-            prune_tokens = study.sheared_prune_tokens if method.name == "sheared" else cal.samples * cal.seq_len
-            # pruned once, with the first seed (only Sheared's gates use it): seeds vary what follows the pruning
-            prune_id = f"prune/{cell}/s{first_seed}"
-            stages.append(
-                Stage(
-                    prune_id,
-                    "prune",
-                    ("parent", "data"),
-                    {
-                        "method": method.name,
-                        "pattern": method.pattern,
-                        "ratio": ratio,
-                        "calibration": dataclasses.asdict(cal),
-                        "seed": first_seed,
-                        "sheared_tokens": study.sheared_prune_tokens if method.name == "sheared" else 0,
-                        "sheared_config": study.sheared_config if method.name == "sheared" else None,
-                        "sheared_resolved": sheared_resolved if method.name == "sheared" else None,
-                    },
-                    prune_tokens,
-                    None,
-                    {**info, "seed": first_seed, "role": "pruned"},
-                )
+    name = cell.method.name
+    spec = PruneSpec(
+        name,
+        cell.method.pattern,
+        cell.ratio,
+        study.calibration,
+        first_seed,
+        study.sheared_prune_tokens if name == "sheared" else 0,
+        study.sheared_config if name == "sheared" else None,
+        inputs.sheared_resolved if name == "sheared" else None,
+    )
+    info = {**cell.info, "seed": first_seed, "role": "pruned"}
+    stages = [Stage(cell.prune_id, "prune", ("parent", "data"), spec, cell.prune_tokens, None, info)]
+    oneshot = {**cell.info, "seed": first_seed, "role": "oneshot", "tokens": 0}
+    stages += [eval_stage(inputs, cell.prune_id, cell.shape, oneshot, cell.density)]
+    for seed in study.seeds:
+        stages += retrain_stages(inputs, cell, seed)
+        for shape in study.scratch_shapes:
+            stages += scratch_stages(inputs, cell, shape, seed)
+    return stages
+
+
+def retrain_stages(inputs: _Inputs, cell: _Cell, seed: int) -> list[Stage]:
+    """The pruned model retrained on [P+1, P+R+1] for each budget R."""
+    stages = []
+    for budget in inputs.study.retrain_budgets:
+        rid = f"retrain/{cell.name}/s{seed}/R{_fmt_tokens(budget)}"
+        spec = RetrainSpec(budget, inputs.study.parent.tokens + 1, inputs.train, seed)
+        info = {**cell.info, "seed": seed, "role": "retrained", "tokens": budget}
+        flops = inputs.train_flops(cell.shape, budget, cell.density)
+        stages += [Stage(rid, "retrain", (cell.prune_id, "data"), spec, budget, flops, info)]
+        stages += [eval_stage(inputs, rid, cell.shape, info, cell.density)]
+    return stages
+
+
+def scratch_stages(inputs: _Inputs, cell: _Cell, shape: str, seed: int) -> list[Stage]:
+    """Random-init runs of the pruned model's shape (`same`) or of a dense shape matching its parameters or
+    FLOPs (a `baseline` stage, one per pruned model), for each budget setting."""
+    study = inputs.study
+    first_seed = study.seeds[0]
+    stages = []
+    source = cell.prune_id
+    if shape != "same":
+        source = f"baseline/{shape}/{cell.name}/s{first_seed}"  # a shape: one per pruned model
+        if seed == first_seed:
+            info = {**cell.info, "seed": first_seed, "shape": shape}
+            stages += [
+                Stage(source, "baseline", ("parent", cell.prune_id), BaselineSpec(shape, study.eval.seq_len), info=info)
+            ]
+    cfg, density = (cell.shape, cell.density) if shape == "same" else (None, 1.0)
+    reinit = shape == "same" and cell.method.name in SPARSE
+    for setting in study.scratch_settings:
+        for budget in study.retrain_budgets if setting == "equal_train" else study.retrain_budgets[-1:]:
+            tokens = baselines.scratch_tokens(
+                setting,
+                parent_tokens=study.parent.tokens,
+                budget=budget,
+                pruning_tokens=cell.prune_tokens,
+                count_pruning_tokens=study.count_pruning_tokens,
             )
-            add_eval(prune_id, shape, {**info, "seed": first_seed, "role": "oneshot", "tokens": 0}, density)
-            for seed in study.seeds:
-                tag = f"{cell}/s{seed}"
-                seeded = {**info, "seed": seed}
-                for budget in study.retrain_budgets:
-                    rid = f"retrain/{tag}/R{_fmt_tokens(budget)}"
-                    stages.append(
-                        Stage(
-                            rid,
-                            "retrain",
-                            (prune_id, "data"),
-                            {"tokens": budget, "offset": p.tokens + 1, "train": train_spec, "seed": seed},
-                            budget,
-                            train_flops(shape, budget, density),
-                            {**seeded, "role": "retrained", "tokens": budget},
-                        )
-                    )
-                    add_eval(rid, shape, {**seeded, "role": "retrained", "tokens": budget}, density)
-                for kind in study.scratch_shapes:
-                    source = prune_id
-                    if kind != "same":
-                        source = f"baseline/{kind}/{cell}/s{first_seed}"  # a shape: one per pruned model
-                        if seed == first_seed:
-                            stages.append(
-                                Stage(
-                                    source,
-                                    "baseline",
-                                    ("parent", prune_id),
-                                    {"match": kind, "seq_len": seq},
-                                    info={**info, "seed": first_seed, "shape": kind},
-                                )
-                            )
-                    s_shape, s_density = (shape, density) if kind == "same" else (None, 1.0)
-                    for setting in study.scratch_settings:
-                        budgets = study.retrain_budgets if setting == "equal_train" else study.retrain_budgets[-1:]
-                        for budget in budgets:
-                            tokens = baselines.scratch_tokens(
-                                setting,
-                                parent_tokens=p.tokens,
-                                budget=budget,
-                                pruning_tokens=prune_tokens,
-                                count_pruning_tokens=study.count_pruning_tokens,
-                            )
-                            sid = f"scratch/{kind}/{tag}/{setting}/R{_fmt_tokens(budget)}"
-                            reinit = kind == "same" and method.name in SPARSE
-                            scratch_info = {
-                                **seeded,
-                                "role": "scratch",
-                                "shape": kind,
-                                "setting": setting,
-                                "budget": budget,
-                                "tokens": tokens,
-                            }
-                            stages.append(
-                                Stage(
-                                    sid,
-                                    "scratch",
-                                    (source, "data"),
-                                    {"tokens": tokens, "reinit": reinit, "train": train_spec, "seed": seed},
-                                    tokens,
-                                    train_flops(s_shape, tokens, s_density),
-                                    scratch_info,
-                                )
-                            )
-                            add_eval(sid, s_shape, scratch_info, s_density)
-    check_unique_ids(stages)
+            sid = f"scratch/{shape}/{cell.name}/s{seed}/{setting}/R{_fmt_tokens(budget)}"
+            info = {**cell.info, "seed": seed, "role": "scratch", "shape": shape, "setting": setting}
+            info.update({"budget": budget, "tokens": tokens})
+            spec = ScratchSpec(tokens, reinit, inputs.train, seed)
+            flops = inputs.train_flops(cfg, tokens, density)
+            stages += [Stage(sid, "scratch", (source, "data"), spec, tokens, flops, info)]
+            stages += [eval_stage(inputs, sid, cfg, info, density)]
     return stages
 
 

@@ -1,5 +1,5 @@
 """`prunejax study CONFIG --out STUDY_DIR [--dry-run]`: run every stage of a study through the same
-CLI functions a user would call, caching each stage by the hash of its resolved spec.
+entry functions a user would call (`stages.STAGES`), caching each stage by the hash of its resolved spec.
 
 STUDY_DIR holds one output per stage (`<stage id>/`), a marker per stage (`.stages/*.json`: hash,
 status, time, error), a log per stage (`logs/`), `study.yaml` (the config as given) and
@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import functools
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -29,16 +28,12 @@ from prunejax.config import ConfigError
 from prunejax.distributed import add_launch_args
 from prunejax.study import config as study_config
 from prunejax.study import plan as plan_lib
-from prunejax.study.baselines import matched_config
 from prunejax.study.config import StudyConfig
-from prunejax.study.plan import Stage
+from prunejax.study.plan import ScratchSpec, Stage
 
 
 class StudyError(ValueError):
     """A study that cannot start: changed config over existing results, too little data, ..."""
-
-
-TEXT_RECORDS = (".json", ".jsonl", ".yaml", ".txt", ".log")
 
 
 class StudyInterrupted(BaseException):  # like KeyboardInterrupt: not an error of the stage
@@ -57,19 +52,6 @@ def read_marker(study_dir: str, stage_id: str) -> dict[str, Any] | None:
         return json.load(f)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    """Weights and checkpoints are hard-linked: no space, the copy stays whole if the original is removed,
-    and nothing rewrites them in place. Text records (metrics.jsonl, which a resumed run appends to,
-    JSON, YAML, logs) are copied so the two runs never share them."""
-    if not src.endswith(TEXT_RECORDS):
-        try:
-            os.link(src, dst)
-            return
-        except OSError:  # another file system, or no hard links
-            pass
-    shutil.copy2(src, dst)
-
-
 def write_json(path: str, obj: Any) -> None:
     """Atomic JSON write (temporary file renamed into place) by the writer process; the others wait."""
     distributed.one_writer(f"json {path}", lambda: _write_json(path, obj))
@@ -84,7 +66,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 class Runner:
-    """Runs one study's stages in order; each stage kind maps to one method building its CLI call."""
+    """Runs one study's stages in order (each through its kind's function in `stages.STAGES`), caching each."""
 
     def __init__(self, study: StudyConfig, study_dir: str):
         self.study = study
@@ -106,135 +88,8 @@ class Runner:
             return os.path.join(self.out(stage_id), "final")
         return self.out(stage_id)
 
-    # ---- the stages ------------------------------------------------------------------------
-    def _train_args(self, stage: Stage, offset: int, tokens: int) -> list[str]:
-        spec = stage.spec["train"]
-        args = ["--config", spec["config"]] if spec["config"] else []
-        args += ["--data", self.out("data"), "--tokens", str(tokens), "--out", self.out(stage.id), "--no-progress"]
-        seed = stage.spec.get("seed", 0)
-        # a window of seq_len inputs needs seq_len + 1 tokens: the range holds one token more than the budget
-        return args + [*spec["overrides"], f"data_offset={offset}", f"data_count={tokens + 1}", f"seed={seed}"]
-
-    def _corpus_args(self) -> list[str]:
-        d = self.study.data
-        args = ["--corpus", d.corpus] if d.corpus else ["--text", *d.text]
-        return args + (["--max-documents", str(d.max_documents)] if d.max_documents else [])
-
-    def run_tokenizer(self, stage: Stage) -> None:
-        vocab = str(self.study.data.tokenizer_vocab)
-        cli(
-            "data",
-            [
-                "train-tokenizer",
-                *self._corpus_args(),
-                "--vocab-size",
-                vocab,
-                "--out",
-                self.out(stage.id),
-                "--overwrite",
-            ],
-        )
-
-    def run_data(self, stage: Stage) -> None:
-        d = self.study.data
-        if d.data_dir:
-            from prunejax.data.store import TokenStore
-
-            TokenStore(d.data_dir)  # validates
-            return
-        tok = self.out("tokenizer") if d.tokenizer == "train" else d.tokenizer
-        cli(
-            "data",
-            [
-                "prepare",
-                *self._corpus_args(),
-                "--tokenizer",
-                tok,
-                "--out",
-                self.out(stage.id),
-                "--val-fraction",
-                str(d.val_fraction),
-                "--overwrite",
-            ],
-        )
-
-    def run_parent(self, stage: Stage) -> None:
-        p = self.study.parent
-        if p.import_ is not None:
-            cli("convert", [p.import_, "--out", self.out(stage.id), "--overwrite"])
-            return
-        from prunejax.data.store import TokenStore
-
-        vocab = TokenStore(self.out("data")).vocab_size
-        model = p.model
-        if isinstance(model, dict):
-            model_file = os.path.join(self.dir, "parent.model.json")
-            write_json(model_file, {**model, "vocab_size": vocab})
-            model = model_file
-        cli("train", ["--scratch", model, *self._train_args(stage, 0, p.tokens)])
-
-    def run_prune(self, stage: Stage) -> None:
-        s, cal = stage.spec, self.study.calibration
-        args = [
-            "--model",
-            self.model_dir("parent"),
-            "--method",
-            s["method"],
-            "--ratio",
-            str(s["ratio"]),
-            "--out",
-            self.out(stage.id),
-            "--overwrite",
-        ]
-        if s["pattern"]:
-            args += ["--pattern", s["pattern"]]
-        if s["method"] == "sheared":
-            args += ["--data", self.out("data"), "--prune-tokens", str(s["sheared_tokens"]), "--seed", str(s["seed"])]
-            if s["sheared_config"]:
-                args += ["--sheared-config", s["sheared_config"]]
-        else:
-            args += [
-                "--calib",
-                self.out("data"),
-                "--calib-samples",
-                str(cal.samples),
-                "--calib-seq-len",
-                str(cal.seq_len),
-                "--batch-size",
-                str(cal.batch_size),
-            ]
-        cli("prune", args)
-
-    def run_retrain(self, stage: Stage) -> None:
-        offset = stage.spec["offset"]
-        cli("train", ["--init", self.model_dir(stage.deps[0]), *self._train_args(stage, offset, stage.spec["tokens"])])
-
-    def run_baseline(self, stage: Stage) -> None:
-        from prunejax import hf
-
-        parent = hf.load_config(self.model_dir("parent"))
-        pruned_dir = self.model_dir(stage.deps[1])
-        pruned = hf.load_config(pruned_dir)
-        sparsity = hf.load_provenance(pruned_dir).get("sparsity", {})
-        pruned_weights = sparsity.get("mask_sparsity", 0.0) * sparsity.get("masked_weights", 0)
-        density = 1.0 - pruned_weights / pruned.linear_params()
-        match = matched_config(
-            parent, pruned, density=density, quantity=stage.spec["match"], seq_len=stage.spec["seq_len"]
-        )
-        out = self.out(stage.id)
-        write_json(os.path.join(out, "config.json"), match.cfg.to_hf_dict())
-        write_json(
-            os.path.join(out, "match.json"),
-            {
-                "quantity": match.quantity,
-                "target": match.target,
-                "achieved": match.achieved,
-                "rel_error": match.rel_error,
-                "pruned_density": density,
-            },
-        )
-
-    def _scratch_source(self, stage: Stage) -> str:
+    # ---- scratch runs of one shape ------------------------------------------------------------
+    def scratch_source(self, stage: Stage) -> str:
         """The shape a scratch run trains: a pruned model, the parent (the `once` control) or a baseline's config."""
         src = stage.deps[0]
         if self.by_id[src].kind in ("prune", "parent"):
@@ -244,17 +99,18 @@ class Runner:
     def _scratch_key(self, stage: Stage) -> str | None:
         """What a random-init run depends on: the shape, tokens, recipe, seed and data. None for --reinit
         runs, which keep a pruned model's masks and so depend on more than the shape."""
-        if stage.spec["reinit"]:
+        assert isinstance(stage.spec, ScratchSpec)
+        if stage.spec.reinit:
             return None
         from prunejax import hf
 
-        source = self._scratch_source(stage)
+        source = self.scratch_source(stage)
         cfg = hf.load_config(source if os.path.isdir(source) else os.path.dirname(source))
-        spec = {k: v for k, v in stage.spec.items() if k != "reinit"}
+        spec = {k: v for k, v in plan_lib.spec_dict(stage.spec).items() if k != "reinit"}
         blob = json.dumps([cfg.to_hf_dict(), spec, self.hashes["data"]], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def _scratch_twin(self, stage: Stage) -> str | None:
+    def scratch_twin(self, stage: Stage) -> str | None:
         """An earlier finished scratch stage that trained exactly this run (e.g. minitron-width and sheared
         reach the same shape; both depth methods keep the same number of layers)."""
         key = self._scratch_key(stage)
@@ -273,44 +129,6 @@ class Runner:
                 except (OSError, ValueError):  # its source is gone or unreadable: not a usable twin
                     continue
         return None
-
-    def run_scratch(self, stage: Stage) -> None:
-        out = self.out(stage.id)
-        # decided once: another process looking a moment later could see process 0's copy and train instead
-        twin = distributed.decided(
-            f"twin of {stage.id}", lambda: None if os.path.exists(out) else self._scratch_twin(stage)
-        )
-        if twin is not None:  # the same random-init run: take its output instead of training it twice
-
-            def reuse() -> None:
-                tmp = f"{out}.reuse-tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(self.out(twin), tmp, copy_function=_link_or_copy)
-                write_json(os.path.join(tmp, "same_as.json"), {"stage": twin})
-                os.replace(tmp, out)
-
-            distributed.one_writer(f"reuse {stage.id}", reuse)
-            print(f"{stage.id}: same shape, tokens, recipe, seed and data as {twin}; its run reused")
-            return
-        args = ["--scratch", self._scratch_source(stage)] + (["--reinit"] if stage.spec["reinit"] else [])
-        cli("train", args + self._train_args(stage, 0, stage.spec["tokens"]))
-
-    def run_eval(self, stage: Stage) -> None:
-        e = self.study.eval
-        args = [
-            "--model",
-            self.model_dir(stage.deps[0]),
-            "--data",
-            self.out("data"),
-            "--seq-len",
-            str(e.seq_len),
-            "--batch-size",
-            str(e.batch_size),
-            "--out",
-            os.path.join(self.out(stage.id), "results.json"),
-            "--overwrite",
-        ]
-        cli("eval", args + (["--max-tokens", str(e.max_tokens)] if e.max_tokens else []))
 
     # ---- bookkeeping -----------------------------------------------------------------------
     def _log_path(self, stage_id: str) -> str:
@@ -398,6 +216,8 @@ class Runner:
         )
 
     def run(self, rerun_changed: bool = False, log: Callable[[str], None] = print) -> int:
+        from prunejax.study import stages  # each stage kind's function; they call back for paths and twins
+
         # every process builds the same plan from the same config, or none starts
         distributed.agree("study plan", hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest())
         os.makedirs(self.dir, exist_ok=True)
@@ -424,7 +244,7 @@ class Runner:
             t0 = time.time()
             try:
                 with stage_log(self._log_path(stage.id)):
-                    getattr(self, f"run_{stage.kind}")(stage)
+                    stages.STAGES[stage.kind](self, stage)
                 if stage.kind in ("parent", "retrain", "scratch") and not os.path.isdir(self.model_dir(stage.id)):
                     log(f"{head}: interrupted; rerun the same command to resume from its checkpoint")
                     raise StudyInterrupted(stage.id)
@@ -432,7 +252,7 @@ class Runner:
                     self.check_data()
                 status[stage.id] = "done"
                 error = None
-            except (Exception, SystemExit) as e:  # noqa: BLE001 - one failed stage must not stop the study
+            except Exception as e:  # noqa: BLE001 - one failed stage must not stop the study
                 status[stage.id] = "failed"
                 error = f"{type(e).__name__}: {e}"
                 if isinstance(e, StudyError):
@@ -459,16 +279,6 @@ class Runner:
             + (f"; {len(skipped)} stages skipped because a stage they need failed" if skipped else "")
         )
         return 1 if failed or skipped else 0
-
-
-def cli(verb: str, argv: list[str]) -> None:
-    """Call a verb's `main(argv)` in this process; a nonzero exit is an error."""
-    from prunejax.cli import VERBS
-    from prunejax.train.cli import STOPPED_BASE
-
-    rc = importlib.import_module(VERBS[verb]).main(argv)
-    if rc and not (verb == "train" and rc > STOPPED_BASE):  # stopped by a signal: the stage sees no final/
-        raise RuntimeError(f"prunejax {verb} exited with {rc}")
 
 
 @contextlib.contextmanager
