@@ -30,6 +30,7 @@ from prunejax.study import config as study_config
 from prunejax.study import plan as plan_lib
 from prunejax.study.config import StudyConfig
 from prunejax.study.plan import ScratchSpec, Stage
+from prunejax.train.loop import Stopped
 
 
 class StudyError(ValueError):
@@ -252,6 +253,9 @@ class Runner:
                     self.check_data()
                 status[stage.id] = "done"
                 error = None
+            except Stopped:  # a trained pruning method saved a checkpoint and stopped: as train's interruption
+                log(f"{head}: interrupted; rerun the same command to resume from its checkpoint")
+                raise StudyInterrupted(stage.id) from None
             except Exception as e:  # noqa: BLE001 - one failed stage must not stop the study
                 status[stage.id] = "failed"
                 error = f"{type(e).__name__}: {e}"
