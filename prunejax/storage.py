@@ -77,9 +77,14 @@ def exists(path: str) -> bool:
     return filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
 
 
-def check_free(path: str, overwrite: bool) -> None:
+def check_free(path: str, overwrite: bool, directory: bool = True) -> None:
     """FileExistsError unless `path` (local or remote, file or directory) is absent or an empty local
-    directory, or `overwrite` is set: the one "exists, pass --overwrite" rule of every output."""
+    directory, or `overwrite` is set: the one "exists, pass --overwrite" rule of every output. A local
+    file where a `directory` output goes (or a directory where a file goes) is refused even with
+    `overwrite`: it is not an earlier result but something else, which --overwrite would destroy."""
+    if not is_remote(path) and os.path.exists(path) and os.path.isdir(path) != directory:
+        found, wanted = ("a directory", "a file") if os.path.isdir(path) else ("a file", "a directory")
+        raise FileExistsError(f"{path} is {found}, but this output is {wanted}: choose another path")
     if overwrite or not exists(path):
         return
     if not is_remote(path) and os.path.isdir(path):
@@ -100,11 +105,11 @@ def refuse_input(out: str, src: str, flag: str) -> None:
         raise ValueError(f"--out {out} is the input {flag}; write the result elsewhere (the input would be lost)")
 
 
-def refuse_existing(path: str, overwrite: bool) -> None:
+def refuse_existing(path: str, overwrite: bool, directory: bool = True) -> None:
     """`check_free` before a verb's work, decided by process 0 alone (the others take its word): a process
     that gets here after process 0 has already written `path` (no collective in between, as for magnitude
     pruning) must not call that a leftover."""
-    distributed.one_writer(f"check --out {path}", lambda: check_free(path, overwrite))
+    distributed.one_writer(f"check --out {path}", lambda: check_free(path, overwrite, directory))
 
 
 def read_marker(path: str) -> dict[str, int]:

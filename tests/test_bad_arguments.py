@@ -90,3 +90,19 @@ def test_malformed_index_json_names_the_file(inputs, capsys, tmp_path):
     (bad / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
     err = _error(["eval", "--model", str(bad), "--data", inputs["data"], "--out", str(tmp_path / "r.json")], capsys)
     assert "not a safetensors index (a JSON object with a weight_map)" in err
+
+
+def test_out_of_the_wrong_kind_is_refused_even_with_overwrite(inputs, capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    prune = ["prune", "--model", inputs["model"], "--method", "magnitude", "--ratio", "0.5", "--out", str(notes)]
+    assert "is a file, but this output is a directory" in _error([*prune, "--overwrite"], capsys)
+    assert notes.read_text() == "not a model"
+    convert = ["convert", inputs["model"], "--out", str(notes), "--overwrite"]
+    assert "is a file, but this output is a directory" in _error(convert, capsys)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "keep.txt").write_text("mine")
+    evaluate = ["eval", "--model", inputs["model"], "--data", inputs["data"], "--out", str(results), "--overwrite"]
+    assert "is a directory, but this output is a file" in _error(evaluate, capsys)
+    assert (results / "keep.txt").read_text() == "mine" and notes.read_text() == "not a model"

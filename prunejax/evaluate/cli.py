@@ -86,7 +86,7 @@ def evaluate(
             raise ValueError(f"{flag} must be at least 1, got {value}")
     if storage.is_remote(out):
         storage.check_bucket(out)
-    storage.refuse_existing(out, overwrite)
+    storage.refuse_existing(out, overwrite, directory=False)
     results = evaluate_model(
         model,
         data=data,

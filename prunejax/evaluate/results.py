@@ -130,7 +130,7 @@ def write_results(path: str, results: dict[str, Any], overwrite: bool = False) -
 
     def write_and_check() -> None:
         # checked by the writer alone: another process may still be on its way here after process 0 wrote
-        storage.check_free(path, overwrite)
+        storage.check_free(path, overwrite, directory=False)
         storage.write_file(path, data)
         if storage.read_file(path) != data:  # verified before the verb reports success
             raise OSError(f"{path} reads back differently from what was written")
