@@ -81,8 +81,11 @@ def check_free(path: str, overwrite: bool, directory: bool = True) -> None:
     """FileExistsError unless `path` (local or remote, file or directory) is absent or an empty local
     directory, or `overwrite` is set: the one "exists, pass --overwrite" rule of every output. A local
     file where a `directory` output goes (or a directory where a file goes) is refused even with
-    `overwrite`: it is not an earlier result but something else, which --overwrite would destroy."""
-    if not is_remote(path) and os.path.exists(path) and os.path.isdir(path) != directory:
+    `overwrite`: it is not an earlier result but something else, which --overwrite would destroy. A remote
+    `path` whose bucket does not exist (or cannot be reached) is a StorageError naming it, before any work."""
+    if is_remote(path):
+        check_bucket(path)
+    elif os.path.exists(path) and os.path.isdir(path) != directory:
         found, wanted = ("a directory", "a file") if os.path.isdir(path) else ("a file", "a directory")
         raise FileExistsError(f"{path} is {found}, but this output is {wanted}: choose another path")
     if overwrite or not exists(path):

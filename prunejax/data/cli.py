@@ -215,24 +215,24 @@ def _write(cmd: str, out: str, overwrite: bool, build: Callable[[str], None]) ->
     built in a local staging directory (an interrupted build resumes there), then uploaded and committed by
     its marker, and the staging copy removed."""
 
+    remote = storage.is_remote(out)
+    local = storage.staging_dir(out) if remote else out
+
     def build_to() -> None:
-        if not storage.is_remote(out):
-            build(out)
-            return
-        storage.check_bucket(out)
-        storage.check_free(out, overwrite)
-        local = storage.staging_dir(out)
+        if remote:
+            storage.check_free(out, overwrite)
         build(local)
-        storage.publish(local, out, overwrite=overwrite)
-        shutil.rmtree(local)
-        print(f"committed {out}")
+        if remote:
+            storage.publish(local, out, overwrite=overwrite)
+            shutil.rmtree(local)
+            print(f"committed {out}")
 
     try:
         distributed.one_writer(f"data {cmd}", build_to)
     except KeyboardInterrupt:
         # re-raised, not an exit status: a study calls this in-process and must stop, not log a failed stage
-        if cmd in ("prepare", "index") and os.path.exists(work_dir(out)):
-            print(f"interrupted: run the same command again to resume from {work_dir(out)}", file=sys.stderr)
+        if cmd in ("prepare", "index") and os.path.exists(work_dir(local)):
+            print(f"interrupted: run the same command again to resume from {work_dir(local)}", file=sys.stderr)
         raise
     return out
 

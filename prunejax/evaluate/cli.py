@@ -84,8 +84,6 @@ def evaluate(
     for flag, value in {**counts, "--batch-size": batch_size}.items():  # what the CLI's argparse types check
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}")
-    if storage.is_remote(out):
-        storage.check_bucket(out)
     storage.refuse_existing(out, overwrite, directory=False)
     results = evaluate_model(
         model,

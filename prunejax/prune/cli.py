@@ -106,8 +106,6 @@ def _options(
     if calib is None and method not in NO_CALIBRATION:
         raise PruneError(f"{method} needs calibration data: give --calib DATA_DIR")
     storage.refuse_remote(trained["run_dir"], "--run-dir")
-    if storage.is_remote(out):
-        storage.check_bucket(out)
     storage.refuse_input(out, model, "--model")
     storage.refuse_existing(out, overwrite)
     if isinstance(mesh, jax.sharding.Mesh):
@@ -226,7 +224,7 @@ def prune_model(
     if input_masks:
         result = composed_result(result, input_masks)
     seconds = time.time() - t0
-    requested = options["ratio"] if options["ratio"] is not None else None
+    requested = options["ratio"]
     result.report["requested_ratio"] = requested
     dtype = hf.DTYPES[cfg.torch_dtype]
     out_params = jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), result.params)
