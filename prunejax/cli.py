@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-from prunejax import distributed
+from prunejax import distributed, runtime
 from prunejax.config import ConfigError
 from prunejax.hf import CheckpointError
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"prunejax: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}", file=sys.stderr)
         return 2
+    runtime.tune_cpu_runtime()  # before any JAX work (the CPU dispatch mode is fixed when the backend starts)
     run = importlib.import_module(VERBS[verb]).main
     rc = 1
     try:
