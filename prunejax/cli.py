@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # before the verb does any JAX work; a study joins here once for all of its stages
         distributed.join_from_args(distributed.launch_args(rest))
+        cache = runtime.default_cache_dir()
+        if cache and verb != "study" and distributed.process_count() == 1:  # a study keeps its own, in STUDY_DIR
+            runtime.enable_compile_cache(cache)
         distributed.check_launch(verb, rest, _config_files(rest))
         return run(rest)
     except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:

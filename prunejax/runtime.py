@@ -1,4 +1,5 @@
-"""Process-wide settings for a job on the CPU backend, made before its first JAX computation.
+"""Process-wide settings made before a job's first JAX computation: CPU memory reuse and the
+persistent compilation cache.
 
 XLA:CPU allocates each execution's temporary buffer with malloc (121 MB for the tiny study's train
 step) and frees it when the execution ends. glibc serves a request that large with a fresh mmap, so
@@ -22,8 +23,10 @@ keeps glibc's and JAX's defaults.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.util
 import os
+import platform
 import sys
 
 # mallopt(3) parameters (glibc's malloc.h)
@@ -58,3 +61,35 @@ def tune_cpu_runtime() -> bool:
 
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     return True
+
+
+def enable_compile_cache(path: str) -> None:
+    """Keep every compiled program in `path` (JAX's persistent cache): a later run of the same shapes
+    loads its steps instead of compiling them again (~3.7 s of the tiny parent's 15.6 s run)."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def default_cache_dir() -> str | None:
+    """Where a verb keeps compiled programs: PRUNEJAX_COMPILE_CACHE if set ("off" for none), else
+    ~/.cache/prunejax/xla-<host> (XDG_CACHE_HOME respected). <host> hashes the machine type and CPU
+    flags: XLA:CPU's cached programs are machine code for this CPU, so a home directory shared by
+    different machines must not hand one machine's code to another."""
+    chosen = os.environ.get("PRUNEJAX_COMPILE_CACHE")
+    if chosen:
+        return None if chosen == "off" else chosen
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "prunejax", f"xla-{_host_key()}")
+
+
+def _host_key() -> str:
+    text = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            text += "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
+    except OSError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prunejax import distributed, storage
+from prunejax import distributed, runtime, storage
 from prunejax.config import ConfigError
 from prunejax.distributed import add_launch_args
 from prunejax.study import config as study_config
@@ -227,7 +227,8 @@ class Runner:
             distributed.one_writer(
                 "study.yaml", lambda: shutil.copy(self.study.source, os.path.join(self.dir, "study.yaml"))
             )
-        enable_compile_cache(os.path.join(self.dir, ".jax_cache"))
+        # same-shape stages (all sparse retrains share the parent's shape) reuse compiled steps
+        runtime.enable_compile_cache(os.path.join(self.dir, ".jax_cache"))
         status: dict[str, str] = {}
         t_start = time.time()
         for i, stage in enumerate(self.stages, 1):
@@ -295,15 +296,6 @@ def stage_log(path: str):  # type: ignore[no-untyped-def]
         except BaseException as e:
             print(f"stage failed: {type(e).__name__}: {e}", file=f)
             raise
-
-
-def enable_compile_cache(path: str) -> None:
-    """Same-shape runs (all sparse retrains share the parent's shape) reuse compiled steps."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
