@@ -40,6 +40,35 @@ def test_prune_lowest_is_exact_and_breaks_ties_by_index():
     np.testing.assert_array_equal(prune_lowest(scores, 2), [[True, False, True, False], [False, False, True, True]])
 
 
+def test_prune_lowest_orders_negatives_and_treats_signed_zeros_as_equal():
+    scores = jnp.array([[0.0, -0.0, 1.0, -1.0, 0.0, -0.0, 2.0, -2.0]])
+    np.testing.assert_array_equal(prune_lowest(scores, 0), [[1, 1, 1, 1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(prune_lowest(scores, 2), [[1, 1, 1, 0, 1, 1, 1, 0]])
+    # the four zeros are one tie, pruned from the lowest index on whatever their sign
+    np.testing.assert_array_equal(prune_lowest(scores, 3), [[0, 1, 1, 0, 1, 1, 1, 0]])
+    np.testing.assert_array_equal(prune_lowest(scores, 5), [[0, 0, 1, 0, 0, 1, 1, 0]])
+    np.testing.assert_array_equal(prune_lowest(scores, 8), [[0, 0, 0, 0, 0, 0, 0, 0]])
+    with pytest.raises(PruneError, match="cannot prune 9 of 8"):
+        prune_lowest(scores, 9)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "ties", "constant", "tiny and huge"])
+def test_prune_lowest_equals_a_stable_sort(kind):
+    """The radix selection against its definition: rank every row by a stable ascending sort."""
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.standard_normal((5, 301))).astype(np.float32)
+    x = {
+        "continuous": x,
+        "ties": np.round(x * 3) / 3,
+        "constant": np.full_like(x, 0.25),
+        "tiny and huge": x * np.float32(1e-38) * (rng.random(x.shape) < 0.5) + x * np.float32(1e30),
+    }[kind]
+    for n in (0, 1, 150, 300, 301):
+        rank = np.empty_like(x, dtype=np.int64)
+        np.put_along_axis(rank, np.argsort(x, axis=-1, kind="stable"), np.arange(x.shape[1])[None, :], axis=-1)
+        np.testing.assert_array_equal(prune_lowest(jnp.asarray(x), n), rank >= n)
+
+
 def test_row_matrix_and_nm_masks():
     s = jnp.array([[1.0, 8.0, 3.0, 4.0, 9.0, 2.0, 7.0, 6.0], [8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]])
     np.testing.assert_array_equal(row_mask(s, 0.25), [[0, 1, 1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 0, 0]])
