@@ -5,7 +5,7 @@
 Both sides start from the weights in memory (loading is not timed) and prune every decoder layer's
 seven projections, each matrix on its own: prunejax with `prune.sparse.magnitude` (exact counts, ties
 broken by index, masks returned), torch with `torch.kthvalue` of |W| per matrix and `|W| > kth` (the
-least a user would write: no tie handling, so on tied magnitudes it may prune fewer). Runs alternate;
+least a user would write: no tie handling, so it prunes every weight tied with the k-th). Runs alternate;
 prints median with min-max per side, the load average, and whether the two masks agree.
 """
 

@@ -4,7 +4,7 @@ The same global device count either way, runs interleaved, medians with min-max,
 printed with each figure; the MODEL_DIRs of the two layouts are checked byte-equal (bar the wall
 clock in prunejax.json) so the timing compares the same work.
 
-  python benchmarks/multiprocess.py --model models/smollm2 --calib data/kjv-smol --method sparsegpt \
+  python benchmarks/prune_processes.py --model models/smollm2 --calib data/kjv-smol --method sparsegpt \
       --devices 2 --processes 2 --calib-samples 8 --calib-seq-len 512 --repeats 3
 """
 
