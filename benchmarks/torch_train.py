@@ -26,12 +26,6 @@ import os
 import numpy as np
 
 
-def parse_tokens(text: str) -> int:
-    scale = {"k": 10**3, "m": 10**6, "b": 10**9}
-    text = text.strip().lower()
-    return int(float(text[:-1]) * scale[text[-1]]) if text[-1] in scale else int(text)
-
-
 def lr_at(count: int, peak: float, final_frac: float, warm: int, total: int) -> float:
     """prunejax.train.optim.schedule, in plain Python."""
     if count < warm:
@@ -58,13 +52,15 @@ def main() -> None:
     p.add_argument("--val-batches", type=int, default=4)
     p.add_argument("--ckpt-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prunejax-order", action="store_true", help="read prunejax's batches (needs prunejax)")
+    p.add_argument("--prunejax-order", action="store_true", help="read the batches prunejax's pipeline gives")
     args = p.parse_args()
 
     import safetensors.torch
     import torch
     import transformers
     import yaml
+
+    from prunejax.config import parse_tokens  # the budget read as `prunejax train --tokens` reads it
 
     with open(os.path.join(args.data, "meta.json")) as f:
         meta = json.load(f)

@@ -46,14 +46,15 @@ def jax_stepper(
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     opt = optim.optimizer(tcfg, 1000)
     state = state_lib.init_state(state_lib.random_params(cfg, jax.random.key(0)), None, opt, 0)
-    box = {"state": state_lib.place_state(mesh, state)}
-    fn = state_lib.jit_train_step(make_train_step(cfg, tcfg, opt, 1000), mesh, box["state"])
+    state = state_lib.place_state(mesh, state)
+    fn = state_lib.jit_train_step(make_train_step(cfg, tcfg, opt, 1000), mesh, state)
     rng = np.random.default_rng(0)
     windows = rng.integers(0, cfg.vocab_size, (1, batch, seq + 1)).astype(np.int32)
     b = state_lib.global_batch(mesh, {"inputs": windows[..., :-1], "targets": windows[..., 1:]})
 
     def step() -> None:
-        box["state"], metrics = fn(box["state"], b)
+        nonlocal state
+        state, metrics = fn(state, b)
         jax.block_until_ready(metrics)
 
     for _ in range(warmup):

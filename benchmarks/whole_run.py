@@ -7,10 +7,12 @@ each from process start to its final model, compilation and imports included.
 `--model-config` trains a random init of the shape (each side its own init: the tiny study's parent),
 `--init` retrains a MODEL_DIR's weights (both sides start from the same weights: a retrain stage).
 
-Each repeat runs both sides once, one after the other, alternating which goes first; every run is a
-fresh process with a fresh output directory (prunejax's compilation cache is off, as for a lone
-`prunejax train`; a study turns it on for its stages). Prints per side the median wall time with its
-min-max, the final validation loss, and the 1-minute load average read before every run.
+Each repeat runs both sides once, one after the other, alternating which goes first
+(`protocol.interleaved`); every run is a fresh process with a fresh output directory. prunejax's
+persistent compile cache is off (PRUNEJAX_COMPILE_CACHE=off) unless `--prunejax-env` names one: a lone
+`prunejax train` would otherwise keep its programs in ~/.cache/prunejax and every repeat after the first
+would be a warm run. Prints per side the median wall time with its min-max, the final validation loss,
+and the 1-minute load average read before every run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from protocol import interleaved
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -51,7 +55,7 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="whole_run_")
     base = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    jax_env = {**base, **dict(kv.split("=", 1) for kv in args.prunejax_env)}
+    jax_env = {**base, "PRUNEJAX_COMPILE_CACHE": "off", **dict(kv.split("=", 1) for kv in args.prunejax_env)}
     if args.init:
         source_args = (["--init", args.init], ["--init", args.init])
     else:
@@ -68,20 +72,25 @@ def main() -> None:
             base,
         ),
     }  # fmt: skip
-    walls: dict[str, list[float]] = {s: [] for s in sides}
     loads: list[float] = []
     results: dict[str, str] = {}
+    runs = {name: 0 for name in sides}
+
+    def side(name: str):  # type: ignore[no-untyped-def]
+        def once() -> None:
+            cmd, env = sides[name]
+            out = os.path.join(work, f"{name}-{runs[name]}")
+            loads.append(os.getloadavg()[0])
+            wall, stdout = run([*cmd, "--out", out], env)
+            results[name] = stdout.strip().splitlines()[-1]
+            print(f"repeat {runs[name]} {name:8s} {wall:6.2f} s  (load average {loads[-1]:.2f})", flush=True)
+            runs[name] += 1
+            shutil.rmtree(out)
+
+        return once
+
     try:
-        for r in range(args.repeats):
-            for name in list(sides) if r % 2 == 0 else list(sides)[::-1]:
-                cmd, env = sides[name]
-                out = os.path.join(work, f"{name}-{r}")
-                loads.append(os.getloadavg()[0])
-                wall, stdout = run([*cmd, "--out", out], env)
-                walls[name].append(wall)
-                results[name] = stdout.strip().splitlines()[-1]
-                print(f"repeat {r} {name:8s} {wall:6.2f} s  (load average {loads[-1]:.2f})", flush=True)
-                shutil.rmtree(out)
+        walls = interleaved({name: side(name) for name in sides}, args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"load average before runs: {min(loads):.2f}-{max(loads):.2f}")
