@@ -4,8 +4,8 @@ persistent compilation cache.
 XLA:CPU allocates each execution's temporary buffer with malloc (121 MB for the tiny study's train
 step) and frees it when the execution ends. glibc serves a request that large with a fresh mmap, so
 every step page-faults its whole working set back in: ~40,000 minor faults per step of the tiny
-study's parent, ~20% of its step time (profile in benchmarks/README.md). `tune_cpu_runtime` makes
-the memory stay:
+study's parent, whose step takes 137 ms with them and 112 ms without (benchmarks/README.md).
+`tune_cpu_runtime` makes the memory stay:
 
 * glibc: no mmap for large blocks and no trimming of the heap, so a freed block is reused;
 * JAX: synchronous CPU dispatch. The allocation happens on the thread that executes; with
@@ -65,7 +65,8 @@ def tune_cpu_runtime() -> bool:
 
 def enable_compile_cache(path: str) -> None:
     """Keep every compiled program in `path` (JAX's persistent cache): a later run of the same shapes
-    loads its steps instead of compiling them again (~3.7 s of the tiny parent's 15.6 s run)."""
+    loads its steps instead of compiling them again (a whole tiny parent run: 17.0 s cold, 12.1 s
+    warm; benchmarks/README.md)."""
     import jax
 
     jax.config.update("jax_compilation_cache_dir", path)
