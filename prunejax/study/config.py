@@ -169,6 +169,14 @@ def validate(cfg: StudyConfig) -> None:
     data = cfg.data
     if sum(x is not None and x != () for x in (data.corpus, data.text or None, data.data_dir)) != 1:
         raise ConfigError(f"{where}: data needs exactly one of corpus, text, data_dir")
+    if data.corpus is not None:
+        from prunejax.data.sources import corpus_names
+        from prunejax.data.store import DataError
+
+        try:
+            corpus_names(data.corpus)
+        except DataError as e:
+            raise ConfigError(f"{where}: data.corpus: {e}") from None
     if (cfg.parent.import_ is None) == (cfg.parent.model is None):
         raise ConfigError(f"{where}: parent needs exactly one of model (pretrain) or import")
     if cfg.parent.model is not None and cfg.parent.tokens <= 0:
