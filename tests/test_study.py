@@ -434,3 +434,24 @@ def test_a_seeded_study_with_dense_controls_runs_and_reports_its_noise(tmp_path)
     assert "pruned of wanda@0.5/R=1,000: n=1/2" in text and "(n=1/2)" in text.split("## Pruned vs scratch")[1]
     _, rows = report.load_results(out)
     assert [r["val_loss"] for r in rows if r["model"] == "retrain/wanda/r0.5/s1/R1k"] == [None]
+
+
+def test_parent_curve_and_its_last_quarter_from_metrics(tmp_path):
+    assert report.parent_curve(str(tmp_path)) == []  # an imported parent has no RUN_DIR
+    (tmp_path / "parent").mkdir()
+    records = [
+        {"step": 10, "tokens": 1000, "loss": 5.0},
+        {"step": 25, "tokens": 2500, "val_loss": 4.0},
+        {"step": 50, "tokens": 5000, "val_loss": 3.0},
+        {"step": 75, "tokens": 7500, "val_loss": 2.5},
+        {"step": 100, "tokens": 10000, "val_loss": 2.4},
+    ]
+    (tmp_path / "parent" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = report.parent_curve(str(tmp_path))
+    assert lines[4:8] == ["| 2,500 | 4.0000 |", "| 5,000 | 3.0000 |", "| 7,500 | 2.5000 |", "| 10,000 | 2.4000 |"]
+    assert lines[-1] == (
+        "Over the last quarter of its tokens (7,500 -> 10,000) the parent's validation loss fell "
+        "from 2.5000 to 2.4000 (4.00%)."
+    )
+    (tmp_path / "parent" / "metrics.jsonl").write_text(json.dumps(records[-1]) + "\n")
+    assert report.parent_curve(str(tmp_path)) == []  # one final validation is no curve

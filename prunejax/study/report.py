@@ -129,6 +129,36 @@ def _control_table(comp: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def parent_curve(study_dir: str) -> list[str]:
+    """The pretrained parent's validation curve from its RUN_DIR's metrics.jsonl, and how much the loss fell
+    over the last quarter of its tokens (how close the parent is to its capacity). Nothing for a parent
+    that was imported or trained without validation (val_every=0)."""
+    path = os.path.join(study_dir, "parent", "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        points = [(r["tokens"], r["val_loss"]) for r in map(json.loads, f) if "val_loss" in r]
+    if len(points) < 2:
+        return []
+    final_tokens, final_loss = points[-1]
+    quarter = [p for p in points if p[0] <= 0.75 * final_tokens]
+    lines = [
+        "## The parent's validation curve",
+        "",
+        "| tokens | validation loss |",
+        "|---|---|",
+        *(f"| {t:,} | {loss:.4f} |" for t, loss in points),
+    ]
+    if quarter:
+        t0, l0 = quarter[-1]
+        lines += [
+            "",
+            f"Over the last quarter of its tokens ({t0:,} -> {final_tokens:,}) the parent's validation loss fell "
+            f"from {l0:.4f} to {final_loss:.4f} ({(l0 - final_loss) / l0:.2%}).",
+        ]
+    return lines
+
+
 def write_report(study_dir: str) -> dict[str, str]:
     """Write report.md, results.csv, comparison.csv and the figures into STUDY_DIR."""
     index, rows = load_results(study_dir)
@@ -178,6 +208,9 @@ def write_report(study_dir: str) -> dict[str, str]:
     control = _control_table(comp)
     if control:
         lines += ["", *control]
+    curve = parent_curve(study_dir)
+    if curve:
+        lines += ["", *curve]
     failed = [s for s in index["stages"] if s["status"] == "failed"]
     if failed:
         lines += ["", "## Failed stages", ""] + [f"- `{s['id']}`: {s['error']}" for s in failed]
