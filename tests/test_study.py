@@ -443,15 +443,22 @@ def test_parent_curve_and_its_last_quarter_from_metrics(tmp_path):
         {"step": 10, "tokens": 1000, "loss": 5.0},
         {"step": 25, "tokens": 2500, "val_loss": 4.0},
         {"step": 50, "tokens": 5000, "val_loss": 3.0},
-        {"step": 75, "tokens": 7500, "val_loss": 2.5},
-        {"step": 100, "tokens": 10000, "val_loss": 2.4},
+        {"step": 70, "tokens": 7000, "val_loss": 2.6},
+        {"step": 80, "tokens": 8000, "val_loss": 2.4},
+        {"step": 100, "tokens": 10000, "val_loss": 2.3},
     ]
     (tmp_path / "parent" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     lines = report.parent_curve(str(tmp_path))
-    assert lines[4:8] == ["| 2,500 | 4.0000 |", "| 5,000 | 3.0000 |", "| 7,500 | 2.5000 |", "| 10,000 | 2.4000 |"]
-    assert lines[-1] == (
+    assert lines[4:9] == [
+        "| 2,500 | 4.0000 |",
+        "| 5,000 | 3.0000 |",
+        "| 7,000 | 2.6000 |",
+        "| 8,000 | 2.4000 |",
+        "| 10,000 | 2.3000 |",
+    ]
+    assert lines[-1] == (  # 2.5 at 7,500 tokens, halfway between the points around it
         "Over the last quarter of its tokens (7,500 -> 10,000) the parent's validation loss fell "
-        "from 2.5000 to 2.4000 (4.00%)."
+        "from 2.5000 (interpolated) to 2.3000 (8.00%)."
     )
     (tmp_path / "parent" / "metrics.jsonl").write_text(json.dumps(records[-1]) + "\n")
     assert report.parent_curve(str(tmp_path)) == []  # one final validation is no curve

@@ -141,7 +141,6 @@ def parent_curve(study_dir: str) -> list[str]:
     if len(points) < 2:
         return []
     final_tokens, final_loss = points[-1]
-    quarter = [p for p in points if p[0] <= 0.75 * final_tokens]
     lines = [
         "## The parent's validation curve",
         "",
@@ -149,12 +148,16 @@ def parent_curve(study_dir: str) -> list[str]:
         "|---|---|",
         *(f"| {t:,} | {loss:.4f} |" for t, loss in points),
     ]
-    if quarter:
-        t0, l0 = quarter[-1]
+    start = 0.75 * final_tokens
+    before = [p for p in points if p[0] <= start]
+    if before:
+        (t0, l0), (t1, l1) = before[-1], next(p for p in points if p[0] > start)
+        at_start = l0 + (l1 - l0) * (start - t0) / (t1 - t0)  # linear between the two points around it
+        fall = (at_start - final_loss) / at_start
         lines += [
             "",
-            f"Over the last quarter of its tokens ({t0:,} -> {final_tokens:,}) the parent's validation loss fell "
-            f"from {l0:.4f} to {final_loss:.4f} ({(l0 - final_loss) / l0:.2%}).",
+            f"Over the last quarter of its tokens ({round(start):,} -> {final_tokens:,}) the parent's validation "
+            f"loss fell from {at_start:.4f} (interpolated) to {final_loss:.4f} ({fall:.2%}).",
         ]
     return lines
 
