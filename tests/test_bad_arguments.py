@@ -106,3 +106,26 @@ def test_out_of_the_wrong_kind_is_refused_even_with_overwrite(inputs, capsys, tm
     evaluate = ["eval", "--model", inputs["model"], "--data", inputs["data"], "--out", str(results), "--overwrite"]
     assert "is a directory, but this output is a file" in _error(evaluate, capsys)
     assert (results / "keep.txt").read_text() == "mine" and notes.read_text() == "not a model"
+
+
+def test_calibration_counts_are_checked_before_the_model_is_read(inputs, capsys, monkeypatch):
+    from prunejax import convert
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was read before the arguments were checked")
+
+    monkeypatch.setattr(convert, "load_any", no_loading)
+    out = str(inputs["root"] / "pruned")
+    wanda = ["prune", "--model", inputs["model"], "--method", "wanda", "--ratio", "0.5", "--calib", inputs["data"]]
+    assert "--calib-samples must be at least 1, got 0" in _error([*wanda, "--calib-samples", "0", "--out", out], capsys)
+    err = _error([*wanda, "--calib-seq-len", "1", "--out", out], capsys)
+    assert "--calib-seq-len must be at least 2 (an input and its next token), got 1" in err
+    assert not os.path.exists(out)
+
+
+def test_calibration_length_defaults_to_the_model_positions_as_eval_does(inputs):
+    out = str(inputs["root"] / "pruned-default-len")
+    wanda = ["prune", "--model", inputs["model"], "--method", "wanda", "--ratio", "0.5", "--calib", inputs["data"]]
+    assert cli.main([*wanda, "--calib-samples", "4", "--out", out]) == 0  # 2048 would exceed the 128 positions
+    options = hf.load_provenance(out)["options"]
+    assert (options["calib_samples"], options["calib_seq_len"]) == (4, 128)

@@ -58,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", help="N:M sparsity along the input axis, e.g. 2:4 (sparse methods)")
     p.add_argument("--calib", help="DATA_DIR whose train split calibrates (not needed by magnitude)")
     p.add_argument("--calib-samples", type=int, default=calibrate.DEFAULT_SAMPLES, help="calibration sequences")
-    p.add_argument("--calib-seq-len", type=int, default=calibrate.DEFAULT_SEQ_LEN, help="tokens per sequence")
+    p.add_argument(
+        "--calib-seq-len",
+        type=int,
+        help=f"tokens per sequence (default min({calibrate.DEFAULT_SEQ_LEN}, the model's max positions), as eval)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per calibration batch")
     p.add_argument(
         "--mesh",
@@ -88,6 +92,7 @@ def _options(
     target: str | None,
     pattern: str | None,
     calib: str | None,
+    calib_shape: tuple[int, int | None],
     batch_size: int,
     mesh: str | jax.sharding.Mesh | None,
     trained: dict[str, Any],
@@ -105,6 +110,11 @@ def _options(
         raise PruneError(f"--batch-size must be positive, got {batch_size}")
     if calib is None and method not in NO_CALIBRATION:
         raise PruneError(f"{method} needs calibration data: give --calib DATA_DIR")
+    samples, seq_len = calib_shape
+    if samples < 1:
+        raise PruneError(f"--calib-samples must be at least 1, got {samples}")
+    if seq_len is not None and seq_len < 2:
+        raise PruneError(f"--calib-seq-len must be at least 2 (an input and its next token), got {seq_len}")
     storage.refuse_remote(trained["run_dir"], "--run-dir")
     storage.refuse_input(out, model, "--model")
     storage.refuse_existing(out, overwrite)
@@ -170,7 +180,7 @@ def prune_model(
     pattern: str | None = None,
     calib: str | None = None,
     calib_samples: int = calibrate.DEFAULT_SAMPLES,
-    calib_seq_len: int = calibrate.DEFAULT_SEQ_LEN,
+    calib_seq_len: int | None = None,
     batch_size: int = 8,
     mesh: str | jax.sharding.Mesh | None = None,
     data: str | None = None,
@@ -191,6 +201,7 @@ def prune_model(
         target=target,
         pattern=pattern,
         calib=calib,
+        calib_shape=(calib_samples, calib_seq_len),
         batch_size=batch_size,
         mesh=mesh,
         trained=trained,
@@ -211,6 +222,7 @@ def prune_model(
     input_masks = hf.load_masks(src, cfg) if sparse_input else None
     if input_masks:
         params = apply_masks(params, input_masks)  # the method sees the sparse model the directory claims to be
+    calib_seq_len = calib_seq_len or min(calibrate.DEFAULT_SEQ_LEN, cfg.max_position_embeddings)
     if calib is not None and calib_seq_len > cfg.max_position_embeddings:
         raise PruneError(
             f"--calib-seq-len {calib_seq_len} exceeds the model's max_position_embeddings "
