@@ -7,7 +7,10 @@ Directories are staged through local temporary copies: `local_dir(path)` gives a
 committed remote directory (cached per process), `publish(local, path)` uploads a finished local
 directory and commits it. Single files (results.json) are one object each, which appears whole.
 
-gcsfs honours `STORAGE_EMULATOR_HOST` (a local emulator in tests); prunejax sets nothing else.
+gcsfs honours `STORAGE_EMULATOR_HOST` (a local emulator in tests). Orbax's checkpoints go through
+tensorstore, which reads its own variable, TENSORSTORE_GCS_HTTP_URL: when only STORAGE_EMULATOR_HOST
+is set, prunejax points tensorstore at the same emulator before the first checkpoint, so one run never
+writes half its files to the emulator and half to Google.
 """
 
 from __future__ import annotations
@@ -202,6 +205,23 @@ def publish(local: str, path: str, overwrite: bool = False) -> str:
     return path
 
 
+def list_names(path: str) -> list[str]:
+    """The names directly under a local directory or a remote prefix."""
+    if is_remote(path):
+        fs = filesystem(path)
+        fs.invalidate_cache(path)
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return sorted(os.listdir(path))
+
+
+def remove_tree(path: str) -> None:
+    """Delete a local directory or everything under a remote prefix."""
+    if is_remote(path):
+        filesystem(path).rm(path, recursive=True)
+    else:
+        shutil.rmtree(path)
+
+
 def write_file(path: str, data: bytes) -> None:
     """One object (or an atomic local file write through a temporary sibling)."""
     if is_remote(path):
@@ -228,11 +248,20 @@ def read_file(path: str) -> bytes:
         return f.read()
 
 
+def route_tensorstore_to_emulator() -> None:
+    """Point tensorstore's GCS driver at the emulator gcsfs uses (STORAGE_EMULATOR_HOST), unless it is told
+    otherwise (TENSORSTORE_GCS_HTTP_URL). Must run before tensorstore's first gs:// request: it reads the
+    variable once. Against the real GCS (no emulator variable) nothing is set."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if host and "TENSORSTORE_GCS_HTTP_URL" not in os.environ:
+        os.environ["TENSORSTORE_GCS_HTTP_URL"] = host if "://" in host else f"http://{host}"
+
+
 def refuse_remote(path: str | None, what: str) -> None:
     """A clear error for a remote path where prunejax cannot use one yet."""
     if is_remote(path):
         raise StorageError(
-            f"{what} {path}: gs:// is supported for MODEL_DIRs, DATA_DIRs, --text files and results.json; "
+            f"{what} {path}: gs:// is supported for MODEL_DIRs, DATA_DIRs, RUN_DIRs, --text files and results.json; "
             f"a {what} on object storage is not yet (README, Status)"
         )
 

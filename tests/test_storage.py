@@ -5,6 +5,7 @@ prunejax is given nothing but STORAGE_EMULATOR_HOST (the variable Google's clien
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,7 +30,8 @@ def gcs():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port)]
+    launcher = os.path.join(os.path.dirname(__file__), "gcs_emulator.py")  # adds x-goog-generation for tensorstore
+    cmd = [sys.executable, launcher, "start", "--host", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(
         [*cmd, "--in-memory", "--default-bucket", BUCKET], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
@@ -91,6 +93,46 @@ def test_two_processes_write_one_committed_model_dir_on_gs(gcs, local):
     assert_same_tree(storage.local_dir(f"{gcs}/mp/one"), storage.local_dir(f"{gcs}/mp/two"))
 
 
+def test_train_on_gs_killed_and_resumed_on_two_processes_equals_the_local_run(gcs, local, tmp_path):
+    """A RUN_DIR on gs://: Orbax checkpoints there natively (tensorstore pointed at the emulator by prunejax),
+    run.json and metrics.jsonl as objects, final/ committed. Both processes are SIGKILLed once a checkpoint
+    is on gs, then relaunched: the run resumes from the bucket alone and ends where the local run ends."""
+    argv = ["train", "--scratch", local["model"], "--data", local["data"], "--tokens", f"{40 * 8 * 32}"]
+    argv += ["--no-progress", "seq_len=32", "global_batch=8", "val_batches=1", "val_every=10", "ckpt_every=4"]
+    argv += ["grad_reduce=ordered"]  # the same bits on 1 x 8 and 2 x 4 devices
+    launch([*argv, "--out", str(tmp_path / "run")], processes=1, devices=8).check()
+    remote = f"{gcs}/train/run"
+    procs = start([*argv, "--out", remote], processes=2, devices=4)
+    fs = storage.filesystem(gcs)
+    deadline = time.time() + 120
+    # metrics.jsonl is uploaded after each checkpoint's save starts, and Orbax finishes one save before
+    # it starts the next: once it covers step 8, the checkpoint of step 4 is committed on gs
+    while (
+        not fs.exists(f"{remote}/metrics.jsonl") or '"step": 8,' not in fs.cat_file(f"{remote}/metrics.jsonl").decode()
+    ):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "no checkpoint reached gs"
+        fs.invalidate_cache()
+        time.sleep(0.05)
+    for p in procs:
+        p.kill()
+    assert wait(procs).codes == [-9, -9]
+    assert not storage.committed(f"{remote}/final")
+    resumed = launch([*argv, "--out", remote], processes=2, devices=4).check()
+    (resumed_from,) = re.findall(rf"resuming {remote} from step (\d+)", resumed.outputs[0])
+    assert 4 <= int(resumed_from) < 40
+    assert storage.committed(f"{remote}/final")
+    assert_same_tree(tmp_path / "run" / "final", storage.local_dir(f"{remote}/final"), tmp_path / "run", remote)
+    from prunejax.train.metrics import read_metrics
+
+    a, b = read_metrics(str(tmp_path / "run")), read_metrics(remote)
+    assert [(r["step"], r.get("loss"), r.get("val_loss")) for r in a] == [
+        (r["step"], r.get("loss"), r.get("val_loss")) for r in b
+    ]
+    assert json.loads(storage.read_file(f"{remote}/run.json"))["steps"] == 40
+    done = launch([*argv, "--out", remote], processes=1, devices=8)
+    assert done.codes == [0] and "is already complete" in done.outputs[0]
+
+
 def test_a_directory_without_its_commit_marker_is_refused(gcs, local, tmp_path):
     fs = storage.filesystem(gcs)
     for name in os.listdir(local["model"]):  # every file of a MODEL_DIR, but the writer "died" before the marker
@@ -103,10 +145,13 @@ def test_a_directory_without_its_commit_marker_is_refused(gcs, local, tmp_path):
 def test_a_missing_bucket_and_unsupported_gs_paths_are_clear_errors_before_work(gcs, local, tmp_path):
     out = launch(["convert", local["model"], "--out", "gs://no-such-bucket/m"], processes=1, devices=1)
     assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
-    train = ["train", "--scratch", "tiny", "--data", local["data"], "--tokens", "1k", "--out", f"{gcs}/no-run"]
+    train = ["train", "--scratch", "tiny", "--data", local["data"], "--tokens", "4k", "--out", "gs://no-such-bucket/r"]
     out = launch(train, processes=1, devices=1)
-    assert out.codes == [1] and f"RUN_DIR {gcs}/no-run: gs:// is supported for MODEL_DIRs" in out.outputs[0]
-    assert not storage.exists(f"{gcs}/no-run")
+    assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "study", "tiny.yaml")
+    out = launch(["study", config, "--out", f"{gcs}/no-study"], processes=1, devices=1)
+    assert out.codes == [1] and f"STUDY_DIR {gcs}/no-study: gs:// is supported for MODEL_DIRs" in out.outputs[0]
+    assert not storage.exists(f"{gcs}/no-study")
 
 
 DOCS = [f"Line {i}: a small corpus for a small tokenizer, {'word ' * (i % 9)}and a number {i * 7}." for i in range(300)]

@@ -266,6 +266,25 @@ def test_restore_skips_a_non_finite_checkpoint(tmp_path, caplog):
     assert "checkpoint 2" in caplog.text and "NaN/Inf in params/w" in caplog.text
 
 
+def test_an_uncommitted_step_directory_is_removed_before_the_run_resumes(tmp_path, caplog):
+    from prunejax.train import checkpoint as ckpt
+
+    good = {"params": {"w": jax.numpy.ones((4, 4))}, "step": jax.numpy.asarray(1), "masks": {}}
+    c = ckpt.Checkpointer(str(tmp_path))
+    c.save(4, good, {"step": 4})
+    c.wait()
+    # what a save killed midway leaves on object storage: a step directory without Orbax's commit
+    for step in ("8", "12"):
+        os.makedirs(tmp_path / "checkpoints" / step / "state" / "ocdbt.process_0")
+        (tmp_path / "checkpoints" / step / "state" / "ocdbt.process_0" / "manifest.ocdbt").write_bytes(b"partial")
+    assert c.steps() == [4]  # Orbax does not list them
+    with caplog.at_level(logging.WARNING):
+        step, _, _ = c.restore_latest(ckpt.abstract(good))
+    c.close()
+    assert step == 4 and sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+    assert "removed uncommitted checkpoint dir(s)" in caplog.text
+
+
 def test_bad_inputs_give_clear_errors(kjv, model_yaml, tmp_path):
     run = str(tmp_path / "r")
     kw = {"data_dir": kjv, "scratch": model_yaml, "progress": False}

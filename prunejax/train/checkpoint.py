@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from prunejax import distributed, storage
 from prunejax.hf import CheckpointError
 from prunejax.train.loop import TrainingDiverged
 from prunejax.tree import nonfinite_leaf, sparsity
@@ -31,7 +32,11 @@ class Checkpointer:
     """Periodic/final saves of (state, data state) under `run_dir/checkpoints`, keeping the newest `keep`."""
 
     def __init__(self, run_dir: str, *, keep: int = 3, use_async: bool = False):
-        self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+        if storage.is_remote(run_dir):  # Orbax writes gs:// natively (tensorstore for arrays, commits per step)
+            storage.route_tensorstore_to_emulator()
+            self.directory = storage.join(run_dir, "checkpoints")
+        else:
+            self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=use_async, create=True, cleanup_tmp_directories=True
         )
@@ -65,16 +70,39 @@ class Checkpointer:
             log.warning("checkpoint %d in %s holds NaN/Inf in %s; trying the previous one", step, self.directory, leaf)
         if steps:
             raise CheckpointError(f"{self.directory}: none of the checkpoints {steps} could be restored")
+        self._drop_after(0)
         return None
 
     def _drop_after(self, step: int) -> None:
         """Delete the (unreadable or non-finite) checkpoints newer than the one resumed from, so the run can
-        write those steps again; they are removed only once an older one restored, never on a failure."""
+        write those steps again; they are removed only once an older one restored, never on a failure.
+        Also deleted: step directories that were never committed (on object storage Orbax writes a step in
+        place and commits it last, so a killed save leaves a partial one that Orbax does not list; a new
+        save of that step would otherwise land among its leftovers)."""
         newer = [s for s in self.steps() if s > step]
         for s in newer:
             self.manager.delete(s)
         if newer:
             log.warning("removed unusable checkpoint(s) %s of %s; resuming from step %d", newer, self.directory, step)
+        committed = set(self.steps())
+        if jax.process_index() == 0:
+            partial = [
+                p
+                for p in self._step_dirs()
+                if int(p.rsplit("/", 1)[-1]) > step and int(p.rsplit("/", 1)[-1]) not in committed
+            ]
+            for path in partial:
+                storage.remove_tree(path)
+            if partial:
+                log.warning("removed uncommitted checkpoint dir(s) %s (a save that did not finish)", partial)
+        distributed.barrier("checkpoint-leftovers")
+
+    def _step_dirs(self) -> list[str]:
+        """Every directory under the checkpoint root named like a step, committed or not."""
+        if not storage.exists(self.directory):
+            return []
+        names = storage.list_names(self.directory)
+        return [storage.join(self.directory, n) for n in names if n.isdigit()]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -12,16 +12,33 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from prunejax import storage
+
+METRICS_FILE = "metrics.jsonl"
+
 
 class MetricsWriter:
     """Appends one JSON line per record to RUN_DIR/metrics.jsonl (process 0 only; no file when `run_dir` is
-    None), optionally to TensorBoard, and hands each record to `echo` (e.g. a console line) when given."""
+    None), optionally to TensorBoard, and hands each record to `echo` (e.g. a console line) when given.
+
+    For a RUN_DIR on object storage (no appends there) the lines go to a local staging copy, which starts
+    from the remote file (a resumed run) and is uploaded whole by `sync()` and `close()`."""
 
     def __init__(
         self, run_dir: str | None, *, tensorboard: bool = False, echo: Callable[[dict[str, Any]], None] | None = None
     ):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(run_dir, "metrics.jsonl") if run_dir is not None else None
+        self.remote = storage.join(run_dir, METRICS_FILE) if storage.is_remote(run_dir) else None
+        self.path = os.path.join(run_dir, METRICS_FILE) if run_dir is not None else None
+        if self.remote is not None:
+            if tensorboard:
+                raise ValueError(f"tensorboard=true needs a local RUN_DIR, not {run_dir}")
+            self.path = os.path.join(storage.staging_dir(run_dir), METRICS_FILE)
+            if self.enabled:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                previous = storage.read_file(self.remote) if storage.exists(self.remote) else b""
+                with open(self.path, "wb") as f:  # the remote file is the record; a stale staging copy is not
+                    f.write(previous)
         self.echo = echo
         self.tb = None
         if tensorboard and self.enabled and run_dir is not None:
@@ -54,15 +71,22 @@ class MetricsWriter:
                 if isinstance(v, int | float) and k != "step" and v is not None:
                     self.tb.add_scalar(k, v, record["step"])
 
+    def sync(self) -> None:
+        """Upload the staging copy of a remote metrics.jsonl (nothing to do for a local RUN_DIR)."""
+        if self.enabled and self.remote is not None:
+            with open(self.path, "rb") as f:
+                storage.write_file(self.remote, f.read())
+
     def close(self) -> None:
+        self.sync()
         if self.tb is not None:
             self.tb.close()
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
-    """All records of a run's metrics.jsonl."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All records of a run's metrics.jsonl (local or gs://)."""
+    text = storage.read_file(storage.join(run_dir, METRICS_FILE)).decode()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def measure_matmul_peak(n: int = 1024, repeats: int = 5) -> float:

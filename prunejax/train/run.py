@@ -5,6 +5,11 @@ fingerprint, budget and derived steps), metrics.jsonl, checkpoints/<step>/ (Orba
 MODEL_DIR). Calling `train` again on an existing RUN_DIR resumes from its newest readable
 checkpoint, provided the resolved config is the same.
 
+A RUN_DIR may be on object storage (gs://): run.json is one object, Orbax writes its checkpoints
+there natively (it commits each step itself), metrics.jsonl is kept in a local staging file and
+uploaded after every checkpoint and at the end (so the remote one always covers the newest
+checkpoint), and final/ is a committed MODEL_DIR (marker last), which is also what says "done".
+
 `open_run_dir`, `resume` and `fit` are the engine under `train`, also driven by the trained pruning
 methods (Sheared-LLaMA's `--run-dir`): one run-dir check, one resume, one loop with its checkpoints.
 """
@@ -114,23 +119,31 @@ def open_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
 
 
 def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
-    path = os.path.join(out_dir, RUN_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
+    remote = storage.is_remote(out_dir)
+    if remote:
+        storage.check_bucket(out_dir)
+    path = storage.join(out_dir, RUN_FILE)
+    if storage.exists(path):
+        previous = json.loads(storage.read_file(path))
         if previous != json.loads(json.dumps(resolved)):
             diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
             raise ConfigError(f"{out_dir} holds a run with a different config (differs in: {', '.join(diff)})")
         return True
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if storage.exists(out_dir) if remote else os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists, is not empty and is not a RUN_DIR")
     distributed.barrier("run-dir-checked")
-    os.makedirs(out_dir, exist_ok=True)
+    if not remote:
+        os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
-        with open(path + ".tmp", "w") as f:
-            json.dump(resolved, f, indent=2)
-        os.replace(path + ".tmp", path)
+        storage.write_file(path, json.dumps(resolved, indent=2).encode())  # atomic: a temporary file or one object
     return False
+
+
+def is_complete(final_dir: str) -> bool:
+    """Whether a run's final MODEL_DIR was written whole (renamed into place locally, committed remotely)."""
+    if storage.is_remote(final_dir):
+        return storage.committed(final_dir)
+    return os.path.exists(os.path.join(final_dir, "config.json"))
 
 
 def resume(checkpointer: ckpt.Checkpointer, state: state_lib.State) -> tuple[int, state_lib.State, Any]:
@@ -174,6 +187,7 @@ def fit(
             sp = ckpt.realized_sparsity(s)
             if sp is not None:
                 writer.write({"step": at, "tokens": at * lc.tokens_per_step, **sp})
+            writer.sync()  # a remote metrics.jsonl covers every checkpoint it can be resumed from
 
     flag = StopFlag()
     with jax.set_mesh(mesh):  # activations follow the batch axes (sharding.constrain_batch)
@@ -209,7 +223,8 @@ def train(
         tcfg = tcfg.replace(**dict(config_lib.parse_override(o) for o in overrides))
     if (teacher is None) != (tcfg.distill_alpha == 0):
         raise ConfigError("distillation needs both a teacher MODEL_DIR and distill_alpha > 0")
-    storage.refuse_remote(out_dir, "RUN_DIR")
+    if storage.is_remote(out_dir):
+        storage.check_bucket(out_dir)  # before the model is built
     store = TokenStore(data_dir)
     cfg, params, masks, tok_dir = model_source(init, scratch, reinit, tcfg.seed)
     total_steps = check_inputs(cfg, tcfg, store, tokens)
@@ -249,8 +264,8 @@ def train(
         start_step, state, data_state = resume(checkpointer, state)
         if start_step and jax.process_index() == 0:
             print(f"resuming {out_dir} from step {start_step:,}")
-    final_dir = os.path.join(out_dir, "final")
-    if start_step == total_steps and os.path.exists(os.path.join(final_dir, "config.json")):
+    final_dir = storage.join(out_dir, "final")
+    if start_step == total_steps and is_complete(final_dir):
         checkpointer.close()
         if jax.process_index() == 0:
             print(f"{out_dir} is already complete ({total_steps:,} steps)")
