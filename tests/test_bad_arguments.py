@@ -129,3 +129,97 @@ def test_calibration_length_defaults_to_the_model_positions_as_eval_does(inputs)
     assert cli.main([*wanda, "--calib-samples", "4", "--out", out]) == 0  # 2048 would exceed the 128 positions
     options = hf.load_provenance(out)["options"]
     assert (options["calib_samples"], options["calib_seq_len"]) == (4, 128)
+
+
+SWEEP = [  # (argv with {model}, {data}, {out}, {root}; what the error must say)
+    (["train", "--config", "{root}/nope.yaml", "--scratch", "tiny", "--data", "{data}", "--tokens", "10k"], "no such"),
+    (["train", "--scratch", "tiny", "--data", "{data}", "--tokens", "abc"], "--tokens"),
+    (["train", "--scratch", "tiny", "--data", "{data}", "--tokens", "-5"], "--tokens"),
+    (["train", "--scratch", "tiny", "--data", "{data}", "--tokens", "10k", "global_batch=0"], "global_batch"),
+    (["train", "--scratch", "tiny", "--data", "{data}", "--tokens", "10k", "warmup_frac=2"], "warmup_frac"),
+    (["train", "--scratch", "tiny", "--data", "{data}", "--tokens", "10k", "nokey=3"], "nokey"),
+    (["train", "--scratch", "tiny", "--data", "{data}", "--tokens", "10k", "grad_accum=3"], "grad_accum"),
+    (["train", "--scratch", "tiny", "--data", "{root}/nodata", "--tokens", "10k"], "nodata"),
+    (["train", "--init", "{root}/nomodel", "--data", "{data}", "--tokens", "10k"], "nomodel"),
+    (["train", "--scratch", "nopreset", "--data", "{data}", "--tokens", "10k"], "nopreset"),
+    (["train", "--scratch", "{model}", "--data", "{data}", "--tokens", "10k", "data_offset=99999999"], "outside"),
+    (["prune", "--model", "{model}", "--method", "magnitude", "--ratio", "1.2"], "--ratio"),
+    (["prune", "--model", "{model}", "--method", "magnitude", "--ratio", "nan"], "--ratio"),
+    (["prune", "--model", "{model}", "--method", "magnitude", "--ratio", "0.5", "--pattern", "3:2"], "3:2"),
+    (["prune", "--model", "{model}", "--method", "magnitude", "--ratio", "0.5", "--pattern", "2:5"], "2:5"),
+    (["prune", "--model", "{model}", "--method", "magnitude", "--ratio", "0.5", "--pattern", "x"], "'x'"),
+    (["prune", "--model", "{model}", "--method", "nomethod", "--ratio", "0.5"], "nomethod"),
+    (["prune", "--model", "{model}", "--method", "wanda", "--ratio", "0.5"], "--calib"),
+    (
+        [
+            "prune",
+            "--model",
+            "{model}",
+            "--method",
+            "wanda",
+            "--ratio",
+            "0.5",
+            "--calib",
+            "{data}",
+            "--batch-size",
+            "0",
+        ],
+        "--batch-size",
+    ),
+    (
+        [
+            "prune",
+            "--model",
+            "{model}",
+            "--method",
+            "wanda",
+            "--ratio",
+            "0.5",
+            "--calib",
+            "{data}",
+            "--calib-samples",
+            "100000",
+        ],
+        "calibration needs",
+    ),
+    (
+        ["prune", "--model", "{model}", "--method", "minitron-width", "--target", "hidden=abc", "--calib", "{data}"],
+        "hidden",
+    ),
+    (
+        ["prune", "--model", "{model}", "--method", "minitron-depth", "--target", "layers=0", "--calib", "{data}"],
+        "layers",
+    ),
+    (["prune", "--model", "{model}", "--method", "magnitude", "--ratio", "0.5", "--mesh", "data=3"], "devices"),
+    (["prune", "--model", "{root}/nomodel", "--method", "magnitude", "--ratio", "0.5"], "nomodel"),
+    (["eval", "--model", "{model}", "--data", "{data}", "--seq-len", "1024"], "--seq-len"),
+    (["eval", "--model", "{model}", "--data", "{data}", "--max-tokens", "-1"], "--max-tokens"),
+    (["eval", "--model", "{root}/nomodel", "--data", "{data}"], "nomodel"),
+    (["eval", "--model", "{model}", "--tasks", "nope"], "nope"),
+    (["eval", "--model", "{model}", "--data", "{data}", "--dtype", "int8"], "--dtype"),
+    (["convert", "{root}/x.gguf"], "GGUF"),
+    (["convert", "{root}/nofile.gguf"], "nofile"),
+    (["data", "prepare", "--corpus", "kjv", "--tokenizer", "{root}/notok"], "notok"),
+    (["data", "prepare", "--corpus", "kjv", "--tokenizer", "{model}", "--val-fraction", "1.5"], "val_fraction"),
+    (["data", "prepare", "--corpus", "kjv+bible", "--tokenizer", "{model}"], "bible"),
+    (["data", "train-tokenizer", "--corpus", "kjv", "--vocab-size", "10"], "vocab_size"),
+    (["data", "prepare", "--text", "{root}/none*.txt", "--tokenizer", "{model}"], "none*.txt"),
+    (["study", "{root}/nope.yaml"], "nope.yaml"),
+    (["report", "{root}/nodir"], "stages.json"),
+    (["compile-check", "--model", "nopreset", "--topology", "v5p-8"], "nopreset"),
+    (["compile-check", "--model", "tiny", "--topology", "nope-99"], "nope-99"),
+]
+OUT_FLAG = {"train", "prune", "eval", "convert", "data", "study"}
+
+
+@pytest.mark.parametrize("argv, says", SWEEP, ids=[" ".join(a[:3]) + f" [{i}]" for i, (a, _) in enumerate(SWEEP)])
+def test_a_bad_invocation_is_one_clear_error_and_writes_nothing(inputs, capsys, argv, says):
+    root = inputs["root"] / "sweep"
+    root.mkdir(exist_ok=True)
+    (root / "x.gguf").write_text("not gguf")
+    out = root / "out"
+    fill = {"model": inputs["model"], "data": inputs["data"], "root": str(root), "out": str(out)}
+    argv = [a.format(**fill) for a in argv] + (["--out", str(out)] if argv[0] in OUT_FLAG else [])
+    err = _error(argv, capsys)  # an exception other than a clean exit would fail here, traceback and all
+    assert says in err and "Traceback" not in err, err
+    assert not out.exists()
