@@ -235,10 +235,12 @@ class LlamaConfig:
         Every problem is a ConfigError naming `path`."""
         import yaml
 
+        from prunejax import storage
+
         is_json = str(path).endswith(".json")
         try:
-            with open(path) as f:
-                d = json.load(f) if is_json else yaml.safe_load(f)
+            text = storage.read_file(str(path)).decode()  # a local file or a gs:// object
+            d = json.loads(text) if is_json else yaml.safe_load(text)
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such model config file") from None
         except (json.JSONDecodeError, yaml.YAMLError) as e:

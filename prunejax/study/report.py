@@ -16,10 +16,11 @@ import csv
 import json
 import math
 import os
+import tempfile
 from collections import defaultdict
 from typing import Any
 
-from prunejax import distributed
+from prunejax import distributed, storage
 from prunejax.distributed import add_launch_args
 from prunejax.study.comparison import CONTROL_COLUMNS, GAPS, STATS, comparison, has_control, mean_of, seeded
 from prunejax.study.figures import plot
@@ -163,7 +164,9 @@ def parent_curve(study_dir: str) -> list[str]:
 
 
 def write_report(study_dir: str) -> dict[str, str]:
-    """Write report.md, results.csv, comparison.csv and the figures into STUDY_DIR."""
+    """Write report.md, results.csv, comparison.csv and the figures into STUDY_DIR (local or gs://)."""
+    if storage.is_remote(study_dir):
+        return _write_remote_report(study_dir)
     index, rows = load_results(study_dir)
     comp = comparison(rows)
     parent = [r["val_loss"] for r in rows if r["role"] == "parent" and r["val_loss"] is not None]
@@ -233,6 +236,33 @@ def write_report(study_dir: str) -> dict[str, str]:
     return {"markdown": md, "figures": ",".join(figures)}
 
 
+def _write_remote_report(study_dir: str) -> dict[str, str]:
+    """The report of a gs:// STUDY_DIR: what it reads (stages.json, each results.json, the parent's
+    metrics.jsonl) is copied into a local directory, the report is written there exactly as for a local
+    study, and its files are uploaded beside the stages."""
+    study_dir = study_dir.rstrip("/")
+    wanted = ["stages.json", "parent/metrics.jsonl"]
+    index_path = storage.join(study_dir, "stages.json")
+    if not storage.exists(index_path):
+        raise FileNotFoundError(f"{study_dir}: no stages.json (run `prunejax study` first)")
+    index = json.loads(storage.read_file(index_path))
+    wanted += [f"{s['id']}/results.json" for s in index["stages"] if s["kind"] == "eval"]
+    with tempfile.TemporaryDirectory() as local:
+        for rel in wanted:
+            remote = storage.join(study_dir, rel)
+            if storage.exists(remote):
+                storage.write_file(os.path.join(local, *rel.split("/")), storage.read_file(remote))
+        paths = write_report(local)
+        written = [paths["markdown"], *filter(None, paths["figures"].split(","))]
+        for name in ("results.csv", "comparison.csv"):
+            written.append(os.path.join(local, name))
+        for path in written:
+            with open(path, "rb") as f:
+                storage.write_file(storage.join(study_dir, os.path.basename(path)), f.read())
+    figures = [storage.join(study_dir, os.path.basename(p)) for p in filter(None, paths["figures"].split(","))]
+    return {"markdown": storage.join(study_dir, "report.md"), "figures": ",".join(figures)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunejax report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -247,5 +277,5 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     paths = distributed.one_writer("report", lambda: write_report(args.study_dir))
     if paths:
-        print(open(paths["markdown"]).read())
+        print(storage.read_file(paths["markdown"]).decode())
     return 0

@@ -7,6 +7,13 @@ status, time, error), a log per stage (`logs/`), `study.yaml` (the config as giv
 and resumes interrupted ones (training resumes from its checkpoints); a failed stage is reported
 and its dependents are skipped while everything else carries on. A changed config over an existing
 STUDY_DIR stops before any work and names the invalidated stages (`--rerun-changed` redoes them).
+
+A STUDY_DIR may be on object storage (gs://): every stage writes its artifact there as its verb does
+(committed directories, Orbax checkpoints, results.json objects), markers and stages.json are single
+objects, each stage's log is written locally and uploaded when the stage ends, and the compile cache stays
+in a local staging directory. A remote study trains every
+scratch run itself (the same-shape twin reuse copies directories, which an object store cannot do
+atomically).
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -42,28 +48,25 @@ class StudyInterrupted(BaseException):  # like KeyboardInterrupt: not an error o
 
 
 def _marker_path(study_dir: str, stage_id: str) -> str:
-    return os.path.join(study_dir, ".stages", stage_id.replace("/", "__") + ".json")
+    return storage.join(study_dir, ".stages", stage_id.replace("/", "__") + ".json")
 
 
 def read_marker(study_dir: str, stage_id: str) -> dict[str, Any] | None:
     path = _marker_path(study_dir, stage_id)
-    if not os.path.exists(path):
+    if not storage.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.read_file(path))
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Atomic JSON write (temporary file renamed into place) by the writer process; the others wait."""
+    """Atomic JSON write (a temporary file renamed into place, or one object) by the writer process; the
+    others wait."""
     distributed.one_writer(f"json {path}", lambda: _write_json(path, obj))
 
 
 def _write_json(path: str, obj: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    """The same write, by the calling process alone."""
+    storage.write_file(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 class Runner:
@@ -71,7 +74,10 @@ class Runner:
 
     def __init__(self, study: StudyConfig, study_dir: str):
         self.study = study
-        self.dir = os.path.abspath(study_dir)
+        self.dir = storage.absolute(study_dir).rstrip("/")
+        self.remote = storage.is_remote(self.dir)
+        # what stays on this machine: a stage's log while it runs, and the compile cache
+        self.local = storage.staging_dir(self.dir) if self.remote else self.dir
         self.stages = plan_lib.build(study)
         self.hashes = plan_lib.hashes(self.stages)
         self.by_id = {s.id: s for s in self.stages}
@@ -79,15 +85,20 @@ class Runner:
     # ---- paths ---------------------------------------------------------------------------
     def out(self, stage_id: str) -> str:
         if stage_id == "data" and self.study.data.data_dir:
-            return os.path.abspath(self.study.data.data_dir)
-        return os.path.join(self.dir, stage_id)
+            return storage.absolute(self.study.data.data_dir)
+        return storage.join(self.dir, stage_id)
 
     def model_dir(self, stage_id: str) -> str:
         """The MODEL_DIR a stage produced (training runs keep theirs in `final/`)."""
         kind = self.by_id[stage_id].kind
         if kind in ("retrain", "scratch") or (kind == "parent" and self.study.parent.import_ is None):
-            return os.path.join(self.out(stage_id), "final")
+            return storage.join(self.out(stage_id), "final")
         return self.out(stage_id)
+
+    def finished(self, stage_id: str) -> bool:
+        """Whether a training stage's MODEL_DIR is there whole (committed, on object storage)."""
+        path = self.model_dir(stage_id)
+        return storage.committed(path) if self.remote else os.path.isdir(path)
 
     # ---- scratch runs of one shape ------------------------------------------------------------
     def scratch_source(self, stage: Stage) -> str:
@@ -95,7 +106,7 @@ class Runner:
         src = stage.deps[0]
         if self.by_id[src].kind in ("prune", "parent"):
             return self.model_dir(src)
-        return os.path.join(self.out(src), "config.json")
+        return storage.join(self.out(src), "config.json")
 
     def _scratch_key(self, stage: Stage) -> str | None:
         """What a random-init run depends on: the shape, tokens, recipe, seed and data. None for --reinit
@@ -114,7 +125,7 @@ class Runner:
     def scratch_twin(self, stage: Stage) -> str | None:
         """An earlier finished scratch stage that trained exactly this run (e.g. minitron-width and sheared
         reach the same shape; both depth methods keep the same number of layers)."""
-        key = self._scratch_key(stage)
+        key = None if self.remote else self._scratch_key(stage)  # a remote study copies no directories
         if key is None:
             return None
         for other in self.stages:
@@ -136,7 +147,14 @@ class Runner:
         """Process 0 logs to logs/<stage>.log, any other process i to logs/process-i/<stage>.log."""
         name = stage_id.replace("/", "__") + ".log"
         i = distributed.process_index()
-        return os.path.join(self.dir, "logs", *([f"process-{i}"] if i else []), name)
+        return os.path.join(self.local, "logs", *([f"process-{i}"] if i else []), name)
+
+    def _upload_log(self, stage_id: str) -> None:
+        """A remote study's stage log: the local file, uploaded whole by the process that wrote it."""
+        path = self._log_path(stage_id)
+        if self.remote and os.path.exists(path):
+            with open(path, "rb") as f:
+                storage.write_file(storage.join(self.dir, *os.path.relpath(path, self.local).split(os.sep)), f.read())
 
     def check_unchanged(self, rerun_changed: bool) -> None:
         """Results of another config are never mixed in: finished or half-run stages whose hash changed
@@ -154,7 +172,7 @@ class Runner:
         changed, failed = distributed.decided("changed stages", scan)  # before process 0 drops any
         if failed:
             distributed.one_writer(
-                "drop failed markers", lambda: [os.remove(_marker_path(self.dir, s)) for s in failed]
+                "drop failed markers", lambda: [storage.remove_file(_marker_path(self.dir, s)) for s in failed]
             )
         if not changed:
             return
@@ -167,9 +185,10 @@ class Runner:
 
         def drop() -> None:
             for stage_id in changed:
-                if self.by_id[stage_id].kind != "data" or not self.study.data.data_dir:
-                    shutil.rmtree(self.out(stage_id), ignore_errors=True)
-                os.remove(_marker_path(self.dir, stage_id))
+                out = self.out(stage_id)
+                if (self.by_id[stage_id].kind != "data" or not self.study.data.data_dir) and storage.exists(out):
+                    storage.remove_tree(out)
+                storage.remove_file(_marker_path(self.dir, stage_id))
 
         distributed.one_writer("drop changed stages", drop)
 
@@ -207,7 +226,7 @@ class Runner:
                 }
             )
         write_json(
-            os.path.join(self.dir, "stages.json"),
+            storage.join(self.dir, "stages.json"),
             {
                 "name": self.study.name,
                 "source": self.study.source,
@@ -221,14 +240,18 @@ class Runner:
 
         # every process builds the same plan from the same config, or none starts
         distributed.agree("study plan", hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest())
-        os.makedirs(self.dir, exist_ok=True)
+        if self.remote:
+            storage.check_bucket(self.dir)
+        else:
+            os.makedirs(self.dir, exist_ok=True)
         self.check_unchanged(rerun_changed)
         if self.study.source and os.path.exists(self.study.source):
-            distributed.one_writer(
-                "study.yaml", lambda: shutil.copy(self.study.source, os.path.join(self.dir, "study.yaml"))
-            )
+            with open(self.study.source, "rb") as f:
+                config = f.read()
+            copy = storage.join(self.dir, "study.yaml")
+            distributed.one_writer("study.yaml", lambda: storage.write_file(copy, config))
         # same-shape stages (all sparse retrains share the parent's shape) reuse compiled steps
-        runtime.enable_compile_cache(os.path.join(self.dir, ".jax_cache"))
+        runtime.enable_compile_cache(os.path.join(self.local, ".jax_cache"))
         status: dict[str, str] = {}
         t_start = time.time()
         for i, stage in enumerate(self.stages, 1):
@@ -245,9 +268,12 @@ class Runner:
             write_json(_marker_path(self.dir, stage.id), {"hash": self.hashes[stage.id], "status": "running"})
             t0 = time.time()
             try:
-                with stage_log(self._log_path(stage.id)):
-                    stages.STAGES[stage.kind](self, stage)
-                if stage.kind in ("parent", "retrain", "scratch") and not os.path.isdir(self.model_dir(stage.id)):
+                try:
+                    with stage_log(self._log_path(stage.id)):
+                        stages.STAGES[stage.kind](self, stage)
+                finally:
+                    self._upload_log(stage.id)
+                if stage.kind in ("parent", "retrain", "scratch") and not self.finished(stage.id):
                     log(f"{head}: interrupted; rerun the same command to resume from its checkpoint")
                     raise StudyInterrupted(stage.id)
                 if stage.kind == "data":
@@ -315,7 +341,6 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     storage.refuse_remote(args.config, "study config")
-    storage.refuse_remote(args.out, "STUDY_DIR")
     study = study_config.load(args.config)
     runner = Runner(study, args.out)
     if args.dry_run:

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from prunejax import distributed
+from prunejax import distributed, storage
 from prunejax.study.plan import (
     BaselineSpec,
     DataSpec,
@@ -73,7 +73,7 @@ def parent_stage(runner: Runner, stage: Stage) -> None:
     model = spec.model
     if isinstance(model, dict):  # inline fields: a model file with the vocabulary of the study's data
         vocab = TokenStore(runner.out("data")).vocab_size
-        model = os.path.join(runner.dir, "parent.model.json")
+        model = storage.join(runner.dir, "parent.model.json")
         write_json(model, {**spec.model, "vocab_size": vocab})
     _train(runner, stage, offset=0, tokens=spec.tokens, scratch=model)
 
@@ -116,9 +116,9 @@ def baseline_stage(runner: Runner, stage: Stage) -> None:
     density = 1.0 - pruned_weights / pruned.linear_params()
     match = matched_config(parent, pruned, density=density, quantity=spec.match, seq_len=spec.seq_len)
     out = runner.out(stage.id)
-    write_json(os.path.join(out, "config.json"), match.cfg.to_hf_dict())
+    write_json(storage.join(out, "config.json"), match.cfg.to_hf_dict())
     write_json(
-        os.path.join(out, "match.json"),
+        storage.join(out, "match.json"),
         {
             "quantity": match.quantity,
             "target": match.target,
@@ -136,7 +136,7 @@ def scratch_stage(runner: Runner, stage: Stage) -> None:
     out = runner.out(stage.id)
     # decided once: another process looking a moment later could see process 0's copy and train instead
     twin = distributed.decided(
-        f"twin of {stage.id}", lambda: None if os.path.exists(out) else runner.scratch_twin(stage)
+        f"twin of {stage.id}", lambda: None if storage.exists(out) else runner.scratch_twin(stage)
     )
     if twin is not None:  # the same random-init run: take its output instead of training it twice
 
@@ -161,7 +161,7 @@ def eval_stage(runner: Runner, stage: Stage) -> None:
     e = spec.eval
     evaluate(
         runner.model_dir(stage.deps[0]),
-        out=os.path.join(runner.out(stage.id), "results.json"),
+        out=storage.join(runner.out(stage.id), "results.json"),
         data=runner.out("data"),
         seq_len=e.seq_len,
         batch_size=e.batch_size,

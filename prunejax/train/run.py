@@ -42,6 +42,7 @@ from prunejax.train.step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
+MODEL_FILES = (".json", ".yaml", ".yml")  # a model shape given as one file (`--scratch`), not a MODEL_DIR
 
 
 def model_source(
@@ -51,7 +52,8 @@ def model_source(
     if (init is None) == (scratch is None):
         raise ConfigError("give exactly one of init (a MODEL_DIR to retrain) or scratch (a shape to train from random)")
     init = storage.local_dir(init) if init is not None else None  # a gs:// MODEL_DIR: its local copy
-    scratch = storage.local_dir(scratch) if storage.is_remote(scratch) else scratch
+    if storage.is_remote(scratch) and not scratch.endswith(MODEL_FILES):  # a MODEL_DIR: its local copy
+        scratch = storage.local_dir(scratch)
     src = init or scratch
     tok = src if src and os.path.exists(os.path.join(src, "tokenizer.json")) else None
     key = jax.random.key(seed)
@@ -70,7 +72,7 @@ def model_source(
                 "(its masks are not used; --reinit keeps them: the sparse scratch control)",
                 file=sys.stderr,
             )
-    elif os.path.isfile(scratch):
+    elif os.path.isfile(scratch) or storage.is_remote(scratch):  # a model file, local or one gs:// object
         cfg, masks = LlamaConfig.from_file(scratch), None
     else:
         raise ConfigError(
