@@ -1,8 +1,9 @@
 """`prunejax compile-check`: will a config fit a TPU topology? Answered from a CPU machine.
 
-The real train step (and the real per-layer calibration step) is lowered with the shardings it
-would get on the pod and compiled by libtpu against a topology description (no TPU needed), then
-XLA's memory analysis gives the per-chip footprint and its cost analysis the FLOPs. Needs the
+The real train step (and the real per-layer calibration step, and SparseGPT's row-sharded solve)
+is lowered with the shardings it would get on the pod and compiled by libtpu against a topology
+description (no TPU needed), then XLA's memory analysis gives the per-chip footprint and its cost
+analysis the FLOPs. Needs the
 `tpu` extra (`pip install -e '.[tpu]'`, i.e. libtpu); keep it out of environments without TPUs,
 where libtpu makes JAX probe for TPUs at start-up.
 
@@ -140,6 +141,46 @@ def check_calibration(
     return _fit(f"calibration layer ({samples} x {seq_len}, all statistics, {where})", compiled, hbm)
 
 
+def check_sparsegpt(cfg: Any, devices: list[Any], hbm: int, mesh_spec: str = "data=-1") -> list[Fit]:
+    """Compile SparseGPT's solve exactly as `prune` runs it, for every projection shape of a layer: W_OI's
+    rows sharded over the mesh (`sparse.row_placement`), U whole on every chip, one block solve
+    (`_sparsegpt_block`), the first and widest lazy update (`apply_block`), and the factor of H
+    (`inverse_hessian_factor`, [I, I] on one chip). One Fit per (shape, part)."""
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    from prunejax import model, sharding
+    from prunejax.prune import sparse
+    from prunejax.prune.masks import PROJECTIONS
+
+    mesh = sharding.parse_mesh(mesh_spec, devices=devices)
+    layer = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))["layers"]["0"]
+    shapes = set()
+    for name, (block, n_in) in PROJECTIONS.items():
+        kernel = layer[block][name].shape
+        shapes.add((math.prod(kernel[n_in:]), math.prod(kernel[:n_in])))  # (O, I) of W_OI
+    one = jax.sharding.SingleDeviceSharding(devices[0])
+    fits = []
+    for o, i in sorted(shapes):
+        rows, everywhere = sparse.row_placement(mesh, o)
+        c = min(sparse.BLOCK_SIZE, i)
+
+        def arg(shape: tuple[int, ...], where: Any, dtype: Any = jnp.float32) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=where)
+
+        w_OC = arg((o, c), rows)
+        parts = {
+            "block": sparse._sparsegpt_block.lower(w_OC, arg((c, c), everywhere), arg((), everywhere, jnp.int32), None),
+            "lazy update": sparse.apply_block.lower(arg((o, i), rows), w_OC, w_OC, arg((i, i), everywhere), c0=0, c1=c),
+            "factor of H": sparse.inverse_hessian_factor.lower(arg((i, i), one)),
+        }
+        for part, lowered in parts.items():
+            fits.append(_fit(f"SparseGPT {part} (W {o} x {i}, mesh {dict(mesh.shape)})", lowered.compile(), hbm))
+    return fits
+
+
 def model_config(src: str) -> Any:
     """The architecture only (no weights): a preset name, a MODEL_DIR, or a model YAML/JSON."""
     from prunejax.config import PRESETS, LlamaConfig
@@ -165,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib-samples", type=int, default=8, help="calibration batch (sequences per step)")
     parser.add_argument("--calib-seq-len", type=int, default=8192)
     parser.add_argument("--calib-mesh", default="data=-1", help="prune's --mesh for calibration (default data=-1)")
-    parser.add_argument("--only", choices=("train", "calibration"), help="compile just this step")
+    parser.add_argument("--only", choices=("train", "calibration", "sparsegpt"), help="compile just this step")
     add_launch_args(parser)
     return parser
 
@@ -186,6 +227,10 @@ def main(argv: list[str]) -> int:
         (
             "calibration",
             lambda: check_calibration(cfg, args.calib_samples, args.calib_seq_len, devices, hbm, args.calib_mesh),
+        ),
+        (
+            "sparsegpt solve",
+            lambda: max(check_sparsegpt(cfg, devices, hbm, args.calib_mesh), key=lambda f: f.per_chip_bytes),
         ),
     )
     for name, check in checks:

@@ -31,6 +31,18 @@ def test_calibration_step_compiles_the_placement_that_runs():
     assert sharded.breakdown["arguments"] < fit.breakdown["arguments"]
 
 
+def test_sparsegpt_solve_compiles_with_rows_split_over_the_chips():
+    fits = {f.name: f for f in compile_check.check_sparsegpt(TINY, jax.devices(), hbm=2**30)}
+    d, f = TINY.hidden_size, TINY.intermediate_size
+    assert f"SparseGPT block (W {f} x {d}, mesh {{'data': 8, 'fsdp': 1, 'tp': 1}})" in fits
+    update = fits[f"SparseGPT lazy update (W {d} x {f}, mesh {{'data': 8, 'fsdp': 1, 'tp': 1}})"]  # down_proj
+    w_bytes, u_bytes = d * f * 4, f * f * 4
+    # each chip holds an eighth of W's rows and the whole of U (plus two [O/8, 128] blocks)
+    assert w_bytes / 8 + u_bytes <= update.breakdown["arguments"] < w_bytes / 2 + u_bytes
+    assert update.breakdown["aliased"] < 0  # W's buffer is reused (donated), not copied
+    assert all(fit.fits and fit.per_chip_bytes > 0 for fit in fits.values())
+
+
 def test_too_small_memory_is_reported():
     fit = compile_check.check_train(TINY, TCFG, jax.devices(), hbm=1024)
     assert not fit.fits and "DOES NOT FIT" in fit.line()

@@ -8,7 +8,7 @@ import pytest
 from prunejax import calibrate
 from prunejax.config import TINY
 from prunejax.model import init_params, rms_norm
-from prunejax.prune import PruneError, prune
+from prunejax.prune import PruneError, prune, sparse
 from prunejax.prune.masks import (
     PROJECTIONS,
     as_rows,
@@ -20,6 +20,7 @@ from prunejax.prune.masks import (
     row_mask,
 )
 from prunejax.prune.sparse import sparsegpt_matrix, wanda_scores
+from prunejax.sharding import make_mesh
 
 CFG = TINY.replace(num_hidden_layers=2)
 
@@ -216,6 +217,28 @@ def test_sparsegpt_equals_slow_obs(pattern, block):
     np.testing.assert_array_equal(got_m, ref_m)
     np.testing.assert_allclose(got_w, ref_w, rtol=1e-4, atol=1e-4)
     assert (~np.asarray(got_m)).sum() == w.size // 2
+
+
+@pytest.mark.parametrize("pattern", [None, (2, 4)])
+def test_sparsegpt_sharded_over_rows_equals_the_single_device_solve(pattern):
+    """The solve on a mesh of 8 devices with W's rows split 2 per device gives the single-device masks and
+    weights (to the float policy); rows that do not divide the devices are solved whole on each."""
+    w, x = _problem(16, 24, 64, seed=3)
+    h = x.T @ x
+    mesh = make_mesh(data=2, fsdp=2, tp=2)
+    rows, everywhere = sparse.row_placement(mesh, 16)
+    assert rows.shard_shape((16, 24)) == (2, 24) and everywhere.is_fully_replicated
+    one_w, one_m = sparsegpt_matrix(jnp.asarray(w), jnp.asarray(h), 0.5, pattern, block_size=8)
+    got_w, got_m = sparsegpt_matrix(jnp.asarray(w), jnp.asarray(h), 0.5, pattern, block_size=8, mesh=mesh)
+    np.testing.assert_array_equal(got_m, one_m)
+    np.testing.assert_allclose(got_w, one_w, rtol=1e-5, atol=1e-6)
+    odd_rows, _ = sparse.row_placement(mesh, 6)  # 6 rows on 8 devices: whole on each, not a wrong split
+    assert odd_rows.is_fully_replicated
+    w6 = w[:6]
+    np.testing.assert_array_equal(
+        sparsegpt_matrix(jnp.asarray(w6), jnp.asarray(h), 0.5, pattern, block_size=8, mesh=mesh)[1],
+        sparsegpt_matrix(jnp.asarray(w6), jnp.asarray(h), 0.5, pattern, block_size=8)[1],
+    )
 
 
 def test_sparsegpt_reconstructs_better_than_wanda_and_magnitude():

@@ -6,21 +6,24 @@ decoder layer are pruned; embeddings, norms and the LM head are untouched and ge
   wanda      |W_ij| * ‖X_j‖₂, compared within each output row i; layer-sequential
   sparsegpt  OBS with H = XᵀX, dampening 0.01·mean(diag H), columns in blocks of 128, the mask chosen
              per block (N:M: per group of M columns) from w²/[H⁻¹]_jj², the error of every pruned
-             weight compensated into the not-yet-processed columns of its row; layer-sequential
+             weight compensated into the not-yet-processed columns of its row; layer-sequential; on a
+             mesh the solve is sharded over output rows
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from prunejax import calibrate
 from prunejax.config import LlamaConfig
+from prunejax.distributed import to_host
 from prunejax.prune.masks import (
     PROJECTIONS,
     PruneError,
@@ -47,6 +50,8 @@ INPUT_OF = {
 }
 BLOCK_SIZE = 128
 DAMP = 0.01
+log = logging.getLogger(__name__)
+_unsplit_rows: set[tuple[int, int]] = set()
 
 
 def check_sparse_request(ratio: float | None, target: Any, pattern: tuple[int, int] | None) -> float:
@@ -188,6 +193,16 @@ def _sparsegpt_block(
     return w, mask, err
 
 
+@functools.partial(jax.jit, static_argnames=("c0", "c1"), donate_argnums=(0,))
+def apply_block(w_OI: jax.Array, w_OC: jax.Array, err_OC: jax.Array, u_II: jax.Array, *, c0: int, c1: int) -> jax.Array:
+    """W with block [c0, c1) solved and the lazy batch update of the columns right of it applied (W's
+    buffer is reused: the solve holds one W, sharded over rows on a mesh)."""
+    w_OI = w_OI.at[:, c0:c1].set(w_OC)
+    if c1 < w_OI.shape[1]:
+        w_OI = w_OI.at[:, c1:].add(-err_OC @ u_II[c0:c1, c1:])
+    return w_OI
+
+
 def sparsegpt_matrix(
     w_OI: jax.Array,
     h_II: jax.Array,
@@ -196,26 +211,50 @@ def sparsegpt_matrix(
     block_size: int = BLOCK_SIZE,
     damp: float = DAMP,
     factor: tuple[jax.Array, jax.Array] | None = None,
+    mesh: Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """SparseGPT on one weight matrix W_OI with Hessian H = XᵀX: (new W, mask). Unstructured masks
-    prune exactly round(ratio·O·I) weights (block counts by cumulative rounding)."""
+    prune exactly round(ratio·O·I) weights (block counts by cumulative rounding).
+
+    With a `mesh` the solve is sharded over output rows (`row_placement`): given H every row's
+    compensation is its own, so each device updates its rows and only the unstructured mask's per-block
+    choice looks across rows. The result is then gathered to the host, on every process."""
     o, i = w_OI.shape
     if pattern is not None and block_size % pattern[1]:
         raise PruneError(f"block size {block_size} must be a multiple of M={pattern[1]}")
     u_II, dead_I = factor if factor is not None else inverse_hessian_factor(h_II, damp)
     if not bool(jnp.all(jnp.isfinite(u_II))):
         raise PruneError("SparseGPT: the damped Hessian is not positive definite (calibration statistics broken?)")
-    w = jnp.where(dead_I[None, :], 0.0, w_OI.astype(jnp.float32))
+    w = np.where(np.asarray(dead_I)[None, :], 0.0, np.asarray(w_OI, np.float32))
+    if mesh is None:
+        w = jnp.asarray(w)
+    else:
+        rows, everywhere = row_placement(mesh, o)
+        w, u_II = jax.device_put(w, rows), jax.device_put(np.asarray(u_II), everywhere)
     masks = []
     for c0 in range(0, i, block_size):
         c1 = min(c0 + block_size, i)
         n_prune = count_to_prune(o * c1, ratio) - count_to_prune(o * c0, ratio)
         w_blk, m_blk, err = _sparsegpt_block(w[:, c0:c1], u_II[c0:c1, c0:c1], jnp.int32(n_prune), pattern)
         masks.append(m_blk)
-        w = w.at[:, c0:c1].set(w_blk)
-        if c1 < i:  # lazy batch update of the columns right of the block
-            w = w.at[:, c1:].add(-err @ u_II[c0:c1, c1:])
-    return w, jnp.concatenate(masks, axis=1)
+        w = apply_block(w, w_blk, err, u_II, c0=c0, c1=c1)
+    mask = jnp.concatenate(masks, axis=1)
+    if mesh is not None:
+        return jnp.asarray(to_host(w)), jnp.asarray(to_host(mask))
+    return w, mask
+
+
+def row_placement(mesh: Mesh, rows: int) -> tuple[NamedSharding, NamedSharding]:
+    """(where W_OI's rows go, where U goes) for a sharded SparseGPT solve: the rows split over every
+    axis of the mesh, U (and with it H⁻¹) whole on every device. Rows that do not divide the device count
+    stay whole on every device (a warning, once per shape): the same result, computed redundantly."""
+    everywhere = NamedSharding(mesh, PartitionSpec())
+    if rows % mesh.size:
+        if (rows, mesh.size) not in _unsplit_rows:
+            _unsplit_rows.add((rows, mesh.size))
+            log.warning("SparseGPT: %d rows do not divide %d devices: the solve is replicated", rows, mesh.size)
+        return everywhere, everywhere
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names), None)), everywhere
 
 
 def sparsegpt(
@@ -241,7 +280,7 @@ def sparsegpt(
 
         def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
             f = factors[INPUT_OF[name]]
-            return sparsegpt_matrix(w_OI, None, ratio, pattern, block_size, damp, factor=f)
+            return sparsegpt_matrix(w_OI, None, ratio, pattern, block_size, damp, factor=f, mesh=mesh)
 
         new_lp, masks[key] = _prune_layer_with(lp, prune_matrix)
         return new_lp
