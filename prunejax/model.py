@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,25 @@ def rms_norm(x_BLD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
     x = x_BLD.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
     return weight_D.astype(x_BLD.dtype) * x.astype(x_BLD.dtype)
+
+
+def open_rms_norm(x_BLD: jax.Array, weight_D: jax.Array, open_D: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm over the open hidden channels only (`open_D` 1.0 or 0.0; closed channels are zero in x
+    and do not count): what a model without the closed channels computes. Sheared's gated layer uses it."""
+    x = x_BLD.astype(jnp.float32)
+    mean_sq = jnp.sum(x * x * open_D, axis=-1, keepdims=True) / jnp.maximum(jnp.sum(open_D), 1.0)
+    x = x * jax.lax.rsqrt(mean_sq + eps)
+    return weight_D.astype(x_BLD.dtype) * x.astype(x_BLD.dtype)
+
+
+class LayerGates(NamedTuple):
+    """Multipliers that Sheared-LLaMA trains into one decoder layer (`prunejax.prune.sheared_model`)."""
+
+    layer: jax.Array  # [] both residual branches
+    heads: jax.Array  # [K] each kv-group's attention output, before o_proj
+    ffn: jax.Array  # [F] the input of down_proj
+    hidden: jax.Array  # [D] every branch's output
+    open: jax.Array  # [D] 1.0 where the hidden gate is nonzero: RMSNorm averages over those channels
 
 
 # ---- modules -------------------------------------------------------------------------------
@@ -160,24 +179,59 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = nnx.Param(jnp.ones((cfg.hidden_size,), dtype))
         self.mlp = MLP(cfg, dtype, rngs)
 
-    def __call__(self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None) -> jax.Array:
-        attn_in_BLD = rms_norm(x_BLD, self.input_layernorm[...], self.eps)
-        h_BLD = x_BLD + self.self_attn(attn_in_BLD, cos_LH, sin_LH, block)
-        return h_BLD + self.mlp(rms_norm(h_BLD, self.post_attention_layernorm[...], self.eps))
+    def __call__(
+        self,
+        x_BLD: jax.Array,
+        cos_LH: jax.Array,
+        sin_LH: jax.Array,
+        block: int | None = None,
+        gates: LayerGates | None = None,
+    ) -> jax.Array:
+        return self.taps(x_BLD, cos_LH, sin_LH, block, gates)[0]  # under jit the unused taps cost nothing
 
     def taps(
-        self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None
+        self,
+        x_BLD: jax.Array,
+        cos_LH: jax.Array,
+        sin_LH: jax.Array,
+        block: int | None = None,
+        gates: LayerGates | None = None,
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """The layer's output and the inputs of its four projection groups, computed by the same ops as
-        `__call__`: "attn" (into q/k/v), "o" (per-head, into o_proj), "mlp" (into gate/up), "down"."""
+        """The layer's output and the inputs of its four projection groups: "attn" (into q/k/v), "o"
+        (per-head, into o_proj), "mlp" (into gate/up), "down". This is the one implementation of the
+        layer: the forward pass, calibration's statistics and Sheared's gated training all run it.
+        With `gates` the layer gate scales both residual branches, the head gates each kv-group before
+        o_proj, the ffn gates the input of down_proj, the hidden gates every branch output, and both
+        norms average over the open channels only."""
         dt = x_BLD.dtype
-        attn_in_BLD = rms_norm(x_BLD, self.input_layernorm[...], self.eps)
+        if gates is None:
+            norm = functools.partial(rms_norm, eps=self.eps)
+        else:
+            norm = functools.partial(open_rms_norm, open_D=gates.open, eps=self.eps)
+        attn_in_BLD = norm(x_BLD, self.input_layernorm[...])
         heads_BLNH = self.self_attn.heads(attn_in_BLD, cos_LH, sin_LH, block)
-        h_BLD = x_BLD + jnp.einsum("BLNH,NHD->BLD", heads_BLNH, self.self_attn.o_proj[...].astype(dt))
-        mlp_in_BLD = rms_norm(h_BLD, self.post_attention_layernorm[...], self.eps)
+        if gates is not None:
+            b, length, n, h = heads_BLNH.shape
+            kv = gates.heads.shape[0]
+            grouped = heads_BLNH.reshape(b, length, kv, n // kv, h) * gates.heads.astype(dt)[:, None, None]
+            heads_BLNH = grouped.reshape(b, length, n, h)
+        attn_BLD = jnp.einsum("BLNH,NHD->BLD", heads_BLNH, self.self_attn.o_proj[...].astype(dt))
+        h_BLD = x_BLD + _gated_branch(attn_BLD, gates)
+        mlp_in_BLD = norm(h_BLD, self.post_attention_layernorm[...])
         hidden_BLF = self.mlp.hidden(mlp_in_BLD)
-        y_BLD = h_BLD + jnp.einsum("BLF,FD->BLD", hidden_BLF, self.mlp.down_proj[...].astype(dt))
+        if gates is not None:
+            hidden_BLF = hidden_BLF * gates.ffn.astype(dt)
+        mlp_BLD = jnp.einsum("BLF,FD->BLD", hidden_BLF, self.mlp.down_proj[...].astype(dt))
+        y_BLD = h_BLD + _gated_branch(mlp_BLD, gates)
         return y_BLD, {"attn": attn_in_BLD, "o": heads_BLNH, "mlp": mlp_in_BLD, "down": hidden_BLF}
+
+
+def _gated_branch(out_BLD: jax.Array, gates: LayerGates | None) -> jax.Array:
+    """A residual branch's output, scaled by the layer and hidden gates when there are gates."""
+    if gates is None:
+        return out_BLD
+    dt = out_BLD.dtype
+    return gates.layer.astype(dt) * out_BLD * gates.hidden.astype(dt)
 
 
 class Llama(nnx.Module):
@@ -320,6 +374,19 @@ def layer_taps(
     layer-sequential calibration measures, with the forward pass's own (blockwise) attention."""
     cos_LH, sin_LH = rope_tables(cfg, jnp.arange(x_BLD.shape[1]))
     return _merge(cfg, layer_params, "layer").taps(x_BLD, cos_LH, sin_LH, block)
+
+
+def gated_layer(
+    cfg: LlamaConfig,
+    layer_params: Params,
+    x_BLD: jax.Array,
+    rope: tuple[jax.Array, jax.Array],
+    gates: LayerGates,
+    block: int | None = ATTN_BLOCK,
+) -> jax.Array:
+    """One decoder layer with Sheared's gates multiplied in (`DecoderLayer.taps`), on hidden states [B,L,D]
+    with the rope tables of their positions; the forward pass's own (blockwise) attention."""
+    return _merge(cfg, layer_params, "layer")(x_BLD, *rope, block, gates)
 
 
 def layer_mlp_hidden(cfg: LlamaConfig, layer_params: Params, x_BLD: jax.Array) -> jax.Array:

@@ -41,17 +41,20 @@ def params():
     return model.init_params(CFG, jax.random.key(0))
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    # Learnable text: a noisy repeating sequence, so the LM loss has something to keep.
+def learnable_store(path: str) -> TokenStore:
+    """A DATA_DIR of learnable text: a noisy repeating sequence, so the LM loss has something to keep."""
     rng = np.random.default_rng(0)
     base = rng.integers(1, CFG.vocab_size, 97)
     toks = np.tile(base, 300)
     noise = rng.random(toks.size) < 0.1
     toks[noise] = rng.integers(1, CFG.vocab_size, noise.sum())
-    path = str(tmp_path_factory.mktemp("data") / "d")
     write_data_dir(path, {"train": [toks], "validation": [toks[:500]]}, vocab_size=CFG.vocab_size, eos_id=0)
     return TokenStore(path)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return learnable_store(str(tmp_path_factory.mktemp("data") / "d"))
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +121,16 @@ def test_all_open_gates_equal_plain_forward(params):
     plain = model.forward(CFG, params, tokens())
     np.testing.assert_allclose(masked_forward(CFG, params, ones, tokens()), plain, atol=1e-5)
     np.testing.assert_allclose(masked_forward(CFG, params, ones, tokens(), remat=True), plain, atol=1e-5)
+
+
+def test_gated_forward_runs_the_models_blockwise_attention(params):
+    """Long sequences take the forward pass's blockwise attention (queries in blocks of 4 here): the same
+    logits as full attention, with sampled gates, and with remat."""
+    z = sg.sample_gates(random_log_alpha(), jax.random.key(3))
+    full = masked_forward(CFG, params, z, tokens(length=12), block=None)
+    for remat in (False, True):
+        blocked = masked_forward(CFG, params, z, tokens(length=12), block=4, remat=remat)
+        np.testing.assert_allclose(blocked, full, atol=1e-5)
 
 
 @pytest.mark.parametrize("binary", [True, False])

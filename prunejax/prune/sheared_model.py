@@ -1,16 +1,16 @@
 """The gated Llama that Sheared-LLaMA trains, and the fold of its gates into a plain smaller Llama.
 
 `masked_forward` is `prunejax.model.forward` with four gate groups multiplied in (see
-`sheared_gates`): the layer gate scales both residual branches, the head gate scales each kv-group's
-attention output before `o_proj`, the ffn gate scales the input of `down_proj`, and the hidden gate
-scales the embedding and every branch output, so a closed channel stays exactly zero in the residual
-stream. RMSNorm then averages over the open channels only, which is what the folded model computes.
+`sheared_gates`), run by the model's own decoder layer (`prunejax.model.DecoderLayer.taps`): the
+layer gate scales both residual branches, the head gate scales each kv-group's attention output
+before `o_proj`, the ffn gate scales the input of `down_proj`, and the hidden gate scales the
+embedding and every branch output, so a closed channel stays exactly zero in the residual stream.
+RMSNorm then averages over the open channels only, which is what the folded model computes.
 With gates that are 0 or kept, `forward(fold(...))` equals `masked_forward` (tested).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -18,56 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from prunejax.config import LlamaConfig
-from prunejax.model import apply_rope, rope_tables
+from prunejax.model import ATTN_BLOCK, LayerGates, gated_layer, open_rms_norm, rope_tables
 from prunejax.prune.keep import shrink, shrink_heads
 from prunejax.prune.masks import PruneError
 from prunejax.prune.sheared_gates import Gates
 
 Params = dict[str, Any]
-
-
-def _norm(x_BLD: jax.Array, weight_D: jax.Array, open_D: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm over the open hidden channels (closed ones are zero in x and do not count)."""
-    x = x_BLD.astype(jnp.float32)
-    mean_sq = jnp.sum(x * x * open_D, axis=-1, keepdims=True) / jnp.maximum(jnp.sum(open_D), 1.0)
-    x = x * jax.lax.rsqrt(mean_sq + eps)
-    return weight_D.astype(x_BLD.dtype) * x.astype(x_BLD.dtype)
-
-
-def _attention(
-    cfg: LlamaConfig, attn: Params, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, z_K: jax.Array
-) -> jax.Array:
-    dt = x_BLD.dtype
-    q_BLNH = apply_rope(jnp.einsum("BLD,DNH->BLNH", x_BLD, attn["q_proj"].astype(dt)), cos_LH, sin_LH)
-    k_BSKH = apply_rope(jnp.einsum("BSD,DKH->BSKH", x_BLD, attn["k_proj"].astype(dt)), cos_LH, sin_LH)
-    v_BSKH = jnp.einsum("BSD,DKH->BSKH", x_BLD, attn["v_proj"].astype(dt))
-    b, length, n, h = q_BLNH.shape
-    k = cfg.num_key_value_heads
-    q_BLKGH = q_BLNH.reshape(b, length, k, n // k, h)
-    logits_BKGLS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH).astype(jnp.float32) * (1.0 / math.sqrt(h))
-    causal_LS = jnp.tril(jnp.ones((length, length), dtype=bool))
-    logits_BKGLS = jnp.where(causal_LS, logits_BKGLS, jnp.finfo(jnp.float32).min)
-    probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(dt)
-    out_BLKGH = jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS, v_BSKH) * z_K.astype(dt)[:, None, None]
-    return jnp.einsum("BLNH,NHD->BLD", out_BLKGH.reshape(b, length, n, h), attn["o_proj"].astype(dt))
-
-
-def _layer(
-    cfg: LlamaConfig, lp: Params, x_BLD: jax.Array, rope: tuple[jax.Array, jax.Array], z: Gates, open_D: jax.Array
-) -> jax.Array:
-    """One gated decoder layer; `z` holds this layer's gates (layer scalar, heads [K], ffn [F], hidden [D])."""
-    dt = x_BLD.dtype
-    z_D = z["hidden"].astype(dt)
-    h_BLD = _norm(x_BLD, lp["input_layernorm"], open_D, cfg.rms_norm_eps)
-    attn_BLD = _attention(cfg, lp["self_attn"], h_BLD, *rope, z["heads"])
-    x_BLD = x_BLD + z["layers"].astype(dt) * attn_BLD * z_D
-    h_BLD = _norm(x_BLD, lp["post_attention_layernorm"], open_D, cfg.rms_norm_eps)
-    mlp = lp["mlp"]
-    gate_BLF = jnp.einsum("BLD,DF->BLF", h_BLD, mlp["gate_proj"].astype(dt))
-    up_BLF = jnp.einsum("BLD,DF->BLF", h_BLD, mlp["up_proj"].astype(dt))
-    hid_BLF = jax.nn.silu(gate_BLF) * up_BLF * z["ffn"].astype(dt)
-    mlp_BLD = jnp.einsum("BLF,FD->BLD", hid_BLF, mlp["down_proj"].astype(dt))
-    return x_BLD + z["layers"].astype(dt) * mlp_BLD * z_D
 
 
 def masked_forward(
@@ -78,17 +34,20 @@ def masked_forward(
     *,
     dtype: Any = jnp.float32,
     remat: bool = False,
+    block: int | None = ATTN_BLOCK,
 ) -> jax.Array:
-    """Logits [B,L,V] in float32 of the gated model (gates: sampled or deterministic values)."""
+    """Logits [B,L,V] in float32 of the gated model (gates: sampled or deterministic values). Each layer is
+    the model's own decoder layer with the gates multiplied in (`prunejax.model.gated_layer`), with the
+    forward pass's blockwise attention for sequences longer than `block`."""
     z_D = gates["hidden"]
     open_D = (z_D != 0).astype(jnp.float32)
     rope = rope_tables(cfg, jnp.arange(tokens_BL.shape[1]))
     x_BLD = jnp.take(params["embed_tokens"], tokens_BL, axis=0).astype(dtype) * z_D.astype(dtype)
-    step = jax.checkpoint(_layer, static_argnums=(0,)) if remat else _layer
+    step = jax.checkpoint(gated_layer, static_argnums=(0, 5)) if remat else gated_layer
     for i in range(cfg.num_hidden_layers):
-        z = {"layers": gates["layers"][i], "heads": gates["heads"][i], "ffn": gates["ffn"][i], "hidden": z_D}
-        x_BLD = step(cfg, params["layers"][str(i)], x_BLD, rope, z, open_D)
-    x_BLD = _norm(x_BLD, params["norm"], open_D, cfg.rms_norm_eps)
+        z = LayerGates(gates["layers"][i], gates["heads"][i], gates["ffn"][i], z_D, open_D)
+        x_BLD = step(cfg, params["layers"][str(i)], x_BLD, rope, z, block)
+    x_BLD = open_rms_norm(x_BLD, params["norm"], open_D, cfg.rms_norm_eps)
     w_DV = params["embed_tokens"].T if cfg.tie_word_embeddings else params["lm_head"]
     return jnp.einsum("BLD,DV->BLV", x_BLD, w_DV.astype(x_BLD.dtype)).astype(jnp.float32)
 
