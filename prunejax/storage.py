@@ -277,7 +277,8 @@ def refuse_remote(path: str | None, what: str) -> None:
     """A clear error for a remote path where prunejax cannot use one yet."""
     if is_remote(path):
         raise StorageError(
-            f"{what} {path}: gs:// is supported for MODEL_DIRs, DATA_DIRs, RUN_DIRs, --text files and results.json; "
+            f"{what} {path}: gs:// is supported for MODEL_DIRs, DATA_DIRs, RUN_DIRs, STUDY_DIRs, configs, --text files "
+            "and results.json; "
             f"a {what} on object storage is not yet (README, Status)"
         )
 

@@ -152,13 +152,15 @@ def test_a_miniature_study_on_gs_from_two_processes_reports_what_the_local_one_d
 
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump(STUDY))
+    storage.write_file(f"{gcs}/configs/study.yaml", config.read_bytes())  # the pod reads its config from the bucket
     local, remote = tmp_path / "study", f"{gcs}/study"
     single = start(["study", str(config), "--out", str(local)], processes=1, devices=8)
-    multi = start(["study", str(config), "--out", remote], processes=2, devices=4)
+    multi = start(["study", f"{gcs}/configs/study.yaml", "--out", remote], processes=2, devices=4)
     wait(single).check()
     wait(multi).check()
     for name in ("report.md", "results.csv", "comparison.csv", "figure1_left.png"):
         assert (local / name).read_bytes() == storage.read_file(f"{remote}/{name}"), name
+    assert storage.read_file(f"{remote}/study.yaml") == config.read_bytes()  # the config it ran, kept beside it
     index = json.loads(storage.read_file(f"{remote}/stages.json"))
     assert {s["status"] for s in index["stages"]} == {"done"}
     evals = [s["id"] for s in index["stages"] if s["kind"] == "eval"]
@@ -174,6 +176,34 @@ def test_a_miniature_study_on_gs_from_two_processes_reports_what_the_local_one_d
     assert again.outputs[0].count("(cached)") == len(index["stages"])
 
 
+def test_a_sheared_run_dir_on_gs_stopped_and_resumed_continues_exactly(gcs, tmp_path):
+    """Sheared's pruning stage with its RUN_DIR in the bucket: stopped after a committed checkpoint and
+    resumed, it ends with the state of the uninterrupted stage; metrics.jsonl in the bucket has every step."""
+    import dataclasses
+
+    from test_sheared import CFG as SH_CFG
+    from test_sheared import GOAL, SC, learnable_store
+
+    from prunejax.prune import sheared
+
+    params = init_params(SH_CFG, jax.random.key(0))
+    data = learnable_store(str(tmp_path / "data"))
+    sc = dataclasses.replace(SC, ckpt_every=10)
+    budget = 30 * sc.tokens_per_step  # 30 steps, Lagrangian warmup 6
+    quiet = {"log": lambda s: None}
+    full = sheared.train_gates(SH_CFG, params, GOAL, sc, data, budget, **quiet)
+    run = f"{gcs}/sheared-run"
+    sheared.train_gates(SH_CFG, params, GOAL, sc, data, budget, run_dir=run, stop_after=15, **quiet)
+    assert storage.exists(f"{run}/run.json") and not os.path.exists(os.path.join(run, "run.json"))
+    logs = []
+    resumed = sheared.train_gates(SH_CFG, params, GOAL, sc, data, budget, run_dir=run, log=logs.append)
+    assert "resumed" in logs[0] and "step 15" in logs[0], logs  # the step-15 save, committed in the bucket
+    for key in ("params", "extra", "opt_state", "step"):
+        jax.tree.map(np.testing.assert_array_equal, resumed[key], full[key])
+    steps = [json.loads(line)["step"] for line in storage.read_file(f"{run}/metrics.jsonl").decode().splitlines()]
+    assert steps == list(range(1, 31)), steps  # the resumed run replaced nothing and repeated nothing
+
+
 def test_a_missing_bucket_and_unsupported_gs_paths_are_clear_errors_before_work(gcs, local, tmp_path):
     out = launch(["convert", local["model"], "--out", "gs://no-such-bucket/m"], processes=1, devices=1)
     assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
@@ -183,8 +213,12 @@ def test_a_missing_bucket_and_unsupported_gs_paths_are_clear_errors_before_work(
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "study", "tiny.yaml")
     out = launch(["study", config, "--out", "gs://no-such-bucket/s"], processes=1, devices=1)
     assert out.codes == [1] and "bucket 'no-such-bucket' does not exist" in out.outputs[0], out.outputs[0]
-    out = launch(["study", f"{gcs}/study.yaml", "--out", str(tmp_path / "s")], processes=1, devices=1)
-    assert out.codes == [1] and f"study config {gcs}/study.yaml: gs:// is supported for" in out.outputs[0]
+    out = launch(["study", f"{gcs}/no-such-study.yaml", "--out", str(tmp_path / "s")], processes=1, devices=1)
+    assert out.codes == [1] and f"{gcs}/no-such-study.yaml: no such config file" in out.outputs[0], out.outputs[0]
+    prepare = ["data", "prepare", "--corpus", "kjv", "--corpus-path", f"{gcs}/kjv.db", "--tokenizer", "t"]
+    out = launch([*prepare, "--out", str(tmp_path / "o")], processes=1, devices=1)
+    assert out.codes == [1] and f"--corpus-path {gcs}/kjv.db: gs:// is supported for" in out.outputs[0], out.outputs[0]
+    assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists()
 
 
 DOCS = [f"Line {i}: a small corpus for a small tokenizer, {'word ' * (i % 9)}and a number {i * 7}." for i in range(300)]

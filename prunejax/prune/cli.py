@@ -115,7 +115,6 @@ def _options(
         raise PruneError(f"--calib-samples must be at least 1, got {samples}")
     if seq_len is not None and seq_len < 2:
         raise PruneError(f"--calib-seq-len must be at least 2 (an input and its next token), got {seq_len}")
-    storage.refuse_remote(trained["run_dir"], "--run-dir")
     storage.refuse_input(out, model, "--model")
     storage.refuse_existing(out, overwrite)
     if isinstance(mesh, jax.sharding.Mesh):

@@ -5,10 +5,9 @@ before any work starts."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
-from prunejax import yamlconf
+from prunejax import storage, yamlconf
 from prunejax.config import ConfigError, parse_tokens
 
 SCRATCH_SHAPES = ("same", "params", "flops")
@@ -181,7 +180,7 @@ def validate(cfg: StudyConfig) -> None:
         raise ConfigError(f"{where}: parent needs exactly one of model (pretrain) or import")
     if cfg.parent.model is not None and cfg.parent.tokens <= 0:
         raise ConfigError(f"{where}: parent.tokens must be positive to pretrain a parent")
-    if cfg.parent.import_ is not None and not os.path.exists(cfg.parent.import_):
+    if cfg.parent.import_ is not None and not storage.exists(cfg.parent.import_):
         raise ConfigError(f"{where}: parent path {cfg.parent.import_} does not exist")
     if not cfg.methods:
         raise ConfigError(f"{where}: no methods")
@@ -218,9 +217,9 @@ def validate(cfg: StudyConfig) -> None:
         )
     if "sheared" in labels and cfg.sheared_prune_tokens <= 0:
         raise ConfigError(f"{where}: sheared needs sheared_prune_tokens > 0")
-    if cfg.sheared_config is not None and not os.path.exists(cfg.sheared_config):
+    if cfg.sheared_config is not None and not storage.exists(cfg.sheared_config):
         raise ConfigError(f"{where}: sheared_config {cfg.sheared_config} does not exist")
-    if cfg.train_config is not None and not os.path.exists(cfg.train_config):
+    if cfg.train_config is not None and not storage.exists(cfg.train_config):
         raise ConfigError(f"{where}: train_config {cfg.train_config} does not exist")
     from prunejax.train import config as train_config
 

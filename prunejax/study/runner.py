@@ -245,9 +245,8 @@ class Runner:
         else:
             os.makedirs(self.dir, exist_ok=True)
         self.check_unchanged(rerun_changed)
-        if self.study.source and os.path.exists(self.study.source):
-            with open(self.study.source, "rb") as f:
-                config = f.read()
+        if self.study.source and storage.exists(self.study.source):  # a local or a gs:// study YAML
+            config = storage.read_file(self.study.source)
             copy = storage.join(self.dir, "study.yaml")
             distributed.one_writer("study.yaml", lambda: storage.write_file(copy, config))
         # same-shape stages (all sparse retrains share the parent's shape) reuse compiled steps
@@ -340,7 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    storage.refuse_remote(args.config, "study config")
     study = study_config.load(args.config)
     runner = Runner(study, args.out)
     if args.dry_run:
