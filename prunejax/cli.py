@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         # before the verb does any JAX work; a study joins here once for all of its stages
         distributed.join_from_args(distributed.launch_args(rest))
         cache = runtime.default_cache_dir()
-        if cache and verb != "study" and distributed.process_count() == 1:  # a study keeps its own, in STUDY_DIR
+        # a study keeps its own, in STUDY_DIR; compile-check's topology executables cannot be loaded back
+        if cache and verb not in ("study", "compile-check") and distributed.process_count() == 1:
             runtime.enable_compile_cache(cache)
         distributed.check_launch(verb, rest, _config_files(rest))
         return run(rest)

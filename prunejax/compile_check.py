@@ -144,8 +144,8 @@ def check_calibration(
 def check_sparsegpt(cfg: Any, devices: list[Any], hbm: int, mesh_spec: str = "data=-1") -> list[Fit]:
     """Compile SparseGPT's solve exactly as `prune` runs it, for every projection shape of a layer: W_OI's
     rows sharded over the mesh (`sparse.row_placement`), U whole on every chip, one block solve
-    (`_sparsegpt_block`), the first and widest lazy update (`apply_block`), and the factor of H
-    (`inverse_hessian_factor`, [I, I] on one chip). One Fit per (shape, part)."""
+    (`_sparsegpt_block`) and the first and widest lazy update (`apply_block`). One Fit per (shape, part).
+    The factor of H is not a chip's work: `sparse.host_factor` computes it on the host."""
     import math
 
     import jax
@@ -161,7 +161,6 @@ def check_sparsegpt(cfg: Any, devices: list[Any], hbm: int, mesh_spec: str = "da
     for name, (block, n_in) in PROJECTIONS.items():
         kernel = layer[block][name].shape
         shapes.add((math.prod(kernel[n_in:]), math.prod(kernel[:n_in])))  # (O, I) of W_OI
-    one = jax.sharding.SingleDeviceSharding(devices[0])
     fits = []
     for o, i in sorted(shapes):
         rows, everywhere = sparse.row_placement(mesh, o)
@@ -174,7 +173,6 @@ def check_sparsegpt(cfg: Any, devices: list[Any], hbm: int, mesh_spec: str = "da
         parts = {
             "block": sparse._sparsegpt_block.lower(w_OC, arg((c, c), everywhere), arg((), everywhere, jnp.int32), None),
             "lazy update": sparse.apply_block.lower(arg((o, i), rows), w_OC, w_OC, arg((i, i), everywhere), c0=0, c1=c),
-            "factor of H": sparse.inverse_hessian_factor.lower(arg((i, i), one)),
         }
         for part, lowered in parts.items():
             fits.append(_fit(f"SparseGPT {part} (W {o} x {i}, mesh {dict(mesh.shape)})", lowered.compile(), hbm))

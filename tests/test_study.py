@@ -462,3 +462,17 @@ def test_parent_curve_and_its_last_quarter_from_metrics(tmp_path):
     )
     (tmp_path / "parent" / "metrics.jsonl").write_text(json.dumps(records[-1]) + "\n")
     assert report.parent_curve(str(tmp_path)) == []  # one final validation is no curve
+
+
+def test_the_report_names_an_imported_parent_and_a_single_seed():
+    imported = {"parent_tokens": 0, "parent_import": "/x/y/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    assert report._parent_line(imported, 3.394) == (
+        "Parent: imported from `SmolLM2-135M-Instruct.Q4_1.gguf` (pretrained outside the study); "
+        "validation loss 3.394 on this study's held-out data."
+    )
+    pretrained = report._parent_line({"parent_tokens": 150_000}, 4.469)
+    assert pretrained == "Parent validation loss: 4.469 after 150,000 tokens."
+    one = [{k: None for k in report.STATS}]
+    assert report._seeds_line({"stages": []}, []) == []
+    line = report._seeds_line({"stages": []}, one)[0]
+    assert line.startswith("Seeds: one per cell, so no gap has a noise band: each is called by its sign alone")

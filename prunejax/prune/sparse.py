@@ -156,6 +156,18 @@ def inverse_hessian_factor(h_II: jax.Array, damp: float = DAMP) -> tuple[jax.Arr
     return upper, dead_I
 
 
+def host_factor(h_II: Any, damp: float = DAMP) -> tuple[jax.Array, jax.Array]:
+    """`inverse_hessian_factor` on the host's CPU device. Not on an accelerator: XLA's TPU Cholesky and
+    triangular solve need ~40 copies of H in temporaries, 34 GiB for an 8B down_proj (I = 14,336), more
+    than a v4 chip has (`compile-check`); the host CPU runs the same float32 math. Where
+    JAX has no CPU platform (JAX_PLATFORMS without cpu) the default device computes it."""
+    try:
+        cpu = jax.devices("cpu")[0]
+    except RuntimeError:
+        return inverse_hessian_factor(jnp.asarray(h_II), damp)
+    return inverse_hessian_factor(jax.device_put(np.asarray(h_II), cpu), damp)
+
+
 @functools.partial(jax.jit, static_argnames=("pattern",))
 def _sparsegpt_block(
     w_OC: jax.Array, u_CC: jax.Array, n_prune: jax.Array, pattern: tuple[int, int] | None
@@ -276,7 +288,7 @@ def sparsegpt(
     masks: Params = {}
 
     def prune_layer(key: str, lp: Params, stats: calibrate.Stats) -> Params:
-        factors = {x: inverse_hessian_factor(jnp.asarray(h), damp) for x, h in stats["hessian"].items()}
+        factors = {x: host_factor(h, damp) for x, h in stats["hessian"].items()}
 
         def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
             f = factors[INPUT_OF[name]]

@@ -90,10 +90,25 @@ def csv_rows(comp: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _parent_line(index: dict[str, Any], parent_loss: float | None) -> str:
+    if index.get("parent_import"):  # pretrained elsewhere: its tokens are not the study's
+        return (
+            f"Parent: imported from `{os.path.basename(index['parent_import'])}` (pretrained outside the study); "
+            f"validation loss {fmt_value(parent_loss)} on this study's held-out data."
+        )
+    return f"Parent validation loss: {fmt_value(parent_loss)} after {index.get('parent_tokens', 0):,} tokens."
+
+
 def _seeds_line(index: dict[str, Any], comp: list[dict[str, Any]]) -> list[str]:
-    """How cells are aggregated, for a study with several seeds (nothing for one)."""
-    if not seeded(comp):
+    """How cells are aggregated: for several seeds, the statistics; for one, that no gap has a band."""
+    if not comp:
         return []
+    if not seeded(comp):
+        return [
+            "Seeds: one per cell, so no gap has a noise band: each is called by its sign alone, and a small gap "
+            "may be noise (run seeds: [0, 1, 2] to measure the band).",
+            "",
+        ]
     seeds = sorted({s["info"]["seed"] for s in index["stages"] if s["kind"] == "eval" and "seed" in s["info"]})
     planned = sorted({r[k].planned for r in comp for k in STATS if r[k] is not None and r[k].planned > 1})
     return [
@@ -191,7 +206,7 @@ def write_report(study_dir: str) -> dict[str, str]:
         + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
         + ". Metric: validation loss (nats/token) on held-out data; gap = scratch − pruned (positive: pruned wins).",
         "",
-        f"Parent validation loss: {fmt_value(parent_loss)} after {index.get('parent_tokens', 0):,} tokens.",
+        _parent_line(index, parent_loss),
         "",
         *_seeds_line(index, comp),
         "## Findings",

@@ -231,6 +231,7 @@ class Runner:
                 "name": self.study.name,
                 "source": self.study.source,
                 "parent_tokens": self.study.parent.tokens,
+                "parent_import": self.study.parent.import_,
                 "stages": index,
             },
         )
