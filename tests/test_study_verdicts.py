@@ -129,7 +129,9 @@ def test_findings_not_measured_without_pairs():
     assert lines[0].startswith("1. Equal training tokens: **not measured**")
     assert lines[1].startswith("2. Budget trend: **not measured**")
     assert lines[2].startswith("3. Ratio trend: **not measured**")
-    assert lines[3].startswith("4. Equal total tokens: **not measured**")
+    assert lines[3] == "4. Equal total tokens: **not measured** (the study plans no S_(P+R) run)."
+    unfinished = cell("wanda", [4.0], [5.0], total=[None])  # planned, and its only seed failed
+    assert judge(unfinished)[3] == "4. Equal total tokens: **not measured** (no S_(P+R) run finished)."
 
 
 # ---- findings 2 and 3: the advantage narrows with budget and with ratio -------------------------
@@ -238,7 +240,15 @@ def test_controls_split_the_second_schedule_from_pruning():
     assert row0["once"] == pytest.approx(4.0) and row0["schedule_cost_spread"] == pytest.approx(math.sqrt(0.02))
     # the continued parent alone: the schedule's cost is said to be unmeasured, never guessed
     lines = verdicts.findings(comparison.comparison(rows[:-3]))
-    assert "so the second schedule's cost is not measured" in lines[-1]
+    assert lines[-1] == (
+        "Dense control: the parent continued on R finished but the study plans no parent trained once for P+R, "
+        "so the second schedule's cost is not measured."
+    )
+    failed = [row("control", "parent", None, ratio=0.0, seed=s, setting="once") for s in range(3)]
+    lines = verdicts.findings(comparison.comparison(rows[:-3] + failed))
+    assert "but the parent trained once for P+R did not, so the second schedule's cost is not measured" in "".join(
+        lines
+    )
     # a missing control seed is listed once, not once per method row
     short = verdicts.findings(
         comparison.comparison(rows[:-1] + [row("control", "parent", None, ratio=0.0, seed=2, setting="once")])

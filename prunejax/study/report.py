@@ -106,7 +106,7 @@ def _seeds_line(index: dict[str, Any], comp: list[dict[str, Any]]) -> list[str]:
     if not seeded(comp):
         return [
             "Seeds: one per cell, so no gap has a noise band: each is called by its sign alone, and a small gap "
-            "may be noise (run seeds: [0, 1, 2] to measure the band).",
+            "may be noise (set `seeds: 3` in the study config to measure the band).",
             "",
         ]
     seeds = sorted({s["info"]["seed"] for s in index["stages"] if s["kind"] == "eval" and "seed" in s["info"]})

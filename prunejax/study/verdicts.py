@@ -135,6 +135,8 @@ def equal_total(comp: list[dict[str, Any]], banded: bool) -> str:
     """Finding 4: at equal total tokens fine granularity stays ahead, coarse structure is matched or beaten."""
     tot = [r for r in comp if r["gap_equal_total"] is not None]
     if not tot:
+        if not any(r["scratch_equal_total"] is not None for r in comp):
+            return "4. Equal total tokens: **not measured** (the study plans no S_(P+R) run)."
         return "4. Equal total tokens: **not measured** (no S_(P+R) run finished)."
     fine = [r["gap_equal_total"].call() for r in tot if r["granularity"] in FINE]
     coarse = [r["gap_equal_total"].call() for r in tot if r["granularity"] in COARSE]
@@ -197,8 +199,14 @@ def control_findings(comp: list[dict[str, Any]]) -> list[str]:
             f"instead of continuing the parent changes it by: {detail or 'no pruned model finished'}."
         )
     if not sched and any(r["pruning_cost"] is not None for r in comp):
+        planned = any(r["once"] is not None for r in comp)
         out.append(
-            "Dense control: the parent continued on R finished but the parent trained once for P+R did not, "
-            "so the second schedule's cost is not measured."
+            "Dense control: the parent continued on R finished but "
+            + (
+                "the parent trained once for P+R did not"
+                if planned
+                else "the study plans no parent trained once for P+R"
+            )
+            + ", so the second schedule's cost is not measured."
         )
     return out
