@@ -101,8 +101,10 @@ def check_train(cfg: Any, tcfg: Any, devices: list[Any], hbm: int) -> Fit:
 
     from prunejax import model, sharding
     from prunejax.train import optim, state, step
+    from prunejax.train.run import check_micro_batch
 
     mesh = sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp, devices=devices)
+    check_micro_batch(tcfg, mesh)  # as `train` refuses it, before compiling
     opt = optim.optimizer(tcfg, 1000)
     params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
     abstract = jax.eval_shape(lambda p: state.init_state(p, None, opt, 0), params)

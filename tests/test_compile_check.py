@@ -4,7 +4,7 @@ import jax
 import pytest
 
 from prunejax import compile_check
-from prunejax.config import TINY
+from prunejax.config import TINY, ConfigError
 from prunejax.train import config as train_config
 
 TCFG = train_config.load("configs/train/tiny.yaml", ["global_batch=8", "seq_len=32"])
@@ -59,3 +59,9 @@ def test_tpu_topology_when_libtpu_is_installed():
     except RuntimeError as e:
         pytest.skip(f"libtpu not installed: {e}")
     assert len(devices) == 4 and hbm == 32 * 2**30
+
+
+def test_a_micro_batch_that_does_not_split_over_the_chips_is_refused_as_train_refuses_it():
+    tcfg = train_config.load("configs/train/tiny.yaml", ["global_batch=8", "seq_len=32", "grad_accum=2"])
+    with pytest.raises(ConfigError, match=r"micro-batch 4 \(global_batch / grad_accum\) does not divide over 8"):
+        compile_check.check_train(TINY, tcfg, jax.devices(), hbm=2**30)

@@ -141,6 +141,16 @@ def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
     return False
 
 
+def check_micro_batch(tcfg: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> None:
+    """The micro-batch must split evenly over the batch axes (data x fsdp) of the mesh."""
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    if tcfg.micro_batch % batch_devices:
+        raise ConfigError(
+            f"micro-batch {tcfg.micro_batch} (global_batch / grad_accum) does not divide over "
+            f"{batch_devices} data x fsdp devices"
+        )
+
+
 def is_complete(final_dir: str) -> bool:
     """Whether a run's final MODEL_DIR was written whole (renamed into place locally, committed remotely)."""
     if storage.is_remote(final_dir):
@@ -231,12 +241,7 @@ def train(
     cfg, params, masks, tok_dir = model_source(init, scratch, reinit, tcfg.seed)
     total_steps = check_inputs(cfg, tcfg, store, tokens)
     mesh = mesh or sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp)
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    if tcfg.micro_batch % batch_devices:
-        raise ConfigError(
-            f"micro-batch {tcfg.micro_batch} (global_batch / grad_accum) does not divide over "
-            f"{batch_devices} data x fsdp devices"
-        )
+    check_micro_batch(tcfg, mesh)
     spec = BatchSpec(tcfg.global_batch, tcfg.grad_accum, jax.process_index(), jax.process_count())
     source = WindowSource(store, tcfg.data_split, tcfg.data_offset, tcfg.data_count, tcfg.seq_len)
     windows_needed = total_steps * tcfg.global_batch
