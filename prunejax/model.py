@@ -99,27 +99,38 @@ class LayerGates(NamedTuple):
 
 
 # ---- modules -------------------------------------------------------------------------------
-def causal_attention(q_BLKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, offset: jax.Array | int) -> jax.Array:
-    """Softmax attention of queries at positions offset..offset+L-1 over keys 0..S-1, causally masked."""
-    dt = q_BLKGH.dtype
-    length, keys = q_BLKGH.shape[1], k_BSKH.shape[1]
-    logits_BKGLS = jnp.einsum("BLKGH,BSKH->BKGLS", q_BLKGH, k_BSKH).astype(jnp.float32)
-    logits_BKGLS = logits_BKGLS * (1.0 / math.sqrt(q_BLKGH.shape[-1]))
+def _attend(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax.Array | int) -> jax.Array:
+    """Softmax attention in head-major layout (batch and kv-group axes leading, so both matmuls are plain
+    batched matmuls): queries at positions offset..offset+L-1 over keys 0..S-1, causally masked."""
+    dt = q_BKGLH.dtype
+    length, keys = q_BKGLH.shape[3], k_BKSH.shape[2]
+    logits_BKGLS = jnp.einsum("BKGLH,BKSH->BKGLS", q_BKGLH, k_BKSH).astype(jnp.float32)
+    logits_BKGLS = logits_BKGLS * (1.0 / math.sqrt(q_BKGLH.shape[-1]))
     causal_LS = (offset + jnp.arange(length))[:, None] >= jnp.arange(keys)[None, :]
     logits_BKGLS = jnp.where(causal_LS, logits_BKGLS, jnp.finfo(jnp.float32).min)
     probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(dt)
-    return jnp.einsum("BKGLS,BSKH->BLKGH", probs_BKGLS, v_BSKH)
+    return jnp.einsum("BKGLS,BKSH->BKGLH", probs_BKGLS, v_BKSH)
+
+
+def _head_major(q_BLKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array) -> tuple[jax.Array, ...]:
+    return q_BLKGH.transpose(0, 2, 3, 1, 4), k_BSKH.transpose(0, 2, 1, 3), v_BSKH.transpose(0, 2, 1, 3)
+
+
+def causal_attention(q_BLKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, offset: jax.Array | int) -> jax.Array:
+    """Softmax attention of queries at positions offset..offset+L-1 over keys 0..S-1, causally masked."""
+    return _attend(*_head_major(q_BLKGH, k_BSKH, v_BSKH), offset).transpose(0, 3, 1, 2, 4)
 
 
 def blockwise_attention(q_BLKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, block: int) -> jax.Array:
     """The same attention, one block of queries at a time, each block recomputed in the backward pass:
     peak memory holds [B, K, G, block, S] scores instead of [B, K, G, L, S] (what makes 8k sequences fit)."""
     b, length, kv, g, h = q_BLKGH.shape
-    q_nBlKGH = q_BLKGH.reshape(b, length // block, block, kv, g, h).swapaxes(0, 1)
+    q_BKGLH, k_BKSH, v_BKSH = _head_major(q_BLKGH, k_BSKH, v_BSKH)
+    q_nBKGlH = q_BKGLH.reshape(b, kv, g, length // block, block, h).transpose(3, 0, 1, 2, 4, 5)
     offsets_n = jnp.arange(length // block) * block
-    attend = jax.checkpoint(lambda q, off: causal_attention(q, k_BSKH, v_BSKH, off))
-    out_nBlKGH = jax.lax.map(lambda args: attend(*args), (q_nBlKGH, offsets_n))
-    return out_nBlKGH.swapaxes(0, 1).reshape(b, length, kv, g, h)
+    attend = jax.checkpoint(lambda q, off: _attend(q, k_BKSH, v_BKSH, off))
+    out_nBKGlH = jax.lax.map(lambda args: attend(*args), (q_nBKGlH, offsets_n))
+    return out_nBKGlH.transpose(1, 0, 4, 2, 3, 5).reshape(b, length, kv, g, h)
 
 
 class Attention(nnx.Module):
@@ -319,9 +330,11 @@ def forward(
 
 
 def nll_from_logits(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
-    """-log softmax(logits)[target] per position [B, L] (in the logits' dtype)."""
-    logp_BLV = jax.nn.log_softmax(logits_BLV, axis=-1)
-    return -jnp.take_along_axis(logp_BLV, targets_BL[..., None], axis=-1)[..., 0]
+    """-log softmax(logits)[target] per position [B, L] (in the logits' dtype), as logsumexp(logits) -
+    logits[target]: only a reduction over the vocabulary, no [B, L, V] log-probabilities (or their
+    gradient) materialized; on CPU the head and loss of the tiny study's step take half the time."""
+    picked_BL = jnp.take_along_axis(logits_BLV, targets_BL[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits_BLV, axis=-1) - picked_BL
 
 
 def token_nll(
