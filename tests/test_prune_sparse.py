@@ -17,6 +17,7 @@ from prunejax.prune.masks import (
     nm_mask,
     parse_pattern,
     prune_lowest,
+    prune_lowest_host,
     row_mask,
 )
 from prunejax.prune.sparse import sparsegpt_matrix, wanda_scores
@@ -36,12 +37,17 @@ def tokens():
 
 
 # ---- shared mask code on literal arrays -------------------------------------------------
-def test_prune_lowest_is_exact_and_breaks_ties_by_index():
+LOWEST = pytest.mark.parametrize("prune_lowest", [prune_lowest, prune_lowest_host], ids=["radix", "host"])
+
+
+@LOWEST
+def test_prune_lowest_is_exact_and_breaks_ties_by_index(prune_lowest):
     scores = jnp.array([[3.0, 1.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
     np.testing.assert_array_equal(prune_lowest(scores, 2), [[True, False, True, False], [False, False, True, True]])
 
 
-def test_prune_lowest_orders_negatives_and_treats_signed_zeros_as_equal():
+@LOWEST
+def test_prune_lowest_orders_negatives_and_treats_signed_zeros_as_equal(prune_lowest):
     scores = jnp.array([[0.0, -0.0, 1.0, -1.0, 0.0, -0.0, 2.0, -2.0]])
     np.testing.assert_array_equal(prune_lowest(scores, 0), [[1, 1, 1, 1, 1, 1, 1, 1]])
     np.testing.assert_array_equal(prune_lowest(scores, 2), [[1, 1, 1, 0, 1, 1, 1, 0]])
@@ -53,11 +59,13 @@ def test_prune_lowest_orders_negatives_and_treats_signed_zeros_as_equal():
         prune_lowest(scores, 9)
 
 
+@LOWEST
+@pytest.mark.parametrize("rows", [5, 100])  # the host version ranks ties row by row up to 64 rows
 @pytest.mark.parametrize("kind", ["continuous", "ties", "constant", "tiny and huge"])
-def test_prune_lowest_equals_a_stable_sort(kind):
-    """The radix selection against its definition: rank every row by a stable ascending sort."""
+def test_prune_lowest_equals_a_stable_sort(kind, rows, prune_lowest):
+    """Both selections against their definition: rank every row by a stable ascending sort."""
     rng = np.random.default_rng(0)
-    x = np.abs(rng.standard_normal((5, 301))).astype(np.float32)
+    x = np.abs(rng.standard_normal((rows, 301))).astype(np.float32)
     x = {
         "continuous": x,
         "ties": np.round(x * 3) / 3,

@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prunejax.tree import get_path, leaf_paths, set_path
 
@@ -109,6 +110,33 @@ def _prune_lowest(scores_GS: jax.Array, n_prune: jax.Array) -> jax.Array:
     ties_to_prune_G1 = n_prune - jnp.sum(below_GS, axis=-1, keepdims=True, dtype=jnp.int32)
     tie_rank_GS = jnp.cumsum(tie_GS, axis=-1, dtype=jnp.int32)  # 1-based among the ties, in index order
     return ~(below_GS | (tie_GS & (tie_rank_GS <= ties_to_prune_G1)))
+
+
+def prune_lowest_host(scores_GS: np.ndarray, n_prune: int) -> np.ndarray:
+    """`prune_lowest` on the host, the same mask for finite scores: each row's n-th lowest score by
+    numpy's introselect (one pass) instead of 32 radix passes. Float comparison orders finite scores as
+    `_order_keys` does (-0.0 ties 0.0), so no keys are needed; ties are ranked in index order only in
+    the rows where some, not all, of the scores equal to the n-th are pruned. About twice as fast on
+    CPU for whole matrices and long rows (magnitude, Wanda); N:M's groups of 4 stay on `prune_lowest`."""
+    scores_GS = np.asarray(scores_GS, np.float32)
+    g, s = scores_GS.shape
+    if not 0 <= n_prune <= s:
+        raise PruneError(f"cannot prune {n_prune} of {s} weights per group")
+    if n_prune == 0:
+        return np.ones((g, s), bool)
+    kth_G1 = np.partition(scores_GS, n_prune - 1, axis=-1)[:, n_prune - 1 : n_prune]
+    below_GS = scores_GS < kth_G1
+    tie_GS = scores_GS == kth_G1
+    left_G = n_prune - below_GS.sum(axis=-1)
+    keep_GS = ~(below_GS | tie_GS)  # every tie pruned: right where exactly `left` scores tie
+    rows = np.flatnonzero(tie_GS.sum(axis=-1) > left_G)
+    if rows.size > 64:  # many rows: rank their ties at once
+        rank_RS = np.cumsum(tie_GS[rows], axis=-1)
+        keep_GS[rows] |= tie_GS[rows] & (rank_RS > left_G[rows, None])
+    else:  # a few (a whole matrix is one row): keep the ties past the first `left`
+        for r in rows:
+            keep_GS[r, np.flatnonzero(tie_GS[r])[left_G[r] :]] = True
+    return keep_GS
 
 
 def count_to_prune(size: int, ratio: float) -> int:

@@ -34,6 +34,7 @@ from prunejax.prune.masks import (
     from_rows,
     mask_for,
     prune_lowest,
+    prune_lowest_host,
 )
 from prunejax.prune.result import PruneResult, sparse_result
 
@@ -94,10 +95,16 @@ def magnitude(
     check_pattern_fits(params, pattern)
 
     def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if pattern is None:  # the whole matrix's selection, on the host (`prune_lowest_host`)
+            w = np.asarray(w_OI, np.float32)
+            mask = prune_lowest_host(np.abs(w).reshape(1, -1), count_to_prune(w.size, ratio)).reshape(w.shape)
+            return np.where(mask, w, np.float32(0)), mask
         mask = mask_for(jnp.abs(w_OI), ratio, pattern, per_row=False)
         return jnp.where(mask, w_OI, 0.0), mask
 
-    prune_layer = jax.jit(lambda lp: _prune_layer_with(lp, prune_matrix))  # one compile: layers share shapes
+    prune_layer = lambda lp: _prune_layer_with(lp, prune_matrix)  # noqa: E731
+    if pattern is not None:
+        prune_layer = jax.jit(prune_layer)  # one compile: layers share shapes
     layers, masks = {}, {}
     for key, lp in params["layers"].items():
         layers[key], masks[key] = prune_layer(lp)
@@ -129,7 +136,11 @@ def wanda(
 
     def prune_layer(key: str, lp: Params, stats: calibrate.Stats) -> Params:
         def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
-            mask = mask_for(wanda_scores(w_OI, jnp.asarray(stats["sq_norm"][INPUT_OF[name]])), ratio, pattern, True)
+            scores_OI = wanda_scores(w_OI, jnp.asarray(stats["sq_norm"][INPUT_OF[name]]))
+            if pattern is None:  # each row's selection, on the host (`prune_lowest_host`)
+                mask = prune_lowest_host(np.asarray(scores_OI), count_to_prune(scores_OI.shape[1], ratio))
+                return np.where(mask, np.asarray(w_OI, np.float32), np.float32(0)), mask
+            mask = mask_for(scores_OI, ratio, pattern, True)
             return jnp.where(mask, w_OI, 0.0), mask
 
         new_lp, masks[key] = _prune_layer_with(lp, prune_matrix)
