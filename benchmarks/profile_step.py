@@ -27,6 +27,7 @@ from collections.abc import Callable
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from protocol import interleaved, load, spread  # noqa: E402
+from train_step import jax_stepper, torch_stepper  # noqa: E402  (the whole steps, as train_step.py times them)
 
 from prunejax import runtime  # noqa: E402
 
@@ -41,11 +42,10 @@ def jax_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
     import numpy as np
     import optax
 
-    from prunejax import model, sharding
+    from prunejax import model
     from prunejax.train import optim
     from prunejax.train import state as state_lib
     from prunejax.train.config import TrainConfig
-    from prunejax.train.step import make_train_step
 
     tcfg = TrainConfig(seq_len=seq, global_batch=batch, compute_dtype="float32")
     params = state_lib.random_params(cfg, jax.random.key(0))
@@ -58,11 +58,12 @@ def jax_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
     k4 = jax.random.normal(jax.random.key(3), (batch, seq, kv, h))
     layer = model._merge(cfg, lp, "layer")
 
-    def grad_of(f, *args):
+    def grad_of(f, *args, ints=()):
+        """f's gradient in `args`; `ints` (token ids) are arguments too, not constants XLA would fold."""
         g = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a)), argnums=tuple(range(len(args)))))
-        return lambda: jax.block_until_ready(g(*args))
+        return lambda: jax.block_until_ready(g(*args, *ints))
 
-    def embed(table):
+    def embed(table, tokens):
         return jnp.take(table, tokens, axis=0)
 
     def one_layer(lp, x):
@@ -74,7 +75,7 @@ def jax_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
     def mlp(mp, x):
         return jnp.einsum("BLF,FD->BLD", layer.mlp.hidden(x), mp["down_proj"])
 
-    def head_loss(hp, x):
+    def head_loss(hp, x, tokens):
         return model.nll_from_logits(model.head(cfg, hp, x), tokens)
 
     head_params = {k: v for k, v in params.items() if k != "layers"}
@@ -87,25 +88,14 @@ def jax_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    state = state_lib.place_state(mesh, state_lib.init_state(params, None, opt, 0))
-    fn = state_lib.jit_train_step(make_train_step(cfg, tcfg, opt, 1000), mesh, state)
-    windows = rng.integers(0, cfg.vocab_size, (1, batch, seq + 1)).astype(np.int32)
-    b = state_lib.global_batch(mesh, {"inputs": windows[..., :-1], "targets": windows[..., 1:]})
-    holder = {"state": state}
-
-    def step() -> None:
-        holder["state"], metrics = fn(holder["state"], b)
-        jax.block_until_ready(metrics)
-
     return {
-        "embed": grad_of(embed, params["embed_tokens"]),
+        "embed": grad_of(embed, params["embed_tokens"], ints=(tokens,)),
         "layer": grad_of(one_layer, lp, x),
         "attention": grad_of(attention, q5, k4, k4),
         "mlp": grad_of(mlp, lp["mlp"], x),
-        "head+loss": grad_of(head_loss, head_params, x),
+        "head+loss": grad_of(head_loss, head_params, x, ints=(tokens,)),
         "optimizer": lambda: jax.block_until_ready(update(grads, opt_state, params)),
-        "step": step,
+        "step": jax_stepper(cfg, batch, seq, warmup=1),
     }
 
 
@@ -161,15 +151,6 @@ def torch_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    def step() -> None:
-        logits = model(input_ids=inputs).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss.item()
-
     return {
         "embed": embed,
         "layer": one_layer,
@@ -177,7 +158,7 @@ def torch_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
         "mlp": mlp,
         "head+loss": head_loss,
         "optimizer": optimizer,
-        "step": step,
+        "step": torch_stepper(cfg, batch, seq, warmup=1),
     }
 
 
