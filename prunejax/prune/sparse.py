@@ -173,7 +173,7 @@ def host_factor(h_II: Any, damp: float = DAMP) -> tuple[jax.Array, jax.Array]:
     than a v4 chip has (`compile-check`); the host CPU runs the same float32 math. Where
     JAX has no CPU platform (JAX_PLATFORMS without cpu) the default device computes it."""
     try:
-        cpu = jax.devices("cpu")[0]
+        cpu = jax.local_devices(backend="cpu")[0]  # this process's own: jax.devices() lists every host's
     except RuntimeError:
         return inverse_hessian_factor(jnp.asarray(h_II), damp)
     return inverse_hessian_factor(jax.device_put(np.asarray(h_II), cpu), damp)
