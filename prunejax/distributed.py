@@ -273,15 +273,29 @@ def tree_to_host(tree: Any) -> Any:
 def dead_peers() -> str:
     """Which peers stopped, after this process saw a collective fail: asks the coordination service
     until it has noticed (at most the heartbeat timeout); the coordinator itself gone counts as process 0."""
+    import threading
     import time
 
     deadline = time.time() + _joined["heartbeat_timeout"] + 5 if _joined else 0
     while time.time() < deadline:
-        try:
-            live = _client().get_live_nodes(list(range(process_count())))
-        except Exception:  # noqa: BLE001 - the service is unreachable: process 0 (the coordinator) is gone
+        # The service answers once every live task has asked, like a barrier: a peer stuck in a collective
+        # with this process never asks, so the question runs on a thread that may be left behind.
+        answer: dict[str, Any] = {}
+
+        def ask(answer: dict[str, Any] = answer) -> None:
+            try:
+                answer["live"] = _client().get_live_nodes(list(range(process_count())))
+            except Exception as e:  # noqa: BLE001 - the service is unreachable: the coordinator is gone
+                answer["error"] = e
+
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        thread.join(max(0.0, deadline - time.time()))
+        if "error" in answer:
             return "process 0 (the coordinator)"
-        dead = [i for i in range(process_count()) if i not in live]
+        if "live" not in answer:
+            return "no peer answered (they may be alive and waiting for this one)"
+        dead = [i for i in range(process_count()) if i not in answer["live"]]
         if dead:
             return "process(es) " + ", ".join(map(str, dead))
         time.sleep(0.5)

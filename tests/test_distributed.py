@@ -4,6 +4,8 @@ key-value store played by a dict (tests/test_multiprocess.py runs the real thing
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -91,3 +93,31 @@ def test_only_process_0_judges_whether_out_is_taken(tmp_path, as_process):
     with pytest.raises(distributed.LaunchError, match="exists and is not empty"):
         storage.refuse_existing(str(out), overwrite=False)
     storage.refuse_existing(str(out), overwrite=False)  # process 0 said ok to the 2nd call: so does process 1
+
+
+class Service:
+    """The coordination service's live-task query as each case answers it."""
+
+    def __init__(self, live: list[int] | None = None, blocks: bool = False, gone: bool = False) -> None:
+        self.live, self.blocks, self.gone = live, blocks, gone
+
+    def get_live_nodes(self, tasks: list[int]) -> list[int]:
+        if self.gone:
+            raise RuntimeError("UNAVAILABLE: failed to connect")
+        if self.blocks:  # the real query waits, like a barrier, for every live task to ask
+            threading.Event().wait()
+        return self.live
+
+
+def test_dead_peers_names_the_dead_and_never_waits_past_its_deadline(as_process, monkeypatch):
+    monkeypatch.setattr(distributed, "_joined", {"heartbeat_timeout": 1})
+    as_process(0, Service(live=[0]))
+    assert distributed.dead_peers() == "process(es) 1"
+    as_process(1, Service(gone=True))
+    assert distributed.dead_peers() == "process 0 (the coordinator)"
+    # A peer stuck in a collective with this process never asks, so the query would block for good: the
+    # answer comes at the deadline (heartbeat + 5 s) instead. This hung a failed 2-process prune.
+    as_process(1, Service(blocks=True))
+    t0 = time.monotonic()
+    assert distributed.dead_peers() == "no peer answered (they may be alive and waiting for this one)"
+    assert time.monotonic() - t0 < 8
