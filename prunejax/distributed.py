@@ -272,11 +272,13 @@ def tree_to_host(tree: Any) -> Any:
 
 def dead_peers() -> str:
     """Which peers stopped, after this process saw a collective fail: asks the coordination service
-    until it has noticed (at most the heartbeat timeout); the coordinator itself gone counts as process 0."""
+    until it has noticed (at most twice the heartbeat timeout and 10 s); the coordinator itself gone
+    counts as process 0."""
     import threading
     import time
 
-    deadline = time.time() + _joined["heartbeat_timeout"] + 5 if _joined else 0
+    # The service declares a silent peer dead after the heartbeat timeout; under load it may take longer.
+    deadline = time.time() + 2 * _joined["heartbeat_timeout"] + 10 if _joined else 0
     while time.time() < deadline:
         # The service answers once every live task has asked, like a barrier: a peer stuck in a collective
         # with this process never asks, so the question runs on a thread that may be left behind.
