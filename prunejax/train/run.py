@@ -143,7 +143,7 @@ def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
 
 def check_micro_batch(tcfg: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> None:
     """The micro-batch must split evenly over the batch axes (data x fsdp) of the mesh."""
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_devices = sharding.batch_shards(mesh)
     if tcfg.micro_batch % batch_devices:
         raise ConfigError(
             f"micro-batch {tcfg.micro_batch} (global_batch / grad_accum) does not divide over "
