@@ -7,7 +7,10 @@ every step page-faults its whole working set back in: ~40,000 minor faults per s
 study's parent, whose step takes 137 ms with them and 112 ms without (benchmarks/README.md).
 `tune_cpu_runtime` makes the memory stay:
 
-* glibc: no mmap for large blocks and no trimming of the heap, so a freed block is reused;
+* glibc: no mmap for large blocks and no trimming of the heap, so a freed block is reused. Trimming
+  is off entirely (M_TRIM_THRESHOLD = -1): the largest threshold mallopt takes otherwise, 2^31 - 1,
+  still let glibc hand back the 3 GB buffer of SmolLM2's step (4 x 256) each time it was freed, and the
+  next step faulted all of it in again (763,000 minor faults and ~1 s of system time per step);
 * JAX: synchronous CPU dispatch. The allocation happens on the thread that executes; with
   asynchronous dispatch that is a worker thread, whose glibc arena cannot hold a block over 64 MB
   and maps it anyway (limiting glibc to one arena would fix that too, but makes compilation ~40%
@@ -55,7 +58,7 @@ def tune_cpu_runtime() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    if not (mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
+    if not (mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, -1)):
         return False
     import jax
 
