@@ -215,7 +215,10 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology from this CPU host
+    from prunejax import model
     from prunejax.train import config as train_config
+
+    model.CPU_MATMUL = False  # trace the projections as the TPU runs them, not as this CPU host would
 
     cfg = model_config(args.model)
     tcfg = train_config.load(args.train_config, args.overrides)

@@ -108,3 +108,24 @@ def test_chunked_token_nll_equals_full_log_softmax(params):
     g2 = jax.grad(lambda p: model.token_nll(TINY, p, t, targets, chunk=4, remat=True).mean())(params)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_in", [1, 2])
+def test_cpu_projection_and_its_gradient_equal_the_tensordot(monkeypatch, n_in):
+    """`project`'s CPU lowering (one rank-2 matmul with a written-out backward) computes what the
+    tensordot the accelerators run computes: the product, and the gradients of x and w."""
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(3, 5, 4, 6) if n_in == 2 else rng.randn(3, 20, 6), jnp.float32)
+    w = jnp.asarray(rng.randn(*x.shape[x.ndim - n_in :], 7, 2), jnp.float32)
+    cot = jnp.asarray(rng.randn(*x.shape[: x.ndim - n_in], 7, 2), jnp.float32)
+
+    def value_and_grads(cpu):
+        monkeypatch.setattr(model, "CPU_MATMUL", cpu)
+        y, pull = jax.vjp(lambda a, b: model.project(a, b, n_in), x, w)
+        return (y, *pull(cot))
+
+    for fast, ref in zip(value_and_grads(True), value_and_grads(False), strict=True):
+        assert fast.shape == ref.shape
+        np.testing.assert_allclose(fast, ref, atol=1e-5)
+    y = value_and_grads(True)[0]  # and the product is the product, not both sides wrong the same way
+    np.testing.assert_allclose(y, np.tensordot(np.asarray(x), np.asarray(w), n_in), atol=1e-5)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prunejax.config import LlamaConfig
-from prunejax.model import ATTN_BLOCK, LayerGates, gated_layer, open_rms_norm, rope_tables
+from prunejax.model import ATTN_BLOCK, LayerGates, gated_layer, open_rms_norm, project, rope_tables
 from prunejax.prune.keep import shrink, shrink_heads
 from prunejax.prune.masks import PruneError
 from prunejax.prune.sheared_gates import Gates
@@ -49,7 +49,7 @@ def masked_forward(
         x_BLD = step(cfg, params["layers"][str(i)], x_BLD, rope, z, block)
     x_BLD = open_rms_norm(x_BLD, params["norm"], open_D, cfg.rms_norm_eps)
     w_DV = params["embed_tokens"].T if cfg.tie_word_embeddings else params["lm_head"]
-    return jnp.einsum("BLD,DV->BLV", x_BLD, w_DV.astype(x_BLD.dtype)).astype(jnp.float32)
+    return project(x_BLD, w_DV, 1).astype(jnp.float32)
 
 
 def _kept_rows(z: np.ndarray, name: str) -> dict[str, np.ndarray]:
