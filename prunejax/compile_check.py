@@ -218,7 +218,7 @@ def main(argv: list[str]) -> int:
     from prunejax import model
     from prunejax.train import config as train_config
 
-    model.CPU_MATMUL = False  # trace the projections as the TPU runs them, not as this CPU host would
+    model.CPU_LOWERING = False  # trace projections and attention as the TPU runs them, not as this host would
 
     cfg = model_config(args.model)
     tcfg = train_config.load(args.train_config, args.overrides)

@@ -99,9 +99,13 @@ class LayerGates(NamedTuple):
 
 
 # ---- projections ----------------------------------------------------------------------------
-CPU_MATMUL: bool | None = None
-"""How `project` lowers: None decides by JAX's default backend. `prunejax compile-check` sets False: it
-traces on a CPU host for a TPU, and must trace what the TPU would run."""
+CPU_LOWERING: bool | None = None
+"""Whether `project` and attention take their CPU lowerings: None decides by JAX's default backend.
+`prunejax compile-check` sets False: it traces on a CPU host for a TPU, and must trace what the TPU runs."""
+
+
+def _cpu_lowering() -> bool:
+    return jax.default_backend() == "cpu" if CPU_LOWERING is None else CPU_LOWERING
 
 
 @jax.custom_vjp
@@ -130,10 +134,9 @@ def project(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
     flattened positions, with the backward written out: XLA:CPU runs the N-d einsum's gradient with
     transposed copies around most of its dots, and a SmolLM2 layer's forward and backward took 128 ms
     that way against 83 ms this way (benchmarks/README.md). Elsewhere it is one tensordot."""
-    cpu = jax.default_backend() == "cpu" if CPU_MATMUL is None else CPU_MATMUL
     w = w.astype(x.dtype)
     lead, out = x.shape[: x.ndim - n_in], w.shape[n_in:]
-    if cpu:
+    if _cpu_lowering():
         k = math.prod(w.shape[:n_in])
         return _matmul_TK_KN(x.reshape(-1, k), w.reshape(k, -1)).reshape(*lead, *out)
     return jnp.tensordot(x, w, n_in)
@@ -143,6 +146,8 @@ def project(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
 def _attend(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax.Array | int) -> jax.Array:
     """Softmax attention in head-major layout (batch and kv-group axes leading, so both matmuls are plain
     batched matmuls): queries at positions offset..offset+L-1 over keys 0..S-1, causally masked."""
+    if _cpu_lowering():
+        return _attend_cpu(q_BKGLH, k_BKSH, v_BKSH, offset)
     dt = q_BKGLH.dtype
     length, keys = q_BKGLH.shape[3], k_BKSH.shape[2]
     logits_BKGLS = jnp.einsum("BKGLH,BKSH->BKGLS", q_BKGLH, k_BKSH).astype(jnp.float32)
@@ -151,6 +156,64 @@ def _attend(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: ja
     logits_BKGLS = jnp.where(causal_LS, logits_BKGLS, jnp.finfo(jnp.float32).min)
     probs_BKGLS = jax.nn.softmax(logits_BKGLS, axis=-1).astype(dt)
     return jnp.einsum("BKGLS,BKSH->BKGLH", probs_BKGLS, v_BKSH)
+
+
+# The CPU attention: the same softmax attention with a written-out backward that keeps no [.., L, S]
+# tensor between the passes (it saves the output and each row's log-sum-exp, as flash attention does,
+# and recomputes the probabilities) and computes the backward in the keys-major orientation [Z, S, M],
+# where every one of its matmuls has plain operands: XLA:CPU's own gradient transposes the [L, S]
+# probabilities and their gradient for the K and V gradients. Z = B*K (batch x kv-group), M = G*L
+# (the group's query heads x positions; row m is position offset + m % L).
+def _causal_MS(rows: int, length: int, keys: int, offset: jax.Array | int) -> jax.Array:
+    return (offset + jnp.arange(rows) % length)[:, None] >= jnp.arange(keys)[None, :]
+
+
+@jax.custom_vjp
+def _attend_cpu(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax.Array | int) -> jax.Array:
+    return _attend_cpu_fwd(q_BKGLH, k_BKSH, v_BKSH, offset)[0]
+
+
+def _attend_cpu_fwd(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax.Array | int) -> Any:
+    b, kv, g, length, h = q_BKGLH.shape
+    keys, dt = k_BKSH.shape[2], q_BKGLH.dtype
+    q_ZMH = q_BKGLH.reshape(b * kv, g * length, h) * (1.0 / math.sqrt(h))
+    k_ZSH, v_ZSH = k_BKSH.reshape(b * kv, keys, h), v_BKSH.reshape(b * kv, keys, h)
+    s_ZMS = jnp.einsum("ZMH,ZSH->ZMS", q_ZMH, k_ZSH).astype(jnp.float32)
+    s_ZMS = jnp.where(_causal_MS(g * length, length, keys, offset), s_ZMS, jnp.finfo(jnp.float32).min)
+    max_ZM = jnp.max(s_ZMS, axis=-1)
+    e_ZMS = jnp.exp(s_ZMS - max_ZM[..., None])
+    sum_ZM = jnp.sum(e_ZMS, axis=-1)
+    out_ZMH = jnp.einsum("ZMS,ZSH->ZMH", e_ZMS.astype(dt), v_ZSH) / sum_ZM[..., None].astype(dt)
+    out_BKGLH = out_ZMH.reshape(q_BKGLH.shape)
+    return out_BKGLH, (q_BKGLH, k_BKSH, v_BKSH, out_BKGLH, max_ZM + jnp.log(sum_ZM), offset)
+
+
+def _attend_cpu_bwd(res: Any, g_BKGLH: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, None]:
+    q_BKGLH, k_BKSH, v_BKSH, out_BKGLH, lse_ZM, offset = res
+    b, kv, g, length, h = q_BKGLH.shape
+    z, m, keys, dt = b * kv, g * length, k_BKSH.shape[2], q_BKGLH.dtype
+    scale = 1.0 / math.sqrt(h)
+    q_ZMH = q_BKGLH.reshape(z, m, h) * scale
+    k_ZSH, v_ZSH = k_BKSH.reshape(z, keys, h), v_BKSH.reshape(z, keys, h)
+    g_ZMH, out_ZMH = g_BKGLH.reshape(z, m, h), out_BKGLH.reshape(z, m, h)
+    # small [.., H, M] / [.., H, S] transposes, kept as copies so that no dot folds them back in
+    barrier = jax.lax.optimization_barrier
+    qT_ZHM, gT_ZHM = barrier(q_ZMH.swapaxes(1, 2)), barrier(g_ZMH.swapaxes(1, 2))
+    kT_ZHS = barrier(k_ZSH.swapaxes(1, 2) * scale)
+    sT_ZSM = jnp.einsum("ZSH,ZHM->ZSM", k_ZSH, qT_ZHM).astype(jnp.float32)
+    sT_ZSM = jnp.where(_causal_MS(m, length, keys, offset).T, sT_ZSM, jnp.finfo(jnp.float32).min)
+    pT_ZSM = jnp.exp(sT_ZSM - lse_ZM[:, None, :])
+    dv_ZSH = jnp.einsum("ZSM,ZMH->ZSH", pT_ZSM.astype(dt), g_ZMH)
+    dpT_ZSM = jnp.einsum("ZSH,ZHM->ZSM", v_ZSH, gT_ZHM).astype(jnp.float32)
+    rowdot_ZM = jnp.sum(g_ZMH.astype(jnp.float32) * out_ZMH.astype(jnp.float32), axis=-1)
+    dsT_ZSM = (pT_ZSM * (dpT_ZSM - rowdot_ZM[:, None, :])).astype(dt)
+    dk_ZSH = jnp.einsum("ZSM,ZMH->ZSH", dsT_ZSM, q_ZMH)
+    dqT_ZHM = barrier(jnp.einsum("ZHS,ZSM->ZHM", kT_ZHS, dsT_ZSM))
+    dq_BKGLH = dqT_ZHM.swapaxes(1, 2).reshape(q_BKGLH.shape)
+    return dq_BKGLH, dk_ZSH.reshape(k_BKSH.shape), dv_ZSH.reshape(v_BKSH.shape), None
+
+
+_attend_cpu.defvjp(_attend_cpu_fwd, _attend_cpu_bwd)
 
 
 def _head_major(q_BLKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array) -> tuple[jax.Array, ...]:

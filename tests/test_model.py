@@ -120,7 +120,7 @@ def test_cpu_projection_and_its_gradient_equal_the_tensordot(monkeypatch, n_in):
     cot = jnp.asarray(rng.randn(*x.shape[: x.ndim - n_in], 7, 2), jnp.float32)
 
     def value_and_grads(cpu):
-        monkeypatch.setattr(model, "CPU_MATMUL", cpu)
+        monkeypatch.setattr(model, "CPU_LOWERING", cpu)
         y, pull = jax.vjp(lambda a, b: model.project(a, b, n_in), x, w)
         return (y, *pull(cot))
 
@@ -129,3 +129,29 @@ def test_cpu_projection_and_its_gradient_equal_the_tensordot(monkeypatch, n_in):
         np.testing.assert_allclose(fast, ref, atol=1e-5)
     y = value_and_grads(True)[0]  # and the product is the product, not both sides wrong the same way
     np.testing.assert_allclose(y, np.tensordot(np.asarray(x), np.asarray(w), n_in), atol=1e-5)
+
+
+@pytest.mark.parametrize("offset,keys", [(0, 12), (4, 16)])
+def test_cpu_attention_and_its_gradient_equal_the_autodiff_attention(monkeypatch, offset, keys):
+    """The CPU attention's written-out backward (probabilities recomputed from the log-sum-exp, keys-major)
+    gives the outputs and q/k/v gradients of plain softmax attention differentiated by JAX, for queries
+    that start at `offset` (a later block of blockwise attention) over all `keys`."""
+    rng = np.random.RandomState(1)
+    b, kv, g, length, h = 2, 2, 3, keys - offset, 8
+    q = jnp.asarray(rng.randn(b, kv, g, length, h), jnp.float32)
+    k, v = (jnp.asarray(rng.randn(b, kv, keys, h), jnp.float32) for _ in range(2))
+    cot = jnp.asarray(rng.randn(b, kv, g, length, h), jnp.float32)
+
+    def value_and_grads(cpu):
+        monkeypatch.setattr(model, "CPU_LOWERING", cpu)
+        out, pull = jax.vjp(lambda q, k, v: model._attend(q, k, v, offset), q, k, v)
+        return (out, *pull(cot))
+
+    fast, ref = value_and_grads(True), value_and_grads(False)
+    for a, r in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, r, atol=1e-5)
+    # and the first query row attends to exactly the offset + 1 keys up to its position
+    probs = jax.nn.softmax(jnp.einsum("BKGLH,BKSH->BKGLS", q, k)[:, :, :, 0, : offset + 1] / np.sqrt(h), axis=-1)
+    np.testing.assert_allclose(
+        fast[0][:, :, :, 0], jnp.einsum("BKGS,BKSH->BKGH", probs, v[:, :, : offset + 1]), atol=1e-5
+    )
