@@ -181,7 +181,8 @@ def _attend_cpu_fwd(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, of
     s_ZMS = jnp.einsum("ZMH,ZSH->ZMS", q_ZMH, k_ZSH).astype(jnp.float32)
     s_ZMS = jnp.where(_causal_MS(g * length, length, keys, offset), s_ZMS, jnp.finfo(jnp.float32).min)
     max_ZM = jnp.max(s_ZMS, axis=-1)
-    e_ZMS = jnp.exp(s_ZMS - max_ZM[..., None])
+    # materialized once: otherwise XLA:CPU fuses the exp into both the row sum and the P @ V matmul
+    e_ZMS = jax.lax.optimization_barrier(jnp.exp(s_ZMS - max_ZM[..., None]))
     sum_ZM = jnp.sum(e_ZMS, axis=-1)
     out_ZMH = jnp.einsum("ZMS,ZSH->ZMH", e_ZMS.astype(dt), v_ZSH) / sum_ZM[..., None].astype(dt)
     out_BKGLH = out_ZMH.reshape(q_BKGLH.shape)
