@@ -9,6 +9,11 @@ matmul, best of 5, in each framework), and the load average. Both sides do the s
 cross-entropy, backward, global-norm clip to 1.0, AdamW (0.9/0.95, wd 0.1), float32. The process
 runs with prunejax's CPU runtime settings (`prunejax.runtime`, as every `prunejax` verb does);
 `PRUNEJAX_MALLOC=system` measures both sides with glibc's defaults instead.
+
+`--processes R` runs each side in processes of its own instead: R rounds, each one fresh process per
+side (alternating which goes first) that warms up and times `--steps` steps; the medians are over all
+R x steps steps. In one process the two frameworks' thread pools share the 2 cores, and each side's
+step is then slower than it is alone (the tiny step: prunejax 39 -> 47 ms, torch 36 -> 40 ms).
 """
 
 from __future__ import annotations
@@ -104,6 +109,41 @@ def torch_matmul_peak(n: int = 1024) -> float:
     return 2 * n**3 / best
 
 
+def time_one_side(args: argparse.Namespace) -> None:
+    """`--one SIDE`: this process builds one side's step, warms it up, and prints its step times as JSON."""
+    from prunejax.config import LlamaConfig, preset
+
+    name = args.shapes[0]
+    cfg = LlamaConfig.from_file(name) if os.path.exists(name) else preset(name)
+    if args.one == "jax":
+        step = jax_stepper(cfg, args.batch, args.seq, args.warmup, args.dtype, args.remat)
+    else:
+        step = torch_stepper(cfg, args.batch, args.seq, args.warmup)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    print(json.dumps(times))
+
+
+def in_processes(shape: str, sides: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """`args.processes` rounds of one fresh process per side, alternating which side goes first."""
+    import subprocess
+    import sys
+
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    flags = ["--shapes", shape, "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
+    flags += ["--warmup", str(args.warmup), "--dtype", args.dtype] + (["--remat"] if args.remat else [])
+    for r in range(args.processes):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            out = subprocess.run([sys.executable, __file__, *flags, "--one", side], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"the {side} process failed:\n{out.stderr[-3000:]}")
+            times[side] += json.loads(out.stdout.strip().splitlines()[-1])
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["tiny", "smollm2-135m"])
@@ -116,7 +156,11 @@ def main() -> None:
     parser.add_argument("--remat", action="store_true", help="rematerialize each layer (jax)")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU instead of the measured f32 matmul")
     parser.add_argument("--out", help="append one JSON line per shape here")
+    parser.add_argument("--processes", type=int, default=0, help="rounds of one process per side (0: one process)")
+    parser.add_argument("--one", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        return time_one_side(args)
 
     import jax
 
@@ -132,12 +176,15 @@ def main() -> None:
         cfg = LlamaConfig.from_file(name) if os.path.exists(name) else preset(name)
         flops = cfg.flops_per_token(args.seq, training=True) * tokens
         row = {"shape": name, "batch": args.batch, "seq": args.seq, "params": cfg.num_params(), "dtype": args.dtype}
-        sides = {"jax": jax_stepper(cfg, args.batch, args.seq, args.warmup, args.dtype, args.remat)}
-        peaks = {"jax": peak_jax}
-        if not args.skip_torch:
-            sides["torch"], peaks["torch"] = torch_stepper(cfg, args.batch, args.seq, args.warmup), peak_torch
+        peaks = {"jax": peak_jax} if args.skip_torch else {"jax": peak_jax, "torch": peak_torch}
         before = load()
-        times = interleaved(sides, args.steps)
+        if args.processes:
+            times = in_processes(name, list(peaks), args)
+        else:
+            sides = {"jax": jax_stepper(cfg, args.batch, args.seq, args.warmup, args.dtype, args.remat)}
+            if not args.skip_torch:
+                sides["torch"] = torch_stepper(cfg, args.batch, args.seq, args.warmup)
+            times = interleaved(sides, args.steps)
         print(f"{name} {args.batch}x{args.seq}: {before} before, {load()} after")
         for side, ts in times.items():
             t = statistics.median(ts)
