@@ -197,15 +197,15 @@ def _attend_cpu_bwd(res: Any, g_BKGLH: jax.Array) -> tuple[jax.Array, jax.Array,
     q_ZMH = q_BKGLH.reshape(z, m, h) * scale
     k_ZSH, v_ZSH = k_BKSH.reshape(z, keys, h), v_BKSH.reshape(z, keys, h)
     g_ZMH, out_ZMH = g_BKGLH.reshape(z, m, h), out_BKGLH.reshape(z, m, h)
-    # small [.., H, M] / [.., H, S] transposes, kept as copies so that no dot folds them back in
+    # the dots contracting H on both sides take their operands as they are; dq's needs k^T, a small
+    # [.., H, S] copy, and its own output kept [.., H, M] (folded into the dot, XLA:CPU picks a slow one)
     barrier = jax.lax.optimization_barrier
-    qT_ZHM, gT_ZHM = barrier(q_ZMH.swapaxes(1, 2)), barrier(g_ZMH.swapaxes(1, 2))
     kT_ZHS = barrier(k_ZSH.swapaxes(1, 2) * scale)
-    sT_ZSM = jnp.einsum("ZSH,ZHM->ZSM", k_ZSH, qT_ZHM).astype(jnp.float32)
+    sT_ZSM = jnp.einsum("ZSH,ZMH->ZSM", k_ZSH, q_ZMH).astype(jnp.float32)
     sT_ZSM = jnp.where(_causal_MS(m, length, keys, offset).T, sT_ZSM, jnp.finfo(jnp.float32).min)
     pT_ZSM = jnp.exp(sT_ZSM - lse_ZM[:, None, :])
     dv_ZSH = jnp.einsum("ZSM,ZMH->ZSH", pT_ZSM.astype(dt), g_ZMH)
-    dpT_ZSM = jnp.einsum("ZSH,ZHM->ZSM", v_ZSH, gT_ZHM).astype(jnp.float32)
+    dpT_ZSM = jnp.einsum("ZSH,ZMH->ZSM", v_ZSH, g_ZMH).astype(jnp.float32)
     rowdot_ZM = jnp.sum(g_ZMH.astype(jnp.float32) * out_ZMH.astype(jnp.float32), axis=-1)
     dsT_ZSM = (pT_ZSM * (dpT_ZSM - rowdot_ZM[:, None, :])).astype(dt)
     dk_ZSH = jnp.einsum("ZSM,ZMH->ZSH", dsT_ZSM, q_ZMH)
