@@ -10,21 +10,32 @@
 #              --val-fraction 0.02)
 # LLMC_PYTHON  the python of a venv with torch==2.13.0 and llmcompressor (prune_llmcompressor.py's peer)
 # Each row's output goes to OUT_DIR/<row>.txt (pruning rows: OUT_DIR/*.jsonl); run it on an idle machine.
+# ROWS (a space-separated list of row names, e.g. ROWS="step_tiny_16x128 whole_run_cold") runs only those.
 set -euo pipefail
 model=$1 kjv_smol=$2 parent=$3 kjv_tiny=$4 llmc=$5 out=$6
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python}
 mkdir -p "$out"
-row() { local name=$1; shift; echo "== $name: $*"; "$@" 2>&1 | grep -v -i warning | tee "$out/$name.txt"; }
+cache=""
+want() { [[ -z "${ROWS:-}" || " $ROWS " == *" $1 "* ]]; }
+row() {
+  local name=$1; shift
+  want "$name" || return 0
+  echo "== $name: $*"; "$@" 2>&1 | grep -v -i warning | tee "$out/$name.txt"
+}
 row step_tiny_8x256 "$py" "$here/train_step.py" --shapes tiny --batch 8 --seq 256 --steps 9 --warmup 3
 row step_tiny_16x128 "$py" "$here/train_step.py" --shapes tiny "$parent" --batch 16 --seq 128 --steps 10 --warmup 3
+row step_tiny_8x256_processes "$py" "$here/train_step.py" --shapes tiny --batch 8 --seq 256 --steps 10 --warmup 3 \
+    --processes 4
+row step_tiny_16x128_processes "$py" "$here/train_step.py" --shapes tiny "$parent" --batch 16 --seq 128 --steps 10 \
+    --warmup 3 --processes 4
 row step_parent_system_malloc env PRUNEJAX_MALLOC=system "$py" "$here/train_step.py" --shapes "$parent" \
     --batch 16 --seq 128 --steps 10 --warmup 3
 row forward_smollm2 "$py" "$here/forward.py" --model "$model" --batch 4 --seq 512 --reps 5
 row step_smollm2 "$py" "$here/train_step.py" --shapes smollm2-135m --batch 4 --seq 256 --steps 5 --warmup 2
 row magnitude "$py" "$here/magnitude.py" --model "$model" --repeats 5
 flags=(--model "$model" --calib "$kjv_smol" --other "$kjv_smol" --calib-samples 8 --calib-seq-len 512 --eval-windows 4)
-for i in 1 2 3 4 5; do  # every run its own process; which side goes first alternates
+want prune && for i in 1 2 3 4 5; do  # every run its own process; which side goes first alternates
   for method in wanda sparsegpt; do
     jaxrun=("$py" "$here/prune.py" "${flags[@]}" --runs "$method" --out-json "$out/prunejax.jsonl")
     llmcrun=("$llmc" "$here/prune_llmcompressor.py" "${flags[@]}" --runs "$method" --out-json "$out/llmcompressor.jsonl")
@@ -35,7 +46,7 @@ for i in 1 2 3 4 5; do  # every run its own process; which side goes first alter
 done
 row whole_run_cold "$py" "$here/whole_run.py" --model-config "$parent" --data "$kjv_tiny" --tokens 150k --repeats 5 \
     --prunejax-env PRUNEJAX_COMPILE_CACHE=off
-cache=$(mktemp -d)
+want whole_run_warm && cache=$(mktemp -d) && \
 PRUNEJAX_COMPILE_CACHE=$cache "$py" "$here/whole_run.py" --model-config "$parent" --data "$kjv_tiny" --tokens 150k \
     --repeats 1 --prunejax-env PRUNEJAX_COMPILE_CACHE="$cache" > /dev/null 2>&1  # primes the cache
 row whole_run_warm "$py" "$here/whole_run.py" --model-config "$parent" --data "$kjv_tiny" --tokens 150k --repeats 5 \
