@@ -27,7 +27,7 @@ from collections.abc import Callable
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from protocol import interleaved, load, spread  # noqa: E402
-from train_step import jax_stepper, torch_stepper  # noqa: E402  (the whole steps, as train_step.py times them)
+from train_step import jax_stepper, shape_config, torch_stepper  # noqa: E402  (the whole steps, as train_step.py times them)
 
 from prunejax import runtime  # noqa: E402
 
@@ -173,9 +173,7 @@ def main() -> None:
 
     import torch
 
-    from prunejax.config import LlamaConfig, preset
-
-    cfg = LlamaConfig.from_file(args.shape) if os.path.exists(args.shape) else preset(args.shape)
+    cfg = shape_config(args.shape)
     sides = {"jax": jax_parts(cfg, args.batch, args.seq), "torch": torch_parts(cfg, args.batch, args.seq)}
     print(
         f"{args.shape} ({cfg.num_params():,} params), batch {args.batch} x {args.seq}, float32; "

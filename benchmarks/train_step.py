@@ -109,22 +109,21 @@ def torch_matmul_peak(n: int = 1024) -> float:
     return 2 * n**3 / best
 
 
-def time_one_side(args: argparse.Namespace) -> None:
-    """`--one SIDE`: this process builds one side's step, warms it up, and prints its step times as JSON."""
+def shape_config(name: str):
+    """The LlamaConfig of a preset name or a model YAML/JSON file."""
     from prunejax.config import LlamaConfig, preset
 
-    name = args.shapes[0]
-    cfg = LlamaConfig.from_file(name) if os.path.exists(name) else preset(name)
+    return LlamaConfig.from_file(name) if os.path.exists(name) else preset(name)
+
+
+def time_one_side(args: argparse.Namespace) -> None:
+    """`--one SIDE`: this process builds one side's step, warms it up, and prints its step times as JSON."""
+    cfg = shape_config(args.shapes[0])
     if args.one == "jax":
         step = jax_stepper(cfg, args.batch, args.seq, args.warmup, args.dtype, args.remat)
     else:
         step = torch_stepper(cfg, args.batch, args.seq, args.warmup)
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    print(json.dumps(times))
+    print(json.dumps(interleaved({args.one: step}, args.steps)[args.one]))
 
 
 def in_processes(shape: str, sides: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
@@ -164,7 +163,6 @@ def main() -> None:
 
     import jax
 
-    from prunejax.config import LlamaConfig, preset
     from prunejax.train.metrics import measure_matmul_peak
 
     peak_jax = args.peak_tflops * 1e12 if args.peak_tflops else measure_matmul_peak()
@@ -173,7 +171,7 @@ def main() -> None:
     print(f"device {jax.devices()[0].device_kind}; matmul peak jax {peak_jax / 1e9:.1f} GFLOP/s", end="")
     print("" if peak_torch is None else f", torch {peak_torch / 1e9:.1f} GFLOP/s")
     for name in args.shapes:
-        cfg = LlamaConfig.from_file(name) if os.path.exists(name) else preset(name)
+        cfg = shape_config(name)
         flops = cfg.flops_per_token(args.seq, training=True) * tokens
         row = {"shape": name, "batch": args.batch, "seq": args.seq, "params": cfg.num_params(), "dtype": args.dtype}
         peaks = {"jax": peak_jax} if args.skip_torch else {"jax": peak_jax, "torch": peak_torch}
