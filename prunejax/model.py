@@ -168,16 +168,23 @@ def _causal_MS(rows: int, length: int, keys: int, offset: jax.Array | int) -> ja
     return (offset + jnp.arange(rows) % length)[:, None] >= jnp.arange(keys)[None, :]
 
 
+def _flat_heads(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array) -> tuple[jax.Array, ...]:
+    """q (scaled by 1/sqrt(H)), k and v as [Z, M, H] and [Z, S, H]."""
+    b, kv, g, length, h = q_BKGLH.shape
+    keys = k_BKSH.shape[2]
+    q_ZMH = q_BKGLH.reshape(b * kv, g * length, h) * (1.0 / math.sqrt(h))
+    return q_ZMH, k_BKSH.reshape(b * kv, keys, h), v_BKSH.reshape(b * kv, keys, h)
+
+
 @jax.custom_vjp
 def _attend_cpu(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax.Array | int) -> jax.Array:
     return _attend_cpu_fwd(q_BKGLH, k_BKSH, v_BKSH, offset)[0]
 
 
 def _attend_cpu_fwd(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax.Array | int) -> Any:
-    b, kv, g, length, h = q_BKGLH.shape
+    _, _, g, length, _ = q_BKGLH.shape
     keys, dt = k_BKSH.shape[2], q_BKGLH.dtype
-    q_ZMH = q_BKGLH.reshape(b * kv, g * length, h) * (1.0 / math.sqrt(h))
-    k_ZSH, v_ZSH = k_BKSH.reshape(b * kv, keys, h), v_BKSH.reshape(b * kv, keys, h)
+    q_ZMH, k_ZSH, v_ZSH = _flat_heads(q_BKGLH, k_BKSH, v_BKSH)
     s_ZMS = jnp.einsum("ZMH,ZSH->ZMS", q_ZMH, k_ZSH).astype(jnp.float32)
     s_ZMS = jnp.where(_causal_MS(g * length, length, keys, offset), s_ZMS, jnp.finfo(jnp.float32).min)
     max_ZM = jnp.max(s_ZMS, axis=-1)
@@ -191,16 +198,15 @@ def _attend_cpu_fwd(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, of
 
 def _attend_cpu_bwd(res: Any, g_BKGLH: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, None]:
     q_BKGLH, k_BKSH, v_BKSH, out_BKGLH, lse_ZM, offset = res
-    b, kv, g, length, h = q_BKGLH.shape
-    z, m, keys, dt = b * kv, g * length, k_BKSH.shape[2], q_BKGLH.dtype
-    scale = 1.0 / math.sqrt(h)
-    q_ZMH = q_BKGLH.reshape(z, m, h) * scale
-    k_ZSH, v_ZSH = k_BKSH.reshape(z, keys, h), v_BKSH.reshape(z, keys, h)
+    _, _, g, length, h = q_BKGLH.shape
+    keys, dt = k_BKSH.shape[2], q_BKGLH.dtype
+    q_ZMH, k_ZSH, v_ZSH = _flat_heads(q_BKGLH, k_BKSH, v_BKSH)
+    z, m = q_ZMH.shape[:2]
     g_ZMH, out_ZMH = g_BKGLH.reshape(z, m, h), out_BKGLH.reshape(z, m, h)
     # the dots contracting H on both sides take their operands as they are; dq's needs k^T, a small
     # [.., H, S] copy, and its own output kept [.., H, M] (folded into the dot, XLA:CPU picks a slow one)
     barrier = jax.lax.optimization_barrier
-    kT_ZHS = barrier(k_ZSH.swapaxes(1, 2) * scale)
+    kT_ZHS = barrier(k_ZSH.swapaxes(1, 2) * (1.0 / math.sqrt(h)))
     sT_ZSM = jnp.einsum("ZSH,ZMH->ZSM", k_ZSH, q_ZMH).astype(jnp.float32)
     sT_ZSM = jnp.where(_causal_MS(m, length, keys, offset).T, sT_ZSM, jnp.finfo(jnp.float32).min)
     pT_ZSM = jnp.exp(sT_ZSM - lse_ZM[:, None, :])
