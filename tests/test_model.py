@@ -155,3 +155,27 @@ def test_cpu_attention_and_its_gradient_equal_the_autodiff_attention(monkeypatch
     np.testing.assert_allclose(
         fast[0][:, :, :, 0], jnp.einsum("BKGS,BKSH->BKGH", probs, v[:, :, : offset + 1]), atol=1e-5
     )
+
+
+@pytest.mark.parametrize("offset,length,keys", [(0, 10, 10), (4, 12, 16), (0, 8, 8)])
+def test_cpu_attention_in_causal_blocks_equals_attending_all_queries_at_once(monkeypatch, offset, length, keys):
+    """Blocks of queries over only the keys each can see (here 4 per block; 10 queries leave a short
+    last block) give the outputs and q/k/v gradients of the CPU attention over every key at once."""
+    rng = np.random.RandomState(2)
+    b, kv, g, h = 2, 2, 2, 8
+    q = jnp.asarray(rng.randn(b, kv, g, length, h), jnp.float32)
+    k, v = (jnp.asarray(rng.randn(b, kv, keys, h), jnp.float32) for _ in range(2))
+    cot = jnp.asarray(rng.randn(b, kv, g, length, h), jnp.float32)
+    monkeypatch.setattr(model, "CPU_LOWERING", True)
+    monkeypatch.setattr(model, "CAUSAL_MAX_BLOCKS", 8)
+
+    def value_and_grads(block):
+        monkeypatch.setattr(model, "CAUSAL_BLOCK", block)
+        out, pull = jax.vjp(lambda q, k, v: model._attend(q, k, v, offset), q, k, v)
+        return (out, *pull(cot))
+
+    blocked = value_and_grads(4)
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: model._attend(q, k, v, offset))(q, k, v))
+    assert jaxpr.count("custom_vjp_call") == -(-length // 4)  # one CPU attention per block of 4 queries
+    for a, r in zip(blocked, value_and_grads(0), strict=True):
+        np.testing.assert_allclose(a, r, atol=1e-5)
