@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from prunejax import tree
 
@@ -59,7 +60,19 @@ def test_sparsity_counts_host_and_device_arrays_alike():
     assert "zero_fraction" not in tree.sparsity(M)
 
 
-def test_nonfinite_leaf_names_the_first_bad_leaf():
+@pytest.mark.parametrize("on_host", [True, False])
+def test_nonfinite_leaf_names_the_first_bad_leaf(monkeypatch, on_host):
+    """numpy's check of arrays in CPU memory and the jitted one (other devices, other hosts) agree."""
+    monkeypatch.setattr(tree, "_in_host_memory", lambda x: on_host)
     assert tree.nonfinite_leaf(W) is None
     bad = {**W, "layers": {**W["layers"], 1: {"mlp": {"up_proj": np.array([[np.nan, 0.0]], np.float32)}}}}
     assert tree.nonfinite_leaf(bad) == "layers/1/mlp/up_proj"
+    inf = jnp.array([[1.0, -jnp.inf]], jnp.bfloat16)
+    on_device = {"a": jnp.ones((2,), jnp.bfloat16), "b": {"c": inf}, "d": jnp.array([np.nan])}
+    assert tree.nonfinite_leaf(on_device) == "b/c"
+    assert tree.nonfinite_leaf({"ids": jnp.arange(3), "x": jnp.zeros(2)}) is None  # integer leaves are skipped
+
+
+def test_arrays_in_cpu_memory_are_checked_on_the_host():
+    assert tree._in_host_memory(np.zeros(2)) and tree._in_host_memory(jnp.zeros(2))
+    assert not tree._in_host_memory([0.0])
