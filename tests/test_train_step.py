@@ -220,16 +220,3 @@ def test_objective_extra_leaves_train_with_their_own_optimizer_and_projection(fl
     params = jax.device_get(new["params"])
     for path, m in leaf_paths(masks):  # the masks still hold on the weights
         assert np.all(np.asarray(_get(params, path))[~m] == 0), "/".join(path)
-
-
-def test_compile_ahead_runs_the_program_it_compiled_and_refuses_other_shapes():
-    """`state.compile_ahead`'s function runs the program compiled on its thread; arguments of another
-    shape are an error there, not a silent second compile; a compile error is raised at the call."""
-    mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    double = state_lib.compile_ahead(jax.jit(lambda x: 2 * x), mesh, jax.ShapeDtypeStruct((3,), jnp.float32))
-    np.testing.assert_array_equal(double(jnp.arange(3.0)), [0.0, 2.0, 4.0])
-    with pytest.raises(TypeError, match="[Aa]rgument types differ"):
-        double(jnp.arange(4.0))
-    broken = state_lib.compile_ahead(jax.jit(lambda x: x @ x), mesh, jax.ShapeDtypeStruct((2, 3), jnp.float32))
-    with pytest.raises(TypeError, match="dot_general"):
-        broken(jnp.ones((2, 3)))
