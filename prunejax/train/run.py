@@ -17,7 +17,6 @@ methods (Sheared-LLaMA's `--run-dir`): one run-dir check, one resume, one loop w
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import grain
 import jax
 import numpy as np
 
-from prunejax import distributed, hf, model, sharding, storage
+from prunejax import distributed, hf, sharding, storage
 from prunejax.config import PRESETS, ConfigError, LlamaConfig
 from prunejax.data.pipeline import BatchSpec, WindowSource, eval_dataset, train_dataset, train_iterator
 from prunejax.data.store import DataError, TokenStore
@@ -50,19 +49,6 @@ def model_source(
     init: str | None, scratch: str | None, reinit: bool, seed: int
 ) -> tuple[LlamaConfig, Any, Any, str | None]:
     """(cfg, params, masks, tokenizer dir) for --init MODEL_DIR | --scratch MODEL_DIR|PRESET|YAML [--reinit]."""
-    cfg, params, masks, tok = model_spec(init, scratch, reinit)
-    return cfg, fresh_params(cfg, masks, seed) if params is None else params, masks, tok
-
-
-def fresh_params(cfg: LlamaConfig, masks: Any, seed: int) -> Any:
-    """A scratch run's weights: a random init of `cfg`'s shape, zero where `masks` prune (--reinit)."""
-    key = jax.random.key(seed)
-    return state_lib.random_params(cfg, key) if not masks else state_lib.reinit_kept(cfg, masks, key)
-
-
-def model_spec(init: str | None, scratch: str | None, reinit: bool) -> tuple[LlamaConfig, Any, Any, str | None]:
-    """`model_source` without the random init: (cfg, params, masks, tokenizer dir) where params are
-    None for a scratch or --reinit run (`fresh_params` makes them; `train` compiles its step meanwhile)."""
     if (init is None) == (scratch is None):
         raise ConfigError("give exactly one of init (a MODEL_DIR to retrain) or scratch (a shape to train from random)")
     init = storage.local_dir(init) if init is not None else None  # a gs:// MODEL_DIR: its local copy
@@ -70,7 +56,7 @@ def model_spec(init: str | None, scratch: str | None, reinit: bool) -> tuple[Lla
         scratch = storage.local_dir(scratch)
     src = init or scratch
     tok = src if src and os.path.exists(os.path.join(src, "tokenizer.json")) else None
-    params = None
+    key = jax.random.key(seed)
     if init is not None:
         cfg, params = hf.load(init)
         hf.check_finite(params, init)  # else the first step's NaN loss would blame the learning rate
@@ -92,9 +78,13 @@ def model_spec(init: str | None, scratch: str | None, reinit: bool) -> tuple[Lla
         raise ConfigError(
             f"scratch {scratch!r} is not a MODEL_DIR, a model YAML/JSON or a preset ({', '.join(PRESETS)})"
         )
-    if reinit and not masks:
-        raise ConfigError(f"--reinit keeps the masks of a sparse MODEL_DIR, but {src} has no masks.safetensors")
-    return cfg, None if reinit else params, masks, tok
+    if reinit:
+        if not masks:
+            raise ConfigError(f"--reinit keeps the masks of a sparse MODEL_DIR, but {src} has no masks.safetensors")
+        params = state_lib.reinit_kept(cfg, masks, key)
+    elif init is None:
+        params = state_lib.random_params(cfg, key)
+    return cfg, params, masks, tok
 
 
 def check_inputs(cfg: LlamaConfig, tcfg: config_lib.TrainConfig, store: TokenStore, tokens: int) -> int:
@@ -248,7 +238,7 @@ def train(
     if storage.is_remote(out_dir):
         storage.check_bucket(out_dir)  # before the model is built
     store = TokenStore(data_dir)
-    cfg, params, masks, tok_dir = model_spec(init, scratch, reinit)
+    cfg, params, masks, tok_dir = model_source(init, scratch, reinit, tcfg.seed)
     total_steps = check_inputs(cfg, tcfg, store, tokens)
     mesh = mesh or sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp)
     check_micro_batch(tcfg, mesh)
@@ -273,37 +263,6 @@ def train(
     resuming = open_run_dir(out_dir, resolved)
 
     opt = optim.optimizer(tcfg, total_steps)
-    teacher_params, teacher_cfg = None, None
-    if teacher is not None:
-        teacher_cfg, teacher_params = hf.load(teacher, place=sharding.placer(mesh))
-        if teacher_cfg.vocab_size != cfg.vocab_size:
-            raise ConfigError(
-                f"teacher vocab_size {teacher_cfg.vocab_size} differs from the student's {cfg.vocab_size}"
-            )
-    # The train and eval steps start compiling now, from the state's shapes, while this thread makes
-    # the weights (a random init is itself ~20 small compiles on CPU) and places the state.
-    final_dir = storage.join(out_dir, "final")
-    finished = resuming and is_complete(final_dir)  # nothing to compile for
-    abstract = state_lib.abstract_state(
-        jax.eval_shape(functools.partial(model.init_params, cfg), jax.random.key(0)) if params is None else params,
-        masks,
-        opt,
-        tcfg.seed,
-    )
-    step_fn = make_train_step(cfg, tcfg, opt, total_steps, teacher_cfg, mesh)
-    jitted = state_lib.jit_train_step(step_fn, mesh, abstract, teacher_params)
-    train_args = (abstract, state_lib.abstract_batch(tcfg.grad_accum, tcfg.micro_batch, tcfg.seq_len))
-    if teacher_params is not None:
-        train_args += (teacher_params,)
-    compiled = jitted if finished else state_lib.compile_ahead(jitted, mesh, *train_args)
-    eval_fn = None
-    if tcfg.val_batches:
-        eval_fn = state_lib.jit_eval_step(make_eval_step(cfg, tcfg), mesh, abstract["params"])
-        eval_batch = state_lib.abstract_batch(1, tcfg.micro_batch, tcfg.seq_len, accumulated=False)
-        eval_fn = eval_fn if finished else state_lib.compile_ahead(eval_fn, mesh, abstract["params"], eval_batch)
-
-    if params is None:
-        params = fresh_params(cfg, masks, tcfg.seed)
     state = state_lib.place_state(mesh, state_lib.init_state(params, masks, opt, tcfg.seed))
     del params
     checkpointer = ckpt.Checkpointer(out_dir, keep=tcfg.keep_checkpoints, use_async=tcfg.async_checkpoint)
@@ -312,6 +271,7 @@ def train(
         start_step, state, data_state = resume(checkpointer, state)
         if start_step and jax.process_index() == 0:
             print(f"resuming {out_dir} from step {start_step:,}")
+    final_dir = storage.join(out_dir, "final")
     if start_step == total_steps and is_complete(final_dir):
         checkpointer.close()
         if jax.process_index() == 0:
@@ -325,14 +285,25 @@ def train(
         }
     writer = MetricsWriter(out_dir, tensorboard=tcfg.tensorboard)
 
+    teacher_params, teacher_cfg = None, None
+    if teacher is not None:
+        teacher_cfg, teacher_params = hf.load(teacher, place=sharding.placer(mesh))
+        if teacher_cfg.vocab_size != cfg.vocab_size:
+            raise ConfigError(
+                f"teacher vocab_size {teacher_cfg.vocab_size} differs from the student's {cfg.vocab_size}"
+            )
+    step_fn = make_train_step(cfg, tcfg, opt, total_steps, teacher_cfg, mesh)
+    jitted = state_lib.jit_train_step(step_fn, mesh, state, teacher_params)
+
     def step(s: Any, b: Any) -> Any:
-        return compiled(s, b) if teacher_params is None else compiled(s, b, teacher_params)
+        return jitted(s, b) if teacher_params is None else jitted(s, b, teacher_params)
 
     evaluate = None
-    if eval_fn is not None:
+    if tcfg.val_batches:
         val_source = WindowSource(store, tcfg.val_split, 0, None, tcfg.seq_len)
         val_spec = BatchSpec(tcfg.micro_batch, 1, jax.process_index(), jax.process_count())
         val_data = eval_dataset(val_source, val_spec, tcfg.val_batches)
+        eval_fn = state_lib.jit_eval_step(make_eval_step(cfg, tcfg), mesh, state["params"])
 
         def evaluate(s: Any) -> dict[str, float]:
             losses = [eval_fn(s["params"], state_lib.global_batch(mesh, b, accumulated=False)) for b in val_data]

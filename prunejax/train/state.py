@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -77,39 +76,6 @@ def init_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed:
         "rng": jax.random.key_data(jax.random.key(seed)),
     }
     return state if extra is None else {**state, "extra": extra}
-
-
-def abstract_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed: int) -> State:
-    """The shapes and dtypes of `init_state(params, masks, opt, seed)` (params may be abstract), computing nothing."""
-    return jax.eval_shape(lambda p: init_state(p, masks, opt, seed), params)
-
-
-def abstract_batch(grad_accum: int, micro_batch: int, seq_len: int, accumulated: bool = True) -> dict[str, Any]:
-    """The shape of `global_batch`'s train batches ([A, b, L]) or eval batches ([b, L]): int32 token ids."""
-    shape = (grad_accum, micro_batch, seq_len) if accumulated else (micro_batch, seq_len)
-    return {k: jax.ShapeDtypeStruct(shape, jnp.int32) for k in ("inputs", "targets")}
-
-
-_compiler = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prunejax-compile")
-
-
-def compile_ahead(jitted: Any, mesh: Mesh, *abstract_args: Any) -> Callable[..., Any]:
-    """`jitted` compiled for arguments shaped like `abstract_args` on a thread of its own, starting now:
-    XLA releases the GIL while it compiles, so the caller's own work (the weights' init, placing the
-    state, other programs' compiles) overlaps it. The returned function runs the compiled program and
-    waits for it on its first call; a compile error is raised there. Its arguments must have exactly
-    the abstract shapes, dtypes and the jit's shardings: anything else is an error, not a recompile."""
-
-    def build() -> Any:
-        with jax.set_mesh(mesh):  # activations follow the batch axes (sharding.constrain_batch)
-            return jitted.lower(*abstract_args).compile()
-
-    future = _compiler.submit(build)
-
-    def call(*args: Any) -> Any:
-        return future.result()(*args)
-
-    return call
 
 
 def _dict_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
