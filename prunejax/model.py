@@ -222,9 +222,11 @@ def _attend_cpu_bwd(res: Any, g_BKGLH: jax.Array) -> tuple[jax.Array, jax.Array,
 
 _attend_cpu.defvjp(_attend_cpu_fwd, _attend_cpu_bwd)
 
-CAUSAL_BLOCK = 64
-"""The fewest queries per block of the CPU attention (`_attend_cpu_blocks`); 0 attends all at once."""
-CAUSAL_MAX_BLOCKS = 8  # every block adds its own ops, and XLA:CPU compiles each (~0.1 s)
+CAUSAL_BLOCK = 128
+"""The fewest queries per block of the CPU attention (`_attend_cpu_blocks`); 0 attends all at once.
+Every block adds ops of its own, and XLA:CPU compiles each: blocks of 64 made the 128-token tiny step
+13% faster but the tiny study, whose many short runs mostly compile, 10% slower (benchmarks/README.md)."""
+CAUSAL_MAX_BLOCKS = 8
 
 
 def _attend_cpu_blocks(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax.Array | int) -> jax.Array:
