@@ -225,14 +225,14 @@ _attend_cpu.defvjp(_attend_cpu_fwd, _attend_cpu_bwd)
 CAUSAL_BLOCK = 128
 """The fewest queries per block of the CPU attention (`_attend_cpu_blocks`); 0 attends all at once.
 Every block adds ops of its own, and XLA:CPU compiles each: blocks of 64 made the 128-token tiny step
-13% faster but the tiny study, whose many short runs mostly compile, 10% slower (benchmarks/README.md)."""
+12% faster but the tiny study, whose many short runs mostly compile, 10% slower (benchmarks/README.md)."""
 CAUSAL_MAX_BLOCKS = 8
 
 
 def _attend_cpu_blocks(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax.Array | int) -> jax.Array:
     """The CPU attention one block of queries at a time, each over only the keys it can see (0 .. its
-    last position): the fully masked key blocks above the diagonal are never computed, which is 3/8 of
-    the work at L = S = 4 blocks (torch's CPU flash attention skips them too). Blocks hold at least
+    last position): the fully masked key blocks above the diagonal are never computed (3/8 of the work
+    with 4 blocks at L = S; torch's CPU flash attention skips them too). Blocks hold at least
     CAUSAL_BLOCK queries and there are at most CAUSAL_MAX_BLOCKS (the last may be shorter). Only with a
     static offset: a traced one (`blockwise_attention`'s blocks) attends all of its queries at once."""
     length, keys = q_BKGLH.shape[3], k_BKSH.shape[2]
