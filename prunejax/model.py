@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from prunejax import cpu_gemm
 from prunejax.config import LlamaConfig
 from prunejax.sharding import constrain_batch
 
@@ -110,15 +111,22 @@ def _cpu_lowering() -> bool:
 
 @jax.custom_vjp
 def _matmul_TK_KN(x_TK: jax.Array, w_KN: jax.Array) -> jax.Array:
-    return x_TK @ w_KN
+    return _matmul_fwd(x_TK, w_KN)[0]
 
 
 def _matmul_fwd(x_TK: jax.Array, w_KN: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    (t, k), n = x_TK.shape, w_KN.shape[1]
+    if cpu_gemm.usable(t, k, n, x_TK.dtype, w_KN.dtype):
+        return cpu_gemm.matmul(x_TK, w_KN), (x_TK, w_KN)
     return x_TK @ w_KN, (x_TK, w_KN)
 
 
 def _matmul_bwd(res: tuple[jax.Array, jax.Array], g_TN: jax.Array) -> tuple[jax.Array, jax.Array]:
     x_TK, w_KN = res
+    (t, k), n = x_TK.shape, w_KN.shape[1]
+    if cpu_gemm.usable(t, k, n, x_TK.dtype, w_KN.dtype, g_TN.dtype):
+        # sgemm reads the transposed operands in place: no copies.
+        return cpu_gemm.matmul(g_TN, w_KN, trans_b=True), cpu_gemm.matmul(x_TK, g_TN, trans_a=True)
     # The barrier keeps x's transpose a copy of its own: folded back into the dot, XLA:CPU transposes
     # the (larger, fused) output gradient instead, and the weight gradient after it.
     x_KT = jax.lax.optimization_barrier(x_TK.T)
