@@ -31,8 +31,11 @@ row step_tiny_16x128_processes "$py" "$here/train_step.py" --shapes tiny "$paren
     --warmup 3 --processes 4
 row step_parent_system_malloc env PRUNEJAX_MALLOC=system "$py" "$here/train_step.py" --shapes "$parent" \
     --batch 16 --seq 128 --steps 10 --warmup 3
-row forward_smollm2 "$py" "$here/forward.py" --model "$model" --batch 4 --seq 512 --reps 5
-row step_smollm2 "$py" "$here/train_step.py" --shapes smollm2-135m --batch 4 --seq 256 --steps 5 --warmup 2
+# SmolLM2's rows: each side in processes of its own. prunejax's matmuls there run on MKL (prunejax.cpu_gemm),
+# a second copy beside torch's in one process, and the two slow each other down (torch's step 5.0 -> 5.4 s).
+row forward_smollm2 "$py" "$here/forward.py" --model "$model" --batch 4 --seq 512 --reps 5 --processes 3
+row step_smollm2 "$py" "$here/train_step.py" --shapes smollm2-135m --batch 4 --seq 256 --steps 5 --warmup 2 \
+    --processes 2
 row magnitude "$py" "$here/magnitude.py" --model "$model" --repeats 5
 flags=(--model "$model" --calib "$kjv_smol" --other "$kjv_smol" --calib-samples 8 --calib-seq-len 512 --eval-windows 4)
 want prune && for i in 1 2 3 4 5; do  # every run its own process; which side goes first alternates

@@ -49,41 +49,41 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from prunejax import model
+    from prunejax import cpu_gemm
 
     print(f"jax {jax.__version__} ({jax.default_backend()}), ", end="")
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); custom call: {cpu_gemm.status()}")
     print(f"before: {load()}")
-    print("| matmul [T, K] x [K, N] | per forward | prunejax GFLOP/s | torch GFLOP/s | prunejax / torch ", end="")
-    print("| ms per forward: prunejax, torch |")
-    print("|---|---|---|---|---|---|")
-    totals = {"jax": 0.0, "torch": 0.0}
+    jitted = {"xla": jax.jit(lambda a, b: a @ b)}
+    if cpu_gemm._load()[0]:
+        jitted["mkl"] = jax.jit(cpu_gemm.matmul)
+    names = {"xla": "XLA's dot", "mkl": "MKL custom call", "torch": "torch"}
+    cols = [*jitted, "torch"]
+    print("| matmul [T, K] x [K, N] | per forward | " + " | ".join(f"{names[c]} GFLOP/s" for c in cols), end="")
+    print(" | " + " | ".join(f"{names[c]} / torch" for c in cols[:-1]) + " | ms per forward: " + ", ".join(cols) + " |")
+    print("|---" * (2 + 2 * len(cols)) + "|")
+    totals = dict.fromkeys(cols, 0.0)
     rng = np.random.default_rng(0)
     for name, t, k, n, count in shapes(args.batch * args.seq):
         x, w = rng.standard_normal((t, k), np.float32), rng.standard_normal((k, n), np.float32) * 0.02
         xj, wj = jax.numpy.asarray(x), jax.numpy.asarray(w)
-        fn = jax.jit(lambda a, b: model.project(a, b, 1))
         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-        np.testing.assert_allclose(np.asarray(fn(xj, wj)), (xt @ wt).numpy(), rtol=1e-3, atol=1e-3)
-        sides = {
-            "jax": lambda fn=fn, a=xj, b=wj: fn(a, b).block_until_ready(),
-            "torch": lambda a=xt, b=wt: a @ b,
-        }
+        sides = {c: lambda fn=fn, a=xj, b=wj: fn(a, b).block_until_ready() for c, fn in jitted.items()}
+        sides["torch"] = lambda a=xt, b=wt: a @ b
+        for c, fn in jitted.items():
+            np.testing.assert_allclose(np.asarray(fn(xj, wj)), (xt @ wt).numpy(), rtol=1e-3, atol=1e-3, err_msg=c)
         for side in sides.values():  # warm-up
             side()
         times = interleaved(sides, args.repeats)
         flops = 2 * t * k * n
         med = {s: statistics.median(ts) for s, ts in times.items()}
-        for s in totals:
-            totals[s] += count * med[s]
-        print(
-            f"| {name}: [{t}, {k}] x [{k}, {n}] | {count} | {flops / med['jax'] / 1e9:.0f} "
-            f"({spread(times['jax'], 1e3, 'ms')}) | {flops / med['torch'] / 1e9:.0f} "
-            f"({spread(times['torch'], 1e3, 'ms')}) "
-            f"| {med['torch'] / med['jax']:.2f} | {count * med['jax'] * 1e3:.0f}, {count * med['torch'] * 1e3:.0f} |"
-        )
-    print(f"matmuls of one forward: prunejax {totals['jax'] * 1e3:.0f} ms, torch {totals['torch'] * 1e3:.0f} ms "
-          f"(prunejax / torch {totals['torch'] / totals['jax']:.2f})")  # fmt: skip
+        for c in cols:
+            totals[c] += count * med[c]
+        rates = " | ".join(f"{flops / med[c] / 1e9:.0f} ({spread(times[c], 1e3, 'ms')})" for c in cols)
+        ratios = " | ".join(f"{med['torch'] / med[c]:.2f}" for c in cols[:-1])
+        per_forward = ", ".join(f"{count * med[c] * 1e3:.0f}" for c in cols)
+        print(f"| {name}: [{t}, {k}] x [{k}, {n}] | {count} | {rates} | {ratios} | {per_forward} |")
+    print("matmuls of one forward: " + ", ".join(f"{names[c]} {totals[c] * 1e3:.0f} ms" for c in cols))
     print(f"after: {load()}")
 
 

@@ -8,19 +8,20 @@ same product, op(a) @ op(b), with MKL's `cblas_sgemm` behind an XLA FFI handler
 the dot would have run.
 
 It is used only where it can be: float32, a single-device CPU process, MKL installed (the `cpu`
-extra: `pip install prunejax[cpu]`) and the handler built (`python -m prunejax.cpu_gemm build`, which
+extra: `pip install prunejax[cpu]`) and the handler built (`prunejax cpu-gemm build`, which
 `make setup` runs; it needs a C++17 compiler). Anything else takes XLA's dot, which computes the same
 product in another summation order. `PRUNEJAX_CPU_GEMM=xla` turns it off; `=mkl` makes its absence
-an error instead of a fallback. `status()` says which is in use and why.
+an error instead of a fallback. `prunejax cpu-gemm status` (or `status()`) says which is in use and why.
 
-MKL runs on the GNU OpenMP runtime (libgomp) when the system has one, else on Intel's (from the
-`intel-openmp` package, which `mkl` depends on); its threads default to the machine's cores.
+MKL runs sequentially, and the handler splits each product into pieces of rows that run on XLA's
+own intra-op threads (the calling thread included). MKL's own OpenMP threads, tried first, competed
+with XLA's for the 2 cores: the forward gained, but SmolLM2's train step, where XLA runs independent
+backward products and elementwise work side by side, was no faster than XLA's dot.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import glob
 import hashlib
@@ -37,14 +38,14 @@ import jax.numpy as jnp
 SOURCE = Path(__file__).parent / "csrc" / "sgemm.cc"
 LIBRARY = Path(__file__).parent / "_sgemm.so"
 TARGET = "prunejax_sgemm"
-MIN_FLOPS = 100_000_000
-"""Products of fewer flops take XLA's dot: below this the custom call's fixed cost is not repaid."""
+MIN_FLOPS = 2**28
+"""Products of fewer flops (2.7e8) take XLA's dot. The tiny models' products (up to 1.3e8: the LM head
+over 2,048 positions) ran as fast or faster on XLA's dot, and so stay exactly as they were."""
 ENABLED: bool | None = None
 """None: on CPU processes of one device (several devices: XLA's partitioner would gather a custom
 call's operands onto each). True: wherever it can load (the tests, with 8 fake devices). False: off."""
 
-# MKL_Set_Threading_Layer's values (mkl_service.h)
-_MKL_THREADING_INTEL, _MKL_THREADING_GNU = 0, 3
+_MKL_THREADING_SEQUENTIAL = 1  # MKL_Set_Threading_Layer's value (mkl_service.h)
 
 
 class CpuGemmError(RuntimeError):
@@ -102,30 +103,26 @@ def _load() -> tuple[bool, str]:
     if mkl_path is None:
         why = "MKL is not installed (pip install 'prunejax[cpu]')"
     elif not LIBRARY.exists():
-        why = f"{LIBRARY.name} is not built (python -m prunejax.cpu_gemm build)"
+        why = f"{LIBRARY.name} is not built (prunejax cpu-gemm build)"
     if why is None:
         lib = ctypes.CDLL(str(LIBRARY))
         lib.prunejax_sgemm_source_hash.restype = ctypes.c_char_p
         if lib.prunejax_sgemm_source_hash().decode() != _source_hash():
-            why = f"{LIBRARY} was built from another version of {SOURCE.name} (python -m prunejax.cpu_gemm build)"
+            why = f"{LIBRARY} was built from another version of {SOURCE.name} (prunejax cpu-gemm build)"
     if why is not None:
         if mode == "mkl":
             raise CpuGemmError(f"PRUNEJAX_CPU_GEMM=mkl: {why}")
         return False, f"XLA's dot: {why}"
     mkl = ctypes.CDLL(mkl_path)
-    layer = _MKL_THREADING_GNU if ctypes.util.find_library("gomp") else _MKL_THREADING_INTEL
     if "MKL_THREADING_LAYER" not in os.environ:  # the user's choice stands
         mkl.MKL_Set_Threading_Layer.argtypes, mkl.MKL_Set_Threading_Layer.restype = [ctypes.c_int], ctypes.c_int
-        mkl.MKL_Set_Threading_Layer(layer)
+        mkl.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)
     lib.prunejax_set_sgemm.argtypes = [ctypes.c_void_p]
     lib.prunejax_set_sgemm(ctypes.cast(mkl.cblas_sgemm, ctypes.c_void_p))
     if not _registered:  # once per process, even when a test reloads
         jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.PrunejaxSgemm), platform="cpu")
         _registered.append(lib)
-    runtime = "GNU OpenMP" if layer == _MKL_THREADING_GNU else "Intel OpenMP"
-    runtime = (
-        f"MKL_THREADING_LAYER={os.environ['MKL_THREADING_LAYER']}" if "MKL_THREADING_LAYER" in os.environ else runtime
-    )
+    runtime = f"MKL_THREADING_LAYER={os.environ.get('MKL_THREADING_LAYER', 'SEQUENTIAL')}"
     return True, f"MKL's sgemm ({os.path.basename(mkl_path)}, {runtime})"
 
 
@@ -159,7 +156,7 @@ def matmul(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = Fa
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m prunejax.cpu_gemm", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="prunejax cpu-gemm", description=__doc__.split("\n\n")[0])
     p.add_argument("command", choices=["build", "status"])
     args = p.parse_args(argv)
     if args.command == "build":
@@ -171,7 +168,3 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(status())
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """MKL's sgemm behind an XLA custom call (prunejax.cpu_gemm): the product, its transposes, the shapes
 BLAS treats specially, where `project` takes it, and what happens when it cannot load.
 
-It needs MKL (the `cpu` extra) and the built handler (`python -m prunejax.cpu_gemm build`), which
+It needs MKL (the `cpu` extra) and the built handler (`prunejax cpu-gemm build`), which
 `make setup-test` installs and builds; `make test` sets PRUNEJAX_REQUIRE_CPU_GEMM=1, so there a
 missing handler fails these tests instead of skipping them."""
 
@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prunejax import cpu_gemm, model
+from prunejax import config, cpu_gemm, model
+from prunejax.train.config import TrainConfig
+from prunejax.train.step import make_loss
 
 
 def _require() -> None:
@@ -163,3 +165,33 @@ def test_build_without_compiler_names_it(tmp_path):
     with pytest.raises(cpu_gemm.CpuGemmError, match=re.escape("no C++ compiler '/nonexistent/c++'")):
         cpu_gemm.build(tmp_path / "_sgemm.so", compiler="/nonexistent/c++")
     assert list(tmp_path.iterdir()) == []  # the temporary file is gone
+
+
+@pytest.mark.parametrize(("preset", "batch", "seq", "calls"), [("tiny", 16, 128, 0), ("tiny", 8, 256, 0)])
+def test_tiny_study_shapes_stay_on_xla(monkeypatch, preset, batch, seq, calls):
+    """The tiny study's train and eval steps (its parent is the tiny preset with 6 layers) trace no
+    custom call at the default threshold: what they compute is what they computed before it existed."""
+    _require()
+    monkeypatch.setattr(cpu_gemm, "ENABLED", True)
+    cfg = config.preset(preset)
+    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
+    toks = jax.ShapeDtypeStruct((batch, seq), jnp.int32)
+    loss = make_loss(cfg, TrainConfig())
+    grad = jax.jit(jax.grad(lambda p, i, t: loss(p, i, t, None)[0]))
+    assert grad.lower(params, toks, toks).as_text().count(cpu_gemm.TARGET) == calls
+    logits = jax.jit(lambda p, t: model.forward(cfg, p, t))
+    assert logits.lower(params, toks).as_text().count(cpu_gemm.TARGET) == calls
+
+
+def test_smollm2_step_takes_it(monkeypatch):
+    """SmolLM2-135M's step at 4 x 256: every projection but k/v (2.3e8 flops) and both backward
+    products of each, the LM head included, take the custom call."""
+    _require()
+    monkeypatch.setattr(cpu_gemm, "ENABLED", True)
+    cfg = config.preset("smollm2-135m")
+    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
+    toks = jax.ShapeDtypeStruct((4, 256), jnp.int32)
+    loss = make_loss(cfg, TrainConfig())
+    hlo = jax.jit(jax.grad(lambda p, i, t: loss(p, i, t, None)[0])).lower(params, toks, toks).as_text()
+    per_layer = 5  # q, o, gate, up, down
+    assert hlo.count(cpu_gemm.TARGET) == 3 * (per_layer * cfg.num_hidden_layers + 1)
