@@ -216,9 +216,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology from this CPU host
     from prunejax import model
-    from prunejax.train import config as train_config
 
-    model.CPU_LOWERING = False  # trace projections and attention as the TPU runs them, not as this host would
+    # trace projections and attention as the TPU runs them, not as this host would; restored after, for
+    # callers in the same process (the tests)
+    previous, model.CPU_LOWERING = model.CPU_LOWERING, False
+    try:
+        return _check(args)
+    finally:
+        model.CPU_LOWERING = previous
+
+
+def _check(args: argparse.Namespace) -> int:
+    from prunejax.train import config as train_config
 
     cfg = model_config(args.model)
     tcfg = train_config.load(args.train_config, args.overrides)

@@ -65,3 +65,14 @@ def test_a_micro_batch_that_does_not_split_over_the_chips_is_refused_as_train_re
     tcfg = train_config.load("configs/train/tiny.yaml", ["global_batch=8", "seq_len=32", "grad_accum=2"])
     with pytest.raises(ConfigError, match=r"micro-batch 4 \(global_batch / grad_accum\) does not divide over 8"):
         compile_check.check_train(TINY, tcfg, jax.devices(), hbm=2**30)
+
+
+def test_main_restores_the_cpu_lowering_for_its_caller():
+    """compile-check traces as the TPU runs (model.CPU_LOWERING = False) and puts the setting back,
+    even when it fails: a later computation in the same process must not lose its CPU lowering."""
+    from prunejax import model
+
+    assert model.CPU_LOWERING is None
+    with pytest.raises(ValueError, match="nopreset"):
+        compile_check.main(["--model", "nopreset", "--topology", "v5p-8"])
+    assert model.CPU_LOWERING is None

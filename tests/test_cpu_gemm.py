@@ -33,6 +33,7 @@ def _require() -> None:
 def gemm(monkeypatch):
     """The custom call, on for any size even with the suite's 8 fake devices."""
     _require()
+    monkeypatch.setattr(model, "CPU_LOWERING", True)  # the custom call is part of the CPU lowering
     monkeypatch.setattr(cpu_gemm, "ENABLED", True)
     monkeypatch.setattr(cpu_gemm, "MIN_FLOPS", 0)
     return cpu_gemm
@@ -172,6 +173,7 @@ def test_tiny_study_shapes_stay_on_xla(monkeypatch, preset, batch, seq, calls):
     """The tiny study's train and eval steps (its parent is the tiny preset with 6 layers) trace no
     custom call at the default threshold: what they compute is what they computed before it existed."""
     _require()
+    monkeypatch.setattr(model, "CPU_LOWERING", True)
     monkeypatch.setattr(cpu_gemm, "ENABLED", True)
     cfg = config.preset(preset)
     params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
@@ -187,6 +189,7 @@ def test_smollm2_step_takes_it(monkeypatch):
     """SmolLM2-135M's step at 4 x 256: every projection but k/v (2.3e8 flops) and both backward
     products of each, the LM head included, take the custom call."""
     _require()
+    monkeypatch.setattr(model, "CPU_LOWERING", True)
     monkeypatch.setattr(cpu_gemm, "ENABLED", True)
     cfg = config.preset("smollm2-135m")
     params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
