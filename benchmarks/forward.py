@@ -72,7 +72,7 @@ def torch_side(model_dir: str, args: argparse.Namespace) -> Callable[[], None]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg, _ = hf.load(model_dir)
+    cfg = hf.load_config(model_dir)
     ref = transformers.AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, trust_remote_code=False
     ).eval()
@@ -101,7 +101,7 @@ def main() -> None:
         run = prunejax_side(model_dir, args)[0] if args.one == "prunejax" else torch_side(model_dir, args)
         print(json.dumps(interleaved({args.one: run}, args.reps)[args.one]))
         return
-    cfg, _ = hf.load(model_dir)
+    cfg = hf.load_config(model_dir)
     before = load()
     if args.processes:
         flags = ["--model", model_dir, "--batch", str(args.batch), "--seq", str(args.seq), "--reps", str(args.reps)]

@@ -1,14 +1,15 @@
-"""The matmuls of a SmolLM2-135M forward pass, one by one: XLA:CPU's against torch's, float32.
+"""The matmuls of a SmolLM2-135M forward pass, one by one: XLA:CPU's dot, MKL's sgemm behind
+prunejax's custom call (`prunejax.cpu_gemm`, what `model.project` runs on CPU when it can load) and
+torch's, float32.
 
   python benchmarks/gemm.py --batch 4 --seq 512 --repeats 7
 
-Every projection of the forward (`model.project` on CPU: one [T, K] x [K, N] matmul over the T = B x L
-positions) is timed on its own, jitted in JAX and eager in torch, the two sides interleaved
-(`protocol.interleaved`), median with min-max. The last column weights each shape by how often one
-forward runs it (30 layers, one LM head) and adds them up: the matmul time of one forward on each side,
-to set beside `forward.py`'s whole forward. Attention's matmuls are not here (they are batched and
-small; `profile_step.py` times attention as a whole).
-"""
+Every projection of the forward (one [T, K] x [K, N] matmul over the T = B x L positions) is timed on
+its own, jitted in JAX (XLA's dot, and the custom call when it loads) and eager in torch, the sides
+interleaved in this one process (`protocol.interleaved`), median with min-max. The last column weights
+each shape by how often one forward runs it (30 layers, one LM head) and adds them up: the matmul time
+of one forward on each side, to set beside `forward.py`'s whole forward. Attention's matmuls are not
+here (they are batched and small; `profile_step.py` times attention as a whole)."""
 
 from __future__ import annotations
 
