@@ -124,6 +124,8 @@ def join(
         "process_id": jax.process_index(),
         "heartbeat_timeout": heartbeat_timeout,
     }
+    if jax.process_count() > 1:
+        name_dead_peers_on_terminate()
     return True
 
 
@@ -294,7 +296,7 @@ def dead_peers() -> str:
         thread.start()
         thread.join(max(0.0, deadline - time.time()))
         if "error" in answer:
-            return "process 0 (the coordinator)"
+            return "process(es) 0 (the coordinator)"
         if "live" not in answer:
             return "no peer answered (they may be alive and waiting for this one)"
         dead = [i for i in range(process_count()) if i not in answer["live"]]
@@ -302,6 +304,73 @@ def dead_peers() -> str:
             return "process(es) " + ", ".join(map(str, dead))
         time.sleep(0.5)
     return "no peer (all still alive)"
+
+
+_on_terminate: Any = None  # the installed ctypes callback (kept alive: the C++ runtime holds a bare pointer)
+
+
+def name_dead_peers_on_terminate() -> bool:
+    """Make an uncaught C++ exception on one of the runtime's threads name the dead peers before the crash.
+
+    XLA's CPU collectives (gloo) give every collective the same tag (0). When a peer was killed
+    mid-step, a survivor's gloo transport thread has been seen to throw "Received data size doesn't
+    match expected size. Is there a distributed collective mismatch in your code?" (seemingly a message of
+    another collective taken for the awaited one). Uncaught on that thread, it ends the process
+    through std::terminate at once, before the coordination service names the dead task, and blames
+    the code. This handler first says which peers stopped (`dead_peers`: within the heartbeat
+    timeout), then hands over to the previous handler, which prints the exception and aborts as
+    before. Installed once, in multi-process runs, where the C++ runtime is libstdc++ (Linux: what
+    jaxlib links); elsewhere the runtime's own handler stays. Returns whether it is installed."""
+    global _on_terminate
+    if _on_terminate is not None:
+        return True
+    import ctypes
+
+    try:
+        cxx = ctypes.CDLL("libstdc++.so.6")
+        set_terminate, exception_type = cxx._ZSt13set_terminatePFvvE, cxx.__cxa_current_exception_type
+    except (OSError, AttributeError):
+        return False
+    handler_t = ctypes.CFUNCTYPE(None)
+    set_terminate.argtypes, set_terminate.restype = [handler_t], ctypes.c_void_p
+    exception_type.restype = ctypes.c_void_p
+    previous: list[Any] = []
+
+    def on_terminate() -> None:
+        try:
+            what = _type_name(cxx, exception_type())
+            print(
+                f"prunejax [process {process_index()}]: error: the runtime ended in an uncaught C++ exception "
+                f"({what}) on one of its threads; stopped: {dead_peers()}",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            if previous[0]:
+                handler_t(previous[0])()  # libstdc++'s handler prints the exception and aborts
+            os.abort()
+
+    _on_terminate = handler_t(on_terminate)
+    previous.append(set_terminate(_on_terminate))
+    return True
+
+
+def _type_name(cxx: Any, type_info: int | None) -> str:
+    """The demangled name of a std::type_info (its second word points at the mangled name)."""
+    import ctypes
+
+    if not type_info:
+        return "no exception"
+    mangled = ctypes.cast(type_info, ctypes.POINTER(ctypes.c_char_p))[1].lstrip(b"*")
+    demangle = cxx.__cxa_demangle
+    demangle.restype = ctypes.c_void_p
+    status = ctypes.c_int()
+    out = demangle(mangled, None, None, ctypes.byref(status))
+    if status.value != 0 or not out:
+        return mangled.decode(errors="replace")
+    name = ctypes.string_at(out).decode(errors="replace")
+    ctypes.CDLL(None).free(ctypes.c_void_p(out))
+    return name
 
 
 def abort(code: int, wait_s: float = 10.0) -> None:

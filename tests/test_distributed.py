@@ -114,10 +114,38 @@ def test_dead_peers_names_the_dead_and_never_waits_past_its_deadline(as_process,
     as_process(0, Service(live=[0]))
     assert distributed.dead_peers() == "process(es) 1"
     as_process(1, Service(gone=True))
-    assert distributed.dead_peers() == "process 0 (the coordinator)"
+    assert distributed.dead_peers() == "process(es) 0 (the coordinator)"
     # A peer stuck in a collective with this process never asks, so the query would block for good: the
     # answer comes at the deadline (2 x heartbeat + 10 s) instead. This hung a failed 2-process prune.
     as_process(1, Service(blocks=True))
     t0 = time.monotonic()
     assert distributed.dead_peers() == "no peer answered (they may be alive and waiting for this one)"
     assert 11 < time.monotonic() - t0 < 15
+
+
+# An uncaught C++ exception on a thread that is not Python's (gloo's transport thread, in the runtime).
+THROW_ON_A_RUNTIME_THREAD = """
+import ctypes, threading
+from prunejax import distributed
+assert distributed.name_dead_peers_on_terminate() and distributed.name_dead_peers_on_terminate()  # idempotent
+throw = ctypes.CDLL("libstdc++.so.6")._ZSt21__throw_runtime_errorPKc
+threading.Thread(target=throw, args=(b"Received data size doesn't match expected size.",)).start()
+threading.Event().wait(60)
+"""
+
+
+def test_an_uncaught_cxx_exception_names_the_dead_peers_then_crashes_as_before():
+    import signal
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", THROW_ON_A_RUNTIME_THREAD], capture_output=True, text=True, timeout=60)
+    assert r.returncode == -signal.SIGABRT, r.stderr
+    ours = (
+        "prunejax [process 0]: error: the runtime ended in an uncaught C++ exception (std::runtime_error) "
+        "on one of its threads; stopped: no peer (all still alive)\n"
+    )
+    assert r.stderr.startswith(ours), r.stderr
+    # then libstdc++'s own handler, as without prunejax: the exception and its message
+    assert "terminate called after throwing an instance of 'std::runtime_error'\n" in r.stderr
+    assert "what():  Received data size doesn't match expected size." in r.stderr
