@@ -172,6 +172,21 @@ def _sparse_model_dir(path):
     return cfg, params, masks
 
 
+@pytest.mark.parametrize("source", ["scratch", "sparse init"])
+def test_the_step_and_eval_compile_once_ahead_of_the_first_step(kjv, model_yaml, tmp_path, caplog, source):
+    """train compiles its step and eval step from shapes on a thread while the weights are drawn; the loop's
+    calls must find those programs (shapes, dtypes or shardings that differ would compile each again)."""
+    caplog.set_level(logging.DEBUG, logger="jax._src.dispatch")
+    over = [*BASE[:-2], "val_batches=1", "peak_tflops=1.0"]
+    how = {"scratch": model_yaml} if source == "scratch" else {"init": str(tmp_path / "sparse")}
+    if source != "scratch":
+        _sparse_model_dir(how["init"])
+    train(str(tmp_path / "run"), data_dir=kjv, tokens=3 * STEP_TOKENS, overrides=over, progress=False, **how)
+    compiled = [r.getMessage().split(" in ")[0] for r in caplog.records if "Finished XLA compilation" in r.message]
+    assert compiled.count("Finished XLA compilation of jit(train_step)") == 1, compiled
+    assert compiled.count("Finished XLA compilation of jit(eval_step)") == 1, compiled
+
+
 def test_reinit_keeps_mask_and_changes_every_kept_weight(tmp_path):
     src = str(tmp_path / "sparse")
     _, params, masks = _sparse_model_dir(src)

@@ -49,6 +49,16 @@ def model_source(
     init: str | None, scratch: str | None, reinit: bool, seed: int
 ) -> tuple[LlamaConfig, Any, Any, str | None]:
     """(cfg, params, masks, tokenizer dir) for --init MODEL_DIR | --scratch MODEL_DIR|PRESET|YAML [--reinit]."""
+    cfg, masks, tok, make_params = model_plan(init, scratch, reinit, seed)
+    return cfg, make_params(), masks, tok
+
+
+def model_plan(
+    init: str | None, scratch: str | None, reinit: bool, seed: int
+) -> tuple[LlamaConfig, Any, str | None, Callable[[], Any]]:
+    """`model_source` with the random weights left for later: (cfg, masks, tokenizer dir, params()).
+    A MODEL_DIR is read (and checked) here; a random init is drawn when `params()` is called, so the
+    train step can compile meanwhile."""
     if (init is None) == (scratch is None):
         raise ConfigError("give exactly one of init (a MODEL_DIR to retrain) or scratch (a shape to train from random)")
     init = storage.local_dir(init) if init is not None else None  # a gs:// MODEL_DIR: its local copy
@@ -57,6 +67,7 @@ def model_source(
     src = init or scratch
     tok = src if src and os.path.exists(os.path.join(src, "tokenizer.json")) else None
     key = jax.random.key(seed)
+    params = None
     if init is not None:
         cfg, params = hf.load(init)
         hf.check_finite(params, init)  # else the first step's NaN loss would blame the learning rate
@@ -78,13 +89,15 @@ def model_source(
         raise ConfigError(
             f"scratch {scratch!r} is not a MODEL_DIR, a model YAML/JSON or a preset ({', '.join(PRESETS)})"
         )
-    if reinit:
-        if not masks:
-            raise ConfigError(f"--reinit keeps the masks of a sparse MODEL_DIR, but {src} has no masks.safetensors")
-        params = state_lib.reinit_kept(cfg, masks, key)
-    elif init is None:
-        params = state_lib.random_params(cfg, key)
-    return cfg, params, masks, tok
+    if reinit and not masks:
+        raise ConfigError(f"--reinit keeps the masks of a sparse MODEL_DIR, but {src} has no masks.safetensors")
+
+    def make_params() -> Any:
+        if reinit:
+            return state_lib.reinit_kept(cfg, masks, key)
+        return params if init is not None else state_lib.random_params(cfg, key)
+
+    return cfg, masks, tok, make_params
 
 
 def check_inputs(cfg: LlamaConfig, tcfg: config_lib.TrainConfig, store: TokenStore, tokens: int) -> int:
@@ -238,7 +251,7 @@ def train(
     if storage.is_remote(out_dir):
         storage.check_bucket(out_dir)  # before the model is built
     store = TokenStore(data_dir)
-    cfg, params, masks, tok_dir = model_source(init, scratch, reinit, tcfg.seed)
+    cfg, masks, tok_dir, make_params = model_plan(init, scratch, reinit, tcfg.seed)
     total_steps = check_inputs(cfg, tcfg, store, tokens)
     mesh = mesh or sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp)
     check_micro_batch(tcfg, mesh)
@@ -263,8 +276,20 @@ def train(
     resuming = open_run_dir(out_dir, resolved)
 
     opt = optim.optimizer(tcfg, total_steps)
-    state = state_lib.place_state(mesh, state_lib.init_state(params, masks, opt, tcfg.seed))
-    del params
+    step_fn, eval_fn, ahead = None, None, None
+    if teacher is None:  # the step and eval compile on a thread while the weights are drawn and placed
+        step_fn = make_train_step(cfg, tcfg, opt, total_steps, None, mesh)
+        abstract = state_lib.abstract_state(cfg, masks, opt, tcfg.seed, mesh)
+        jitted = state_lib.jit_train_step(step_fn, mesh, abstract)
+        batch = state_lib.abstract_batch(mesh, (tcfg.grad_accum, tcfg.micro_batch, tcfg.seq_len))
+        calls = [(jitted, (abstract, batch))]
+        if tcfg.val_batches:
+            eval_fn = state_lib.jit_eval_step(make_eval_step(cfg, tcfg), mesh, abstract["params"])
+            calls.append(
+                (eval_fn, (abstract["params"], state_lib.abstract_batch(mesh, batch["inputs"].shape[1:], False)))
+            )
+        ahead = state_lib.compile_ahead(mesh, *calls)
+    state = state_lib.place_state(mesh, state_lib.init_state(make_params(), masks, opt, tcfg.seed))
     checkpointer = ckpt.Checkpointer(out_dir, keep=tcfg.keep_checkpoints, use_async=tcfg.async_checkpoint)
     start_step, data_state = 0, None
     if resuming:
@@ -292,8 +317,9 @@ def train(
             raise ConfigError(
                 f"teacher vocab_size {teacher_cfg.vocab_size} differs from the student's {cfg.vocab_size}"
             )
-    step_fn = make_train_step(cfg, tcfg, opt, total_steps, teacher_cfg, mesh)
-    jitted = state_lib.jit_train_step(step_fn, mesh, state, teacher_params)
+    if step_fn is None:
+        step_fn = make_train_step(cfg, tcfg, opt, total_steps, teacher_cfg, mesh)
+        jitted = state_lib.jit_train_step(step_fn, mesh, state, teacher_params)
 
     def step(s: Any, b: Any) -> Any:
         return jitted(s, b) if teacher_params is None else jitted(s, b, teacher_params)
@@ -303,9 +329,12 @@ def train(
         val_source = WindowSource(store, tcfg.val_split, 0, None, tcfg.seq_len)
         val_spec = BatchSpec(tcfg.micro_batch, 1, jax.process_index(), jax.process_count())
         val_data = eval_dataset(val_source, val_spec, tcfg.val_batches)
-        eval_fn = state_lib.jit_eval_step(make_eval_step(cfg, tcfg), mesh, state["params"])
+        if eval_fn is None:
+            eval_fn = state_lib.jit_eval_step(make_eval_step(cfg, tcfg), mesh, state["params"])
 
         def evaluate(s: Any) -> dict[str, float]:
+            if ahead is not None:
+                ahead[-1].result()  # compiled ahead (or its tracing error, raised here)
             losses = [eval_fn(s["params"], state_lib.global_batch(mesh, b, accumulated=False)) for b in val_data]
             return {"val_loss": float(np.mean(np.asarray(jax.device_get(losses), np.float64)))}
 
@@ -323,6 +352,8 @@ def train(
     )
     data = train_dataset(source, spec, tcfg.seed, total_steps)
     summary: dict[str, Any] = {"run_dir": out_dir, "steps": total_steps, "start_step": start_step}
+    if ahead is not None:
+        ahead[0].result()  # the step's executable is in JAX's cache (or its tracing error is raised here)
     try:
         state, status, signum = fit(
             step, state, data, data_state, mesh, lc, writer, checkpointer, evaluate=evaluate, on_step=on_step

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -36,11 +37,17 @@ def check_masks(params: Any, masks: Any) -> None:
 _trunc_normal = jax.jit(model.trunc_normal, static_argnums=(1, 2))  # one compile per distinct size
 
 
+@functools.cache
+def param_shapes(cfg: LlamaConfig) -> Any:
+    """`model.init_params`' tree as shapes and dtypes (traced once per config, not computed)."""
+    return jax.eval_shape(functools.partial(model.init_params, cfg), jax.random.key(0))
+
+
 def random_params(cfg: LlamaConfig, key: jax.Array) -> Any:
     """Fresh weights with `model.init_params`' distribution (truncated normal std 0.02, unit norms), one
     compiled sampler per distinct size: compiling the whole init costs ~1 s per matrix on CPU, and
     layers share sizes, so this stays cheap at any depth."""
-    leaves = list(leaf_paths(jax.eval_shape(functools.partial(model.init_params, cfg), key)))
+    leaves = list(leaf_paths(param_shapes(cfg)))
     # the split keys as host data: iterating a key array would compile an unstack (~0.4 s on CPU)
     key_data = np.asarray(jax.random.key_data(jax.random.split(key, len(leaves))))
     params: dict[str, Any] = {}
@@ -78,6 +85,35 @@ def init_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed:
     return state if extra is None else {**state, "extra": extra}
 
 
+def abstract_state(cfg: LlamaConfig, masks: Any, opt: optax.GradientTransformation, seed: int, mesh: Mesh) -> State:
+    """`place_state(mesh, init_state(...))` for `cfg` as shapes, dtypes and shardings (traced, not
+    computed): what the step compiles for before any weight exists. The shardings are part of it: JAX
+    keys its compiled steps by them, so shapes alone would compile a program no call finds."""
+    shapes = jax.eval_shape(lambda p: init_state(p, masks, opt, seed), param_shapes(cfg))
+    placed = state_shardings(mesh, shapes)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, placed)
+
+
+def compile_ahead(mesh: Mesh, *calls: tuple[Any, tuple[Any, ...]]) -> list[Future]:
+    """Compile each (jitted function, abstract arguments) on a background thread, in order, while the
+    caller builds the arrays; one future per call, done when its executable is in JAX's cache.
+
+    A later call of the function with arrays of those shapes, dtypes and shardings runs that executable
+    instead of tracing and compiling again (under `jax.set_mesh(mesh)`, as the train loop calls it). The
+    compiler releases the GIL, so on CPU this overlaps the step's compilation with random init and
+    data setup (the cold tiny run: ~2 s of its ~13). Arguments that differ (another shape) only cost
+    the compile a call makes anyway; an error in tracing is raised by the future's `result()`."""
+
+    def compile_one(fn: Any, args: tuple[Any, ...]) -> None:
+        with jax.set_mesh(mesh):
+            fn.lower(*args).compile()
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prunejax-compile")
+    futures = [pool.submit(compile_one, fn, args) for fn, args in calls]
+    pool.shutdown(wait=False)
+    return futures
+
+
 def _dict_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
 
@@ -98,6 +134,12 @@ def batch_sharding(mesh: Mesh, accumulated: bool = True) -> NamedSharding:
     """[A, b, L] train batches (b over data x fsdp) or [b, L] eval batches."""
     spec = PartitionSpec(None, BATCH_AXES, None) if accumulated else PartitionSpec(BATCH_AXES, None)
     return NamedSharding(mesh, spec)
+
+
+def abstract_batch(mesh: Mesh, shape: tuple[int, ...], accumulated: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+    """The shapes of what `global_batch` makes of int32 windows whose global shape is `shape`."""
+    tokens = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(mesh, accumulated))
+    return {"inputs": tokens, "targets": tokens}
 
 
 def global_batch(mesh: Mesh, local: dict[str, np.ndarray], accumulated: bool = True) -> dict[str, jax.Array]:
