@@ -39,7 +39,7 @@ row step_smollm2 "$py" "$here/train_step.py" --shapes smollm2-135m --batch 4 --s
 row magnitude "$py" "$here/magnitude.py" --model "$model" --repeats 5
 flags=(--model "$model" --calib "$kjv_smol" --other "$kjv_smol" --calib-samples 8 --calib-seq-len 512 --eval-windows 4)
 want prune && for i in 1 2 3 4 5; do  # every run its own process; which side goes first alternates
-  for method in wanda sparsegpt; do
+  for method in wanda sparsegpt "wanda 2:4"; do
     jaxrun=("$py" "$here/prune.py" "${flags[@]}" --runs "$method" --out-json "$out/prunejax.jsonl")
     llmcrun=("$llmc" "$here/prune_llmcompressor.py" "${flags[@]}" --runs "$method" --out-json "$out/llmcompressor.jsonl")
     echo "== prune $method repeat $i, load $(cut -d' ' -f1 /proc/loadavg)"
