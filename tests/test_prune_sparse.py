@@ -13,6 +13,8 @@ from prunejax.prune.masks import (
     PROJECTIONS,
     as_rows,
     check_ratio,
+    from_rows,
+    magnitude_keep,
     matrix_mask,
     nm_mask,
     parse_pattern,
@@ -44,6 +46,33 @@ LOWEST = pytest.mark.parametrize("prune_lowest", [prune_lowest, prune_lowest_hos
 def test_prune_lowest_is_exact_and_breaks_ties_by_index(prune_lowest):
     scores = jnp.array([[3.0, 1.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
     np.testing.assert_array_equal(prune_lowest(scores, 2), [[True, False, True, False], [False, False, True, True]])
+
+
+def test_magnitude_keep_works_in_the_kernel_layout_and_breaks_ties_in_row_order():
+    # a q_proj-like kernel (in=2, out=3): W_OI = w.T, so W_OI's index order runs down the columns of w
+    w = np.array([[0.9, -0.1, 0.5], [-0.5, 0.9, 0.9]], np.float32)
+    # prune 2: the 0.1, then one of the two 0.5s: w[1, 0] comes first in W_OI (row 0), w[0, 2] in the kernel
+    np.testing.assert_array_equal(magnitude_keep(w, 1, 2), [[True, False, True], [False, True, True]])
+    # an o_proj-like kernel (in = 2 x 1 dims, out=3): the same matrix, the same choice
+    np.testing.assert_array_equal(magnitude_keep(w[:, None, :], 2, 2)[:, 0], [[True, False, True], [False, True, True]])
+    np.testing.assert_array_equal(magnitude_keep(w, 1, 0), np.ones((2, 3), bool))
+    assert not magnitude_keep(w, 1, 6).any()
+    with pytest.raises(PruneError, match="cannot prune 7 of 6"):
+        magnitude_keep(w, 1, 7)
+
+
+@pytest.mark.parametrize("shape, n_in", [((24, 4, 8), 1), ((4, 8, 24), 2), ((24, 56), 1)])
+@pytest.mark.parametrize("kind", ["continuous", "ties", "constant"])
+def test_magnitude_keep_is_prune_lowest_host_on_the_rows(shape, n_in, kind):
+    """The kernel-layout selection against the row-layout one it replaced (`as_rows`, one row)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(np.float32)
+    w = {"continuous": w, "ties": np.round(w * 4) / 4, "constant": np.full_like(w, -0.5)}[kind]
+    name = {1: "q_proj", 2: "o_proj"}[n_in]
+    for n in (0, 1, w.size // 2, w.size - 1, w.size):
+        w_OI = np.abs(np.asarray(as_rows(name, w)))
+        expected = np.asarray(from_rows(name, prune_lowest_host(w_OI.reshape(1, -1), n).reshape(w_OI.shape), shape))
+        np.testing.assert_array_equal(magnitude_keep(w, n_in, n), expected)
 
 
 @LOWEST

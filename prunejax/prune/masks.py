@@ -139,6 +139,28 @@ def prune_lowest_host(scores_GS: np.ndarray, n_prune: int) -> np.ndarray:
     return keep_GS
 
 
+def magnitude_keep(w: np.ndarray, n_in: int, n_prune: int) -> np.ndarray:
+    """Keep-mask of a kernel `w` (in..., out...) with its `n_prune` smallest |w| pruned: the mask of
+    `prune_lowest_host(|as_rows(w)|` as one row`)`, ties pruned in W_OI's index order, computed in the
+    kernel's own layout. No transposed copy is made, and the counts come from the partitioned copy, so
+    it reads the matrix ~5 times instead of ~12 (SmolLM2's 210 matrices: see benchmarks/README.md)."""
+    a_flat = np.abs(np.asarray(w, np.float32)).reshape(-1)
+    if not 0 <= n_prune <= a_flat.size:
+        raise PruneError(f"cannot prune {n_prune} of {a_flat.size} weights per group")
+    if n_prune == 0:
+        return np.ones(np.shape(w), bool)
+    part = np.partition(a_flat, n_prune - 1)
+    kth = part[n_prune - 1]  # part[:n_prune] holds the n_prune smallest, every score below kth among them
+    ties_pruned = n_prune - int(np.count_nonzero(part[:n_prune] < kth))
+    keep = a_flat > kth
+    if np.count_nonzero(part[n_prune:] == kth):  # ties on both sides: keep those last in W_OI's order
+        rows_in = math.prod(np.shape(w)[:n_in])
+        tied = np.flatnonzero(a_flat == kth)  # kernel index i * O + o is W_OI index o * I + i
+        order = np.argsort((tied % (a_flat.size // rows_in)) * rows_in + tied // (a_flat.size // rows_in))
+        keep[tied[order[ties_pruned:]]] = True
+    return keep.reshape(np.shape(w))
+
+
 def count_to_prune(size: int, ratio: float) -> int:
     """The exact number of weights a ratio removes from `size` (round half to even, as Python does)."""
     return int(round(size * ratio))

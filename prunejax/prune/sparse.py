@@ -32,6 +32,7 @@ from prunejax.prune.masks import (
     check_ratio,
     count_to_prune,
     from_rows,
+    magnitude_keep,
     mask_for,
     prune_lowest,
     prune_lowest_host,
@@ -95,16 +96,21 @@ def magnitude(
     check_pattern_fits(params, pattern)
 
     def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
-        if pattern is None:  # the whole matrix's selection, on the host (`prune_lowest_host`)
-            w = np.asarray(w_OI, np.float32)
-            mask = prune_lowest_host(np.abs(w).reshape(1, -1), count_to_prune(w.size, ratio)).reshape(w.shape)
-            return np.where(mask, w, np.float32(0)), mask
         mask = mask_for(jnp.abs(w_OI), ratio, pattern, per_row=False)
         return jnp.where(mask, w_OI, 0.0), mask
 
-    prune_layer = lambda lp: _prune_layer_with(lp, prune_matrix)  # noqa: E731
-    if pattern is not None:
-        prune_layer = jax.jit(prune_layer)  # one compile: layers share shapes
+    def prune_layer_host(lp: Params) -> tuple[Params, Params]:
+        """The whole matrix's selection, on the host, in each kernel's own layout (`magnitude_keep`)."""
+        new_lp, masks = jax.tree.map(lambda x: x, lp), {}
+        for name, (block, n_in) in PROJECTIONS.items():
+            w = np.asarray(lp[block][name])
+            keep = magnitude_keep(w, n_in, count_to_prune(w.size, ratio))
+            new_lp[block][name] = np.where(keep, w, np.zeros((), w.dtype))
+            masks.setdefault(block, {})[name] = keep
+        return new_lp, masks
+
+    # N:M: one compile, layers share shapes
+    prune_layer = prune_layer_host if pattern is None else jax.jit(lambda lp: _prune_layer_with(lp, prune_matrix))
     layers, masks = {}, {}
     for key, lp in params["layers"].items():
         layers[key], masks[key] = prune_layer(lp)
