@@ -140,9 +140,9 @@ def prune_lowest_host(scores_GS: np.ndarray, n_prune: int) -> np.ndarray:
 
 
 def magnitude_keep(w: np.ndarray, n_in: int, n_prune: int) -> np.ndarray:
-    """Keep-mask of a kernel `w` (in..., out...) with its `n_prune` smallest |w| pruned: the mask of
-    `prune_lowest_host(|as_rows(w)|` as one row`)`, ties pruned in W_OI's index order, computed in the
-    kernel's own layout. No transposed copy is made, and the counts come from the partitioned copy, so
+    """Keep-mask of a kernel `w` (in..., out...) with its `n_prune` smallest |w| pruned: the mask that
+    `prune_lowest_host` gives for |as_rows(w)| taken as one row (ties pruned in W_OI's index order),
+    computed in the kernel's own layout. No transposed copy is made, and the counts come from the partitioned copy, so
     it reads the matrix ~5 times instead of ~12 (SmolLM2's 210 matrices: see benchmarks/README.md)."""
     a_flat = np.abs(np.asarray(w, np.float32)).reshape(-1)
     if not 0 <= n_prune <= a_flat.size:
