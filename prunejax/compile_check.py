@@ -97,22 +97,19 @@ def _fit(name: str, compiled: Any, hbm: int) -> Fit:
 def check_train(cfg: Any, tcfg: Any, devices: list[Any], hbm: int) -> Fit:
     """Compile the real train step for `cfg` under train config `tcfg` on `devices`."""
     import jax
-    import jax.numpy as jnp
 
-    from prunejax import model, sharding
+    from prunejax import sharding
     from prunejax.train import optim, state, step
     from prunejax.train.run import check_micro_batch
 
     mesh = sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp, devices=devices)
     check_micro_batch(tcfg, mesh)  # as `train` refuses it, before compiling
     opt = optim.optimizer(tcfg, 1000)
-    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
-    abstract = jax.eval_shape(lambda p: state.init_state(p, None, opt, 0), params)
+    abstract = state.abstract_state(cfg, None, opt, 0, mesh)  # what `train` compiles ahead, on its mesh
     fn = state.jit_train_step(step.make_train_step(cfg, tcfg, opt, 1000), mesh, abstract)
-    micro = tcfg.global_batch // tcfg.grad_accum
-    tokens = jax.ShapeDtypeStruct((tcfg.grad_accum, micro, tcfg.seq_len), jnp.int32)
+    batch = state.abstract_batch(mesh, (tcfg.grad_accum, tcfg.global_batch // tcfg.grad_accum, tcfg.seq_len))
     with jax.set_mesh(mesh):  # activations follow the batch axes (prunejax.sharding.constrain_batch)
-        compiled = fn.lower(abstract, {"inputs": tokens, "targets": tokens}).compile()
+        compiled = fn.lower(abstract, batch).compile()
     return _fit(
         f"train step ({tcfg.global_batch} x {tcfg.seq_len}, {tcfg.compute_dtype}, remat={tcfg.remat})", compiled, hbm
     )
@@ -127,11 +124,11 @@ def check_calibration(
     import jax
     import jax.numpy as jnp
 
-    from prunejax import calibrate, model, sharding
+    from prunejax import calibrate, sharding
+    from prunejax.train.state import param_shapes
 
     mesh = sharding.parse_mesh(mesh_spec, devices=devices)  # prune --mesh (default: every device on the batch)
-    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
-    layer = params["layers"]["0"]
+    layer = param_shapes(cfg)["layers"]["0"]
     shardings = sharding.tree_shardings(mesh, layer)
     lp = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), layer, shardings)
     shape = (samples, seq_len, cfg.hidden_size)
@@ -153,12 +150,13 @@ def check_sparsegpt(cfg: Any, devices: list[Any], hbm: int, mesh_spec: str = "da
     import jax
     import jax.numpy as jnp
 
-    from prunejax import model, sharding
+    from prunejax import sharding
     from prunejax.prune import sparse
     from prunejax.prune.masks import PROJECTIONS
+    from prunejax.train.state import param_shapes
 
     mesh = sharding.parse_mesh(mesh_spec, devices=devices)
-    layer = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))["layers"]["0"]
+    layer = param_shapes(cfg)["layers"]["0"]
     shapes = set()
     for name, (block, n_in) in PROJECTIONS.items():
         kernel = layer[block][name].shape
