@@ -142,8 +142,8 @@ def prune_lowest_host(scores_GS: np.ndarray, n_prune: int) -> np.ndarray:
 def magnitude_keep(w: np.ndarray, n_in: int, n_prune: int) -> np.ndarray:
     """Keep-mask of a kernel `w` (in..., out...) with its `n_prune` smallest |w| pruned: the mask that
     `prune_lowest_host` gives for |as_rows(w)| taken as one row (ties pruned in W_OI's index order),
-    computed in the kernel's own layout. No transposed copy is made, and the counts come from the partitioned copy, so
-    it reads the matrix ~5 times instead of ~12 (SmolLM2's 210 matrices: see benchmarks/README.md)."""
+    computed in the kernel's own layout. No transposed copy is made, and the counts come from the
+    partitioned copy, so it reads the matrix ~5 times instead of ~12 (SmolLM2: benchmarks/README.md)."""
     a_flat = np.abs(np.asarray(w, np.float32)).reshape(-1)
     if not 0 <= n_prune <= a_flat.size:
         raise PruneError(f"cannot prune {n_prune} of {a_flat.size} weights per group")
@@ -154,9 +154,10 @@ def magnitude_keep(w: np.ndarray, n_in: int, n_prune: int) -> np.ndarray:
     ties_pruned = n_prune - int(np.count_nonzero(part[:n_prune] < kth))
     keep = a_flat > kth
     if np.count_nonzero(part[n_prune:] == kth):  # ties on both sides: keep those last in W_OI's order
-        rows_in = math.prod(np.shape(w)[:n_in])
+        n_i = math.prod(np.shape(w)[:n_in])
+        n_o = a_flat.size // n_i
         tied = np.flatnonzero(a_flat == kth)  # kernel index i * O + o is W_OI index o * I + i
-        order = np.argsort((tied % (a_flat.size // rows_in)) * rows_in + tied // (a_flat.size // rows_in))
+        order = np.argsort((tied % n_o) * n_i + tied // n_o)
         keep[tied[order[ties_pruned:]]] = True
     return keep.reshape(np.shape(w))
 

@@ -285,9 +285,8 @@ def train(
         calls = [(jitted, (abstract, batch))]
         if tcfg.val_batches:
             eval_fn = state_lib.jit_eval_step(make_eval_step(cfg, tcfg), mesh, abstract["params"])
-            calls.append(
-                (eval_fn, (abstract["params"], state_lib.abstract_batch(mesh, batch["inputs"].shape[1:], False)))
-            )
+            eval_batch = state_lib.abstract_batch(mesh, (tcfg.micro_batch, tcfg.seq_len), accumulated=False)
+            calls.append((eval_fn, (abstract["params"], eval_batch)))
         ahead = state_lib.compile_ahead(mesh, *calls)
     state = state_lib.place_state(mesh, state_lib.init_state(make_params(), masks, opt, tcfg.seed))
     checkpointer = ckpt.Checkpointer(out_dir, keep=tcfg.keep_checkpoints, use_async=tcfg.async_checkpoint)
