@@ -31,6 +31,11 @@ RUNS: dict[str, tuple[str, dict]] = {
     "minitron-depth": ("minitron-depth", {"ratio": 0.5}),
     "shortgpt": ("shortgpt", {"ratio": 0.5}),
     "minitron-width": ("minitron-width", {"ratio": 0.5}),
+    # OWL (issue 27) beside Wanda and magnitude at 0.5 and 0.7; the paper's M = 5, λ = 0.08
+    "owl": ("owl", {"ratio": 0.5}),
+    "magnitude 0.7": ("magnitude", {"ratio": 0.7}),
+    "wanda 0.7": ("wanda", {"ratio": 0.7}),
+    "owl 0.7": ("owl", {"ratio": 0.7}),
 }
 
 
@@ -51,11 +56,13 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
     cfg, params = load_any(args.model)
     method, options = RUNS[name]
     t0 = time.time()
-    realized = 0.0
+    realized, extra = 0.0, {}
     if method:
         tokens = calibrate.calibration_tokens(args.calib, args.calib_samples, args.calib_seq_len)
         result = prune(cfg, params, method, tokens, batch_size=args.batch_size, **options)
         cfg, params, realized = result.cfg, result.params, result.report["realized_ratio"]
+        if method == "owl":  # the allocation: each layer's outlier ratio, planned and realized ratio
+            extra = {k: result.report[k] for k in ("outlier_ratios", "layer_ratios", "per_layer")}
     seconds = time.time() - t0
     if args.save_dir and method:
         from prunejax import hf
@@ -67,7 +74,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
         toks = eval_tokens(data_dir, args.eval_windows, args.eval_seq_len)
         ppl[label] = math.exp(calibrate.lm_loss(cfg, params, toks, batch_size=args.batch_size))
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"name": name, "seconds": seconds, "peak_rss_mib": peak_mib, "realized_ratio": realized, **ppl}
+    return {"name": name, "seconds": seconds, "peak_rss_mib": peak_mib, "realized_ratio": realized, **ppl, **extra}
 
 
 def main() -> None:

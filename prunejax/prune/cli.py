@@ -2,6 +2,7 @@
 
   prunejax prune --model SRC --method M (--ratio R | --target hidden=..,ffn=..,layers=..,heads=..)
                  [--pattern N:M] --calib DATA_DIR [--calib-samples N] [--calib-seq-len L]
+                 [--owl-m M] [--owl-lambda L]
                  [--mesh data=N,fsdp=M,tp=K] --out MODEL_DIR [--overwrite]
   sheared trains its masks instead: --data DATA_DIR --prune-tokens N [--sheared-config YAML] [--run-dir DIR]
                  [--seed S]; with --run-dir it resumes, and SIGINT/SIGTERM save a checkpoint and exit
@@ -35,6 +36,7 @@ from prunejax import calibrate, hf, sharding, storage
 from prunejax.config import LlamaConfig
 from prunejax.data.store import TokenStore
 from prunejax.distributed import add_launch_args
+from prunejax.prune import owl
 from prunejax.prune.masks import PruneError, parse_pattern
 from prunejax.prune.registry import METHODS, NO_CALIBRATION, SPARSE, TRAINED, get_method
 from prunejax.prune.result import PruneResult, composed_result
@@ -56,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ratio", type=float, help="fraction of projection weights to remove, in (0, 1)")
     how.add_argument("--target", help="explicit shape, e.g. hidden=3072,ffn=9216 or layers=16")
     p.add_argument("--pattern", help="N:M sparsity along the input axis, e.g. 2:4 (sparse methods)")
+    p.add_argument(
+        "--owl-m", type=float, help=f"owl: outliers are scores above M x the layer's mean (default {owl.DEFAULT_M:g})"
+    )
+    p.add_argument(
+        "--owl-lambda",
+        type=float,
+        help=f"owl: the largest deviation of a layer's ratio from --ratio (default {owl.DEFAULT_LAMBDA:g})",
+    )
     p.add_argument("--calib", help="DATA_DIR whose train split calibrates (not needed by magnitude)")
     p.add_argument("--calib-samples", type=int, default=calibrate.DEFAULT_SAMPLES, help="calibration sequences")
     p.add_argument(
@@ -96,6 +106,7 @@ def _options(
     batch_size: int,
     mesh: str | jax.sharding.Mesh | None,
     trained: dict[str, Any],
+    owl_options: dict[str, float | None],
     overwrite: bool,
 ) -> dict[str, Any]:
     """Validated method options, before anything heavy is loaded."""
@@ -126,6 +137,13 @@ def _options(
     else:
         placed = sharding.parse_mesh(DEFAULT_MESH)
     options = {"ratio": ratio, "target": shape, "pattern": n_m, "batch_size": batch_size, "mesh": placed}
+    if method == "owl":
+        tuned = {"owl_m": owl.DEFAULT_M, "owl_lambda": owl.DEFAULT_LAMBDA}
+        tuned.update({k: v for k, v in owl_options.items() if v is not None})
+        owl.check_owl(ratio, n_m, tuned["owl_m"], tuned["owl_lambda"])
+        options.update(tuned)
+    elif any(v is not None for v in owl_options.values()):
+        raise PruneError(f"--owl-m/--owl-lambda apply to owl only, not {method}")
     if method in TRAINED:
         if trained["data"] is None or trained["prune_tokens"] is None:
             raise PruneError(f"{method} trains its masks: give --data DATA_DIR and --prune-tokens N")
@@ -187,6 +205,8 @@ def prune_model(
     sheared_config: str | None = None,
     run_dir: str | None = None,
     seed: int | None = None,
+    owl_m: float | None = None,
+    owl_lambda: float | None = None,
     overwrite: bool = False,
 ) -> str:
     """Prune `model` (MODEL_DIR, HF dir or .gguf) with `method` at `ratio` or to `target` and write the
@@ -204,6 +224,7 @@ def prune_model(
         batch_size=batch_size,
         mesh=mesh,
         trained=trained,
+        owl_options={"owl_m": owl_m, "owl_lambda": owl_lambda},
         overwrite=overwrite,
     )
     from prunejax.convert import load_any
@@ -253,6 +274,7 @@ def prune_model(
             "calib_seq_len": calib_seq_len if tokens is not None else None,
             "batch_size": batch_size,
             "mesh": dict(options["mesh"].shape) if options["mesh"] is not None else None,
+            **{k: options[k] for k in ("owl_m", "owl_lambda") if k in options},
         },
         "requested_ratio": requested,
         "realized_ratio": result.report["realized_ratio"],
@@ -302,6 +324,8 @@ def run(args: argparse.Namespace) -> str:
         sheared_config=args.sheared_config,
         run_dir=args.run_dir,
         seed=args.seed,
+        owl_m=args.owl_m,
+        owl_lambda=args.owl_lambda,
         overwrite=args.overwrite,
     )
 

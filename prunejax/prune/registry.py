@@ -3,7 +3,8 @@
 Every method is `fn(cfg, params, tokens_NL, *, ratio=None, target=None, pattern=None, batch_size=8,
 mesh=None) -> PruneResult`; calibration tokens [N, L] may be None for methods that need none
 (magnitude). A `mesh` splits each calibration batch over its (data, fsdp) axes (see
-`prunejax.calibrate`); Sheared trains on it instead of the mesh its config names.
+`prunejax.calibrate`); Sheared trains on it instead of the mesh its config names. OWL also takes
+`owl_m=` and `owl_lambda=` (see `prunejax.prune.owl`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from prunejax.config import LlamaConfig
 from prunejax.prune.depth import minitron_depth, shortgpt
 from prunejax.prune.masks import PruneError
+from prunejax.prune.owl import owl
 from prunejax.prune.result import PruneResult
 from prunejax.prune.sheared import sheared
 from prunejax.prune.sparse import magnitude, sparsegpt, wanda
@@ -27,13 +29,14 @@ METHODS: dict[str, Method] = {
     "magnitude": magnitude,
     "wanda": wanda,
     "sparsegpt": sparsegpt,
+    "owl": owl,
     "minitron-depth": minitron_depth,
     "shortgpt": shortgpt,
     "minitron-width": minitron_width,
     "sheared": sheared,
 }
 # Methods that zero weights under masks and keep every shape; only these prune an already sparse model.
-SPARSE = frozenset({"magnitude", "wanda", "sparsegpt"})
+SPARSE = frozenset({"magnitude", "wanda", "sparsegpt", "owl"})
 # Methods whose scores ignore the calibration data.
 NO_CALIBRATION = frozenset({"magnitude", "sheared"})
 # Methods that train on a token budget of a DATA_DIR (options data=, prune_tokens=, config=, run_dir=).

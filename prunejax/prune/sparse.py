@@ -8,12 +8,14 @@ decoder layer are pruned; embeddings, norms and the LM head are untouched and ge
              per block (N:M: per group of M columns) from w²/[H⁻¹]_jj², the error of every pruned
              weight compensated into the not-yet-processed columns of its row; layer-sequential; on a
              mesh the solve is sharded over output rows
+  owl        (in `owl`) Wanda at a ratio of its own per layer, set by the layer's share of outlier scores
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -34,6 +36,7 @@ from prunejax.prune.masks import (
     from_rows,
     magnitude_keep,
     mask_for,
+    nm_mask,
     prune_lowest,
     prune_lowest_host,
 )
@@ -124,6 +127,53 @@ def wanda_scores(w_OI: jax.Array, sq_norm_I: jax.Array) -> jax.Array:
     return jnp.abs(w_OI) * jnp.sqrt(sq_norm_I)[None, :]
 
 
+def wanda_mask(scores_OI: np.ndarray, n_prune: int) -> np.ndarray:
+    """Keep-mask pruning `n_prune` of a matrix's scores, compared within each output row, on the host
+    (`prune_lowest_host`): every row loses n_prune // O, and the first n_prune % O rows one more (Wanda's
+    own counts are whole rows; OWL's per-layer counts need not be)."""
+    o = scores_OI.shape[0]
+    per_row, extra = divmod(n_prune, o)
+    if extra == 0:
+        return prune_lowest_host(scores_OI, per_row)
+    more, fewer = prune_lowest_host(scores_OI[:extra], per_row + 1), prune_lowest_host(scores_OI[extra:], per_row)
+    return np.concatenate([more, fewer])
+
+
+CountOf = Callable[[str, str, tuple[int, int]], int]  # (layer key, projection, (O, I)) -> weights to prune
+
+
+def wanda_pass(
+    cfg: LlamaConfig,
+    params: Params,
+    tokens_NL: np.ndarray,
+    count_of: CountOf | None,
+    pattern: tuple[int, int] | None = None,
+    *,
+    batch_size: int = 8,
+    mesh: Mesh | None = None,
+) -> tuple[Params, Params]:
+    """Wanda's layer-sequential pass: (new params, masks). Each matrix loses `count_of(key, name, (O, I))`
+    weights (`wanda_mask`), or, with an N:M `pattern`, M - N of every M inputs of each row."""
+    masks: Params = {}
+
+    def prune_layer(key: str, lp: Params, stats: calibrate.Stats) -> Params:
+        def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
+            scores_OI = wanda_scores(w_OI, jnp.asarray(stats["sq_norm"][INPUT_OF[name]]))
+            if pattern is None:
+                mask = wanda_mask(np.asarray(scores_OI), count_of(key, name, scores_OI.shape))
+                return np.where(mask, np.asarray(w_OI, np.float32), np.float32(0)), mask
+            mask = nm_mask(scores_OI, *pattern)
+            return jnp.where(mask, w_OI, 0.0), mask
+
+        new_lp, masks[key] = _prune_layer_with(lp, prune_matrix)
+        return new_lp
+
+    new_params, _ = calibrate.sequential(
+        cfg, params, tokens_NL, ("sq_norm",), prune_layer, batch_size=batch_size, mesh=mesh
+    )
+    return new_params, {"layers": masks}
+
+
 def wanda(
     cfg: LlamaConfig,
     params: Params,
@@ -135,27 +185,15 @@ def wanda(
     batch_size: int = 8,
     mesh: Mesh | None = None,
 ) -> PruneResult:
-    """Wanda: layer-sequential, scores compared within each output row."""
+    """Wanda: layer-sequential, scores compared within each output row (every row loses the same count)."""
     ratio = check_sparse_request(ratio, target, pattern)
     check_pattern_fits(params, pattern)
-    masks: Params = {}
 
-    def prune_layer(key: str, lp: Params, stats: calibrate.Stats) -> Params:
-        def prune_matrix(name: str, w_OI: jax.Array) -> tuple[jax.Array, jax.Array]:
-            scores_OI = wanda_scores(w_OI, jnp.asarray(stats["sq_norm"][INPUT_OF[name]]))
-            if pattern is None:  # each row's selection, on the host (`prune_lowest_host`)
-                mask = prune_lowest_host(np.asarray(scores_OI), count_to_prune(scores_OI.shape[1], ratio))
-                return np.where(mask, np.asarray(w_OI, np.float32), np.float32(0)), mask
-            mask = mask_for(scores_OI, ratio, pattern, True)
-            return jnp.where(mask, w_OI, 0.0), mask
+    def count_of(key: str, name: str, shape_OI: tuple[int, int]) -> int:
+        return shape_OI[0] * count_to_prune(shape_OI[1], ratio)
 
-        new_lp, masks[key] = _prune_layer_with(lp, prune_matrix)
-        return new_lp
-
-    new_params, _ = calibrate.sequential(
-        cfg, params, tokens_NL, ("sq_norm",), prune_layer, batch_size=batch_size, mesh=mesh
-    )
-    return sparse_result(cfg, new_params, {"layers": masks}, {"method": "wanda", "comparison": "per output row"})
+    new_params, masks = wanda_pass(cfg, params, tokens_NL, count_of, pattern, batch_size=batch_size, mesh=mesh)
+    return sparse_result(cfg, new_params, masks, {"method": "wanda", "comparison": "per output row"})
 
 
 # ---- SparseGPT ---------------------------------------------------------------------------
