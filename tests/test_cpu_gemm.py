@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prunejax import config, cpu_gemm, model
+from prunejax import config, model
+from prunejax.kernels import cpu_gemm
 from prunejax.train.config import TrainConfig
 from prunejax.train.step import make_loss
 
@@ -33,7 +34,6 @@ def _require() -> None:
 def gemm(monkeypatch):
     """The custom call, on for any size even with the suite's 8 fake devices."""
     _require()
-    monkeypatch.setattr(model, "CPU_LOWERING", True)  # the custom call is part of the CPU lowering
     monkeypatch.setattr(cpu_gemm, "ENABLED", True)
     monkeypatch.setattr(cpu_gemm, "MIN_FLOPS", 0)
     return cpu_gemm
@@ -173,7 +173,6 @@ def test_tiny_study_shapes_stay_on_xla(monkeypatch, preset, batch, seq, calls):
     """The tiny study's train and eval steps (its parent is the tiny preset with 6 layers) trace no
     custom call at the default threshold: what they compute is what they computed before it existed."""
     _require()
-    monkeypatch.setattr(model, "CPU_LOWERING", True)
     monkeypatch.setattr(cpu_gemm, "ENABLED", True)
     cfg = config.preset(preset)
     params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
@@ -189,7 +188,6 @@ def test_smollm2_step_takes_it(monkeypatch):
     """SmolLM2-135M's step at 4 x 256: every projection but k/v (2.3e8 flops) and both backward
     products of each, the LM head included, take the custom call."""
     _require()
-    monkeypatch.setattr(model, "CPU_LOWERING", True)
     monkeypatch.setattr(cpu_gemm, "ENABLED", True)
     cfg = config.preset("smollm2-135m")
     params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.key(0)))
@@ -198,3 +196,22 @@ def test_smollm2_step_takes_it(monkeypatch):
     hlo = jax.jit(jax.grad(lambda p, i, t: loss(p, i, t, None)[0])).lower(params, toks, toks).as_text()
     per_layer = 5  # q, o, gate, up, down
     assert hlo.count(cpu_gemm.TARGET) == 3 * (per_layer * cfg.num_hidden_layers + 1)
+
+
+@pytest.mark.parametrize(
+    "vendor,mode,used", [("AuthenticAMD", "auto", False), ("GenuineIntel", "auto", True), ("AuthenticAMD", "mkl", True)]
+)
+def test_auto_uses_the_custom_call_where_it_pays_by_cpu_vendor(monkeypatch, vendor, mode, used):
+    """On AMD CPUs XLA's dot measured faster: `auto` keeps it there, and says why; `mkl` forces the call."""
+    _require()
+    monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda: vendor)
+    monkeypatch.setenv("PRUNEJAX_CPU_GEMM", mode)
+    monkeypatch.setattr(cpu_gemm, "ENABLED", None)
+    monkeypatch.setattr(cpu_gemm, "MIN_FLOPS", 0)
+    monkeypatch.setattr(cpu_gemm.jax, "device_count", lambda: 1)  # a single-device process, as verbs run
+    cpu_gemm._pays.cache_clear()
+    try:
+        assert cpu_gemm.usable(512, 512, 512, jnp.float32, jnp.float32) == used
+        assert ("on AMD CPUs" in cpu_gemm.status()) == (not used)
+    finally:
+        cpu_gemm._pays.cache_clear()

@@ -8,6 +8,7 @@ import pytest
 
 from prunejax import model
 from prunejax.config import TINY, RopeScaling
+from prunejax.kernels import attention, cpu
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +83,17 @@ def test_llama3_scaling_keeps_high_and_slows_low_frequencies():
 
 
 def test_blockwise_attention_equals_full_attention_and_its_gradient(params):
+    """The `xla` implementation's query blocks (each over only the keys it can see, recomputed in the
+    backward pass) give the forward and gradients of attending all queries at once."""
     t = tokens((2, 16))
-    full = model.forward(TINY, params, t, attn_block=None)
-    blocked = model.forward(TINY, params, t, attn_block=4)
+    full = model.forward(TINY, params, t, attn_block=None, attention="xla")
+    blocked = model.forward(TINY, params, t, attn_block=4, attention="xla")
     np.testing.assert_allclose(blocked, full, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(lambda p: model.forward(TINY, p, t, attn_block=4, attention="xla"))(params))
+    assert jaxpr.count("remat") == 4  # 4 blocks, each rematerialized, in the one scanned layer body
 
     def loss(p, block):
-        return jnp.mean(model.forward(TINY, p, t, attn_block=block) ** 2)
+        return jnp.mean(model.forward(TINY, p, t, attn_block=block, attention="xla") ** 2)
 
     g_full = jax.grad(loss)(params, None)
     g_block = jax.grad(loss)(params, 4)
@@ -111,7 +116,7 @@ def test_chunked_token_nll_equals_full_log_softmax(params):
 
 
 @pytest.mark.parametrize("n_in", [1, 2])
-def test_cpu_projection_and_its_gradient_equal_the_tensordot(monkeypatch, n_in):
+def test_cpu_projection_and_its_gradient_equal_the_tensordot(n_in):
     """`project`'s CPU lowering (one rank-2 matmul with a written-out backward) computes what the
     tensordot the accelerators run computes: the product, and the gradients of x and w."""
     rng = np.random.RandomState(0)
@@ -119,9 +124,8 @@ def test_cpu_projection_and_its_gradient_equal_the_tensordot(monkeypatch, n_in):
     w = jnp.asarray(rng.randn(*x.shape[x.ndim - n_in :], 7, 2), jnp.float32)
     cot = jnp.asarray(rng.randn(*x.shape[: x.ndim - n_in], 7, 2), jnp.float32)
 
-    def value_and_grads(cpu):
-        monkeypatch.setattr(model, "CPU_LOWERING", cpu)
-        y, pull = jax.vjp(lambda a, b: model.project(a, b, n_in), x, w)
+    def value_and_grads(on_cpu):
+        y, pull = jax.vjp(lambda a, b: model.project(a, b, n_in, "cpu" if on_cpu else "xla"), x, w)
         return (y, *pull(cot))
 
     for fast, ref in zip(value_and_grads(True), value_and_grads(False), strict=True):
@@ -132,7 +136,7 @@ def test_cpu_projection_and_its_gradient_equal_the_tensordot(monkeypatch, n_in):
 
 
 @pytest.mark.parametrize("offset,keys", [(0, 12), (4, 16)])
-def test_cpu_attention_and_its_gradient_equal_the_autodiff_attention(monkeypatch, offset, keys):
+def test_cpu_attention_and_its_gradient_equal_the_autodiff_attention(offset, keys):
     """The CPU attention's written-out backward (probabilities recomputed from the log-sum-exp, keys-major)
     gives the outputs and q/k/v gradients of plain softmax attention differentiated by JAX, for queries
     that start at `offset` (a later block of blockwise attention) over all `keys`."""
@@ -142,9 +146,9 @@ def test_cpu_attention_and_its_gradient_equal_the_autodiff_attention(monkeypatch
     k, v = (jnp.asarray(rng.randn(b, kv, keys, h), jnp.float32) for _ in range(2))
     cot = jnp.asarray(rng.randn(b, kv, g, length, h), jnp.float32)
 
-    def value_and_grads(cpu):
-        monkeypatch.setattr(model, "CPU_LOWERING", cpu)
-        out, pull = jax.vjp(lambda q, k, v: model._attend(q, k, v, offset), q, k, v)
+    def value_and_grads(on_cpu):
+        attend = cpu.attend if on_cpu else attention.attend_xla
+        out, pull = jax.vjp(lambda q, k, v: attend(q, k, v, offset), q, k, v)
         return (out, *pull(cot))
 
     fast, ref = value_and_grads(True), value_and_grads(False)
@@ -166,16 +170,15 @@ def test_cpu_attention_in_causal_blocks_equals_attending_all_queries_at_once(mon
     q = jnp.asarray(rng.randn(b, kv, g, length, h), jnp.float32)
     k, v = (jnp.asarray(rng.randn(b, kv, keys, h), jnp.float32) for _ in range(2))
     cot = jnp.asarray(rng.randn(b, kv, g, length, h), jnp.float32)
-    monkeypatch.setattr(model, "CPU_LOWERING", True)
-    monkeypatch.setattr(model, "CAUSAL_MAX_BLOCKS", 8)
+    monkeypatch.setattr(cpu, "CAUSAL_MAX_BLOCKS", 8)
 
     def value_and_grads(block):
-        monkeypatch.setattr(model, "CAUSAL_BLOCK", block)
-        out, pull = jax.vjp(lambda q, k, v: model._attend(q, k, v, offset), q, k, v)
+        monkeypatch.setattr(cpu, "CAUSAL_BLOCK", block)
+        out, pull = jax.vjp(lambda q, k, v: cpu.attend(q, k, v, offset), q, k, v)
         return (out, *pull(cot))
 
     blocked = value_and_grads(4)
-    jaxpr = str(jax.make_jaxpr(lambda q, k, v: model._attend(q, k, v, offset))(q, k, v))
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: cpu.attend(q, k, v, offset))(q, k, v))
     assert jaxpr.count("custom_vjp_call") == -(-length // 4)  # one CPU attention per block of 4 queries
     for a, r in zip(blocked, value_and_grads(0), strict=True):
         np.testing.assert_allclose(a, r, atol=1e-5)

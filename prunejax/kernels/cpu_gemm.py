@@ -12,6 +12,7 @@ extra: `pip install prunejax[cpu]`) and the handler built (`prunejax cpu-gemm bu
 `make setup` runs; it needs a C++17 compiler). Anything else takes XLA's dot, which computes the same
 product in another summation order. `PRUNEJAX_CPU_GEMM=xla` turns it off; `=mkl` makes its absence
 an error instead of a fallback. `prunejax cpu-gemm status` (or `status()`) says which is in use and why.
+It is used where it pays: `auto` keeps XLA's dot on AMD CPUs, where it measured faster (`_pays`).
 
 MKL runs sequentially, and the handler splits each product into pieces of rows that run on XLA's
 own intra-op threads (the calling thread included). MKL's own OpenMP threads, tried first, competed
@@ -126,9 +127,35 @@ def _load() -> tuple[bool, str]:
     return True, f"MKL's sgemm ({os.path.basename(mkl_path)}, {runtime})"
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor_id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def _pays() -> tuple[bool, str]:
+    """Whether `auto` uses the loaded custom call on this CPU: not on AMD's. On an AMD EPYC host the
+    SmolLM2 train step took 5.4 s with it against 4.9 s with XLA's dot (A/B in alternating processes,
+    benchmarks/README.md), while on the Intel host before it closed SmolLM2's forward gap to torch.
+    PRUNEJAX_CPU_GEMM=mkl uses it on any CPU."""
+    if os.environ.get("PRUNEJAX_CPU_GEMM", "auto") == "mkl" or cpu_vendor() != "AuthenticAMD":
+        return True, ""
+    return False, "XLA's dot: on AMD CPUs it is faster than MKL's sgemm (PRUNEJAX_CPU_GEMM=mkl to use MKL)"
+
+
 def status() -> str:
     """Which float32 matmul a single-device CPU process runs, and why."""
-    return _load()[1]
+    ok, why = _load()
+    if ok and not _pays()[0]:
+        return _pays()[1]
+    return why
 
 
 def usable(m: int, k: int, n: int, *dtypes: jnp.dtype) -> bool:
@@ -138,7 +165,7 @@ def usable(m: int, k: int, n: int, *dtypes: jnp.dtype) -> bool:
         return False
     if ENABLED is False or jax.default_backend() != "cpu":
         return False
-    if ENABLED is None and jax.device_count() != 1:
+    if ENABLED is None and (jax.device_count() != 1 or not _pays()[0]):
         return False
     return _load()[0]
 

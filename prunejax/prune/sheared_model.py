@@ -35,21 +35,22 @@ def masked_forward(
     dtype: Any = jnp.float32,
     remat: bool = False,
     block: int | None = ATTN_BLOCK,
+    attention: str = "auto",
 ) -> jax.Array:
     """Logits [B,L,V] in float32 of the gated model (gates: sampled or deterministic values). Each layer is
     the model's own decoder layer with the gates multiplied in (`prunejax.model.gated_layer`), with the
-    forward pass's blockwise attention for sequences longer than `block`."""
+    forward pass's attention implementation (`attention`, see `prunejax.kernels.attention`)."""
     z_D = gates["hidden"]
     open_D = (z_D != 0).astype(jnp.float32)
     rope = rope_tables(cfg, jnp.arange(tokens_BL.shape[1]))
     x_BLD = jnp.take(params["embed_tokens"], tokens_BL, axis=0).astype(dtype) * z_D.astype(dtype)
-    step = jax.checkpoint(gated_layer, static_argnums=(0, 5)) if remat else gated_layer
+    step = jax.checkpoint(gated_layer, static_argnums=(0, 5, 6)) if remat else gated_layer
     for i in range(cfg.num_hidden_layers):
         z = LayerGates(gates["layers"][i], gates["heads"][i], gates["ffn"][i], z_D, open_D)
-        x_BLD = step(cfg, params["layers"][str(i)], x_BLD, rope, z, block)
+        x_BLD = step(cfg, params["layers"][str(i)], x_BLD, rope, z, block, attention)
     x_BLD = open_rms_norm(x_BLD, params["norm"], open_D, cfg.rms_norm_eps)
     w_DV = params["embed_tokens"].T if cfg.tie_word_embeddings else params["lm_head"]
-    return project(x_BLD, w_DV, 1).astype(jnp.float32)
+    return project(x_BLD, w_DV, 1, attention).astype(jnp.float32)
 
 
 def _kept_rows(z: np.ndarray, name: str) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ import yaml
 
 from prunejax import yamlconf
 from prunejax.config import ConfigError, as_float
+from prunejax.kernels import IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,9 @@ class TrainConfig:
     # numerics: fp32 master weights always; compute in float32, bfloat16, or auto (bf16 on GPU/TPU, f32 on CPU)
     compute_dtype: str = "auto"
     remat: bool = False
+    # attention implementation (prunejax.kernels.attention): auto (splash on TPU, cuDNN on GPU, the CPU
+    # lowering on CPU), or one of xla, splash, cudnn, cpu to override the platform's choice
+    attention: str = "auto"
     seed: int = 0
     # data: a token range of one split of the DATA_DIR
     data_split: str = "train"
@@ -73,6 +77,8 @@ class TrainConfig:
             raise ConfigError(f"grad_reduce must be xla or ordered, got {self.grad_reduce!r}")
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+        if self.attention not in IMPLEMENTATIONS:
+            raise ConfigError(f"attention must be one of {', '.join(IMPLEMENTATIONS)}, got {self.attention!r}")
         if not 0 <= self.warmup_frac < 1 or not 0 <= self.final_lr_frac <= 1:
             raise ConfigError("warmup_frac must be in [0, 1) and final_lr_frac in [0, 1]")
         if not 0 <= self.distill_alpha <= 1 or self.distill_temperature <= 0:

@@ -65,12 +65,15 @@ def make_loss(
 
     def loss(params: Any, inputs_BL: jax.Array, targets_BL: jax.Array, teacher: Any) -> tuple[jax.Array, jax.Array]:
         if not alpha:  # LM head + log-softmax in chunks: [B, L, V] logits never exist at once
-            nll_BL = model.token_nll(cfg, params, inputs_BL, targets_BL, dtype=dtype, remat=tcfg.remat)
+            nll_BL = model.token_nll(
+                cfg, params, inputs_BL, targets_BL, dtype=dtype, remat=tcfg.remat, attention=tcfg.attention
+            )
             ce = jnp.mean(nll_BL)
             return ce, ce
-        logits_BLV = model.forward(cfg, params, inputs_BL, dtype=dtype, remat=tcfg.remat)
+        logits_BLV = model.forward(cfg, params, inputs_BL, dtype=dtype, remat=tcfg.remat, attention=tcfg.attention)
         ce = cross_entropy(logits_BLV, targets_BL)
-        teacher_BLV = jax.lax.stop_gradient(model.forward(teacher_cfg, teacher, inputs_BL, dtype=dtype))
+        teacher_BLV = model.forward(teacher_cfg, teacher, inputs_BL, dtype=dtype, attention=tcfg.attention)
+        teacher_BLV = jax.lax.stop_gradient(teacher_BLV)
         return (1 - alpha) * ce + alpha * distill_kl(logits_BLV, teacher_BLV, tcfg.distill_temperature), ce
 
     return loss
@@ -185,7 +188,7 @@ def make_eval_step(cfg: LlamaConfig, tcfg: TrainConfig) -> Callable[[Any, Batch]
     dtype = compute_dtype(tcfg)
 
     def eval_step(params: Any, batch: Batch) -> jax.Array:
-        logits_BLV = model.forward(cfg, params, batch["inputs"], dtype=dtype)
+        logits_BLV = model.forward(cfg, params, batch["inputs"], dtype=dtype, attention=tcfg.attention)
         return jnp.mean(model.nll_from_logits(logits_BLV.astype(jnp.float32), batch["targets"]), axis=1)
 
     return eval_step
