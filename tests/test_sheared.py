@@ -124,12 +124,12 @@ def test_all_open_gates_equal_plain_forward(params):
 
 
 def test_gated_forward_runs_the_models_blockwise_attention(params):
-    """Long sequences take the forward pass's blockwise attention (queries in blocks of 4 here): the same
-    logits as full attention, with sampled gates, and with remat."""
+    """The gated forward takes the model's attention implementations: the `xla` one's query blocks (4
+    here) give the same logits as the CPU lowering's, with sampled gates, and with remat."""
     z = sg.sample_gates(random_log_alpha(), jax.random.key(3))
-    full = masked_forward(CFG, params, z, tokens(length=12), block=None)
+    full = masked_forward(CFG, params, z, tokens(length=12), attention="cpu")
     for remat in (False, True):
-        blocked = masked_forward(CFG, params, z, tokens(length=12), block=4, remat=remat)
+        blocked = masked_forward(CFG, params, z, tokens(length=12), block=4, remat=remat, attention="xla")
         np.testing.assert_allclose(blocked, full, atol=1e-5)
 
 

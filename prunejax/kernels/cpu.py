@@ -127,7 +127,7 @@ def attend(q_BKGLH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, offset: jax
     last position): the fully masked key blocks above the diagonal are never computed (3/8 of the work
     with 4 blocks at L = S; torch's CPU flash attention skips them too). Blocks hold at least
     CAUSAL_BLOCK queries and there are at most CAUSAL_MAX_BLOCKS (the last may be shorter). Only with a
-    static offset: a traced one (`blockwise_attention`'s blocks) attends all of its queries at once."""
+    static offset: a traced one attends all of its queries at once."""
     length, keys = q_BKGLH.shape[3], k_BKSH.shape[2]
     block = max(CAUSAL_BLOCK, -(-length // CAUSAL_MAX_BLOCKS))
     if not isinstance(offset, int) or CAUSAL_BLOCK <= 0 or length <= block:

@@ -83,4 +83,9 @@ def kernel_flops(batch: int, heads: int, length: int, head_dim: int) -> dict[str
     n = length // block
     unit = 2.0 * batch * heads * head_dim * block * block * n * (n + 1) / 2
     flops = {"fwd": 2 * unit, "dq": 3 * unit, "dkv": 4 * unit}
-    return {f"splash_mha_{kind}_{res}": value for kind, value in flops.items() for res in ("residuals", "no_residuals")}
+    return {  # MaxText's kernels are the "segmented" ones (they take segment ids)
+        f"splash_mha_{kind}{seg}_{res}": value
+        for kind, value in flops.items()
+        for seg in ("", "_segmented")
+        for res in ("residuals", "no_residuals")
+    }
