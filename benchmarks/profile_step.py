@@ -57,7 +57,7 @@ def jax_parts(cfg, batch: int, seq: int) -> dict[str, Part]:
     kv, n, h = cfg.num_key_value_heads, cfg.num_attention_heads, cfg.head_dim
     q5 = jax.random.normal(jax.random.key(2), (batch, seq, kv, n // kv, h))
     k4 = jax.random.normal(jax.random.key(3), (batch, seq, kv, h))
-    layer = model._merge(cfg, lp, "layer")
+    layer = model._layer(cfg, lp)
 
     def grad_of(f, *args, ints=()):
         """f's gradient in `args`; `ints` (token ids) are arguments too, not constants XLA would fold."""

@@ -150,12 +150,12 @@ def test_depth_methods_choose_the_obvious_layers(tokens):
 
 
 def test_width_importance_reduction_by_hand(params, tokens):
-    from prunejax.model import _merge, layer_mlp_hidden, rms_norm, rope_tables
+    from prunejax.model import _layer, layer_mlp_hidden, rms_norm, rope_tables
     from prunejax.prune.width import width_importance
 
     imp = width_importance(CFG, params, tokens)
     lp = params["layers"]["0"]
-    layer = _merge(CFG, lp, "layer")  # the model's own modules, independent of the calibration code
+    layer = _layer(CFG, lp)  # the model's own modules, independent of the calibration code
     x = embed(CFG, params, jnp.asarray(tokens))
     cos, sin = rope_tables(CFG, jnp.arange(tokens.shape[1]))
     h_mid = x + layer.self_attn(rms_norm(x, lp["input_layernorm"], CFG.rms_norm_eps), cos, sin)
