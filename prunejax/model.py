@@ -141,6 +141,11 @@ class Attention(nnx.Module):
         out_BLKGH = attention_kernels.causal_attention(q_BLKGH, k_BSKH, v_BSKH, attention, block)
         return out_BLKGH.reshape(b, length, n, h)
 
+    def __call__(
+        self, x_BLD: jax.Array, cos_LH: jax.Array, sin_LH: jax.Array, block: int | None = None, attention: str = "auto"
+    ) -> jax.Array:
+        return project(self.heads(x_BLD, cos_LH, sin_LH, block, attention), self.o_proj[...], 2, attention)
+
 
 class MLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, dtype: Any, rngs: nnx.Rngs):
@@ -154,6 +159,9 @@ class MLP(nnx.Module):
         gate_BLF = project(x_BLD, self.gate_proj[...], 1, attention)
         up_BLF = project(x_BLD, self.up_proj[...], 1, attention)
         return jax.nn.silu(gate_BLF) * up_BLF
+
+    def __call__(self, x_BLD: jax.Array, attention: str = "auto") -> jax.Array:
+        return project(self.hidden(x_BLD, attention), self.down_proj[...], 1, attention)
 
 
 class DecoderLayer(nnx.Module):
