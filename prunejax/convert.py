@@ -8,7 +8,7 @@ import argparse
 import os
 import tempfile
 
-from prunejax import hf, storage
+from prunejax import hf, locks, storage
 from prunejax.config import LlamaConfig
 from prunejax.distributed import add_launch_args
 from prunejax.hf import Params
@@ -24,6 +24,7 @@ def load_any(src: str, *, place: hf.Place | None = None) -> tuple[LlamaConfig, P
     return hf.load(src, place=place)
 
 
+@locks.writes("out_dir")  # one writer per MODEL_DIR
 def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool = False) -> str:
     """Write `src` as a MODEL_DIR at `out_dir`, tokenizer and masks included; `dtype` casts the weights."""
     import jax

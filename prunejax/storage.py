@@ -13,13 +13,21 @@ not have about every bucket before every call). Orbax's checkpoints go through
 tensorstore, which reads its own variable, TENSORSTORE_GCS_HTTP_URL: when only STORAGE_EMULATOR_HOST
 is set, prunejax points tensorstore at the same emulator before the first checkpoint, so one run never
 writes half its files to the emulator and half to Google.
+
+Storage that stops answering is an error, not a hang: every call here has a deadline, PRUNEJAX_STORAGE_TIMEOUT
+seconds (default 180) for the whole call, its retries included (gcsfs retries a failed request a bounded number
+of times; a request that receives nothing for a quarter of the deadline counts as failed), and fails with one
+StorageError naming the bucket and the operation. Tensorstore's requests (Orbax checkpoints) get the same stall
+limit. A transfer's deadline grows by one second per MB moved.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -28,6 +36,10 @@ from prunejax import distributed
 
 MARKER = "_PRUNEJAX_COMMITTED"
 SCHEMES = ("gs://",)
+TIMEOUT_ENV = "PRUNEJAX_STORAGE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 180.0
+# GCS's rule for bucket names without dots (dotted names are domain names and need verification)
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]")
 
 _cache: dict[tuple[str, str], str] = {}  # (remote dir, sub-directory) -> local copy
 _cache_root: str | None = None
@@ -41,19 +53,69 @@ def is_remote(path: str | os.PathLike | None) -> bool:
     return path is not None and str(path).startswith(SCHEMES)
 
 
+def timeout_s() -> float:
+    """The deadline of one storage call, retries included (PRUNEJAX_STORAGE_TIMEOUT, seconds)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise StorageError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise StorageError(f"{TIMEOUT_ENV}={raw!r} must be a positive, finite number of seconds")
+    return value
+
+
+def bucket_of(path: str) -> str:
+    return str(path).split("://", 1)[1].split("/", 1)[0]
+
+
 def filesystem(path: str) -> Any:
-    """The fsspec filesystem serving `path` (gcsfs for gs://)."""
+    """The fsspec filesystem serving `path` (gcsfs for gs://), its requests bounded by the storage deadline."""
     import fsspec
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         # gcsfs's default file system asks GCS's gRPC control plane for every bucket's layout before each
         # call, which an emulator does not serve: each call then fails that lookup and logs a warning
         os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    if is_remote(path):
+        import aiohttp
 
+        # a request that receives nothing for a quarter of the deadline fails (and is retried, a bounded number
+        # of times); set as fsspec's default so the instances Orbax's epath makes get it too
+        stall = max(timeout_s() / 4, 1.0)
+        limit = aiohttp.ClientTimeout(total=None, sock_connect=stall, sock_read=stall)
+        fsspec.config.conf["gs"] = {**fsspec.config.conf.get("gs", {}), "requests_timeout": limit}
+        # gcsfs logs each failed retry with a traceback; the StorageError raised here says it once
+        logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     try:
         return fsspec.filesystem(str(path).split("://", 1)[0])
     except ImportError as e:
         raise StorageError(f"{path}: gs:// needs gcsfs: pip install -e '.[gcs]' ({e})") from e
+
+
+def call(operation: str, path: str, method: str, *args: Any, nbytes: int = 0, **kwargs: Any) -> Any:
+    """`filesystem(path).method(*args, **kwargs)` within the storage deadline (plus a second per MB of
+    `nbytes` moved); a failure other than a missing or already existing object is one StorageError naming
+    the bucket and `operation`."""
+    from fsspec.exceptions import FSTimeoutError
+
+    deadline = timeout_s() + nbytes / 1e6
+    fs = filesystem(path)
+    try:
+        return getattr(fs, method)(*args, timeout=deadline, **kwargs)
+    except (FileNotFoundError, FileExistsError, StorageError):
+        raise
+    except (FSTimeoutError, TimeoutError) as e:
+        raise StorageError(
+            f"bucket {bucket_of(path)!r} did not answer ({operation} {path}) within {deadline:g} s "
+            f"({TIMEOUT_ENV}); is the storage service reachable?"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - network, auth, server errors: one message naming the bucket
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise StorageError(
+            f"bucket {bucket_of(path)!r}: {operation} {path} failed ({type(e).__name__}{': ' if reason else ''}"
+            f"{reason})"
+        ) from e
 
 
 def absolute(path: str) -> str:
@@ -66,25 +128,30 @@ def join(path: str, *parts: str) -> str:
 
 
 def check_bucket(path: str) -> None:
-    """A StorageError naming the bucket when it does not exist or cannot be reached (credentials)."""
-    fs = filesystem(path)
-    bucket = str(path).split("://", 1)[1].split("/", 1)[0]
+    """A StorageError naming the bucket when its name is not one GCS accepts, or it does not exist or cannot
+    be reached (credentials, network)."""
+    bucket = bucket_of(path)
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise StorageError(
+            f"{path}: {bucket!r} is not a valid bucket name (3-63 characters: lowercase letters, digits, dashes, "
+            "underscores and dots, starting and ending with a letter or digit)"
+        )
     try:
-        found = fs.exists(bucket)
-    except Exception as e:  # noqa: BLE001 - auth or network: say which bucket and why
-        raise StorageError(f"{path}: cannot reach bucket {bucket!r} ({type(e).__name__}: {e})") from e
+        found = call("check bucket", path, "exists", bucket)
+    except StorageError as e:  # auth or network: say which bucket and why
+        raise StorageError(f"{path}: cannot reach bucket {bucket!r}: {e}") from e
     if not found:
         raise StorageError(f"{path}: bucket {bucket!r} does not exist (or these credentials cannot see it)")
 
 
 def committed(path: str) -> bool:
     """Whether a remote directory carries its commit marker."""
-    return filesystem(path).exists(join(path, MARKER))
+    return call("look for the commit marker of", path, "exists", join(path, MARKER))
 
 
 def exists(path: str) -> bool:
     """A local path, or a remote object or prefix (a directory with any object under it, committed or not)."""
-    return filesystem(path).exists(path) if is_remote(path) else os.path.exists(path)
+    return call("look for", path, "exists", path) if is_remote(path) else os.path.exists(path)
 
 
 def check_free(path: str, overwrite: bool, directory: bool = True) -> None:
@@ -127,12 +194,11 @@ def refuse_existing(path: str, overwrite: bool, directory: bool = True) -> None:
 
 def read_marker(path: str) -> dict[str, int]:
     """The committed files of a remote directory and their sizes; refuses one without a marker."""
-    fs = filesystem(path)
     check_bucket(path)
     try:
-        raw = fs.cat_file(join(path, MARKER))
+        raw = call("read the commit marker of", path, "cat_file", join(path, MARKER))
     except FileNotFoundError:
-        if fs.exists(path) and fs.ls(path, detail=False):
+        if exists(path) and call("list", path, "ls", path, detail=False):
             raise StorageError(
                 f"{path} has no commit marker {MARKER}: it is incomplete (a writer stopped before committing) "
                 "or not a prunejax artifact; rerun the stage that writes it"
@@ -152,14 +218,13 @@ def local_dir(path: str, only: str | tuple[str, ...] = "") -> str:
     if (key, only) in _cache:
         return _cache[key, only]
     files = read_marker(key)
-    fs = filesystem(key)
     local = tempfile.mkdtemp(dir=_root(), prefix="dir-")
     for rel, size in files.items():
         if not rel.startswith(only):
             continue
         dst = os.path.join(local, *rel.split("/"))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        fs.get_file(join(key, rel), dst)
+        call("download", join(key, rel), "get_file", join(key, rel), dst, nbytes=size)
         if os.path.getsize(dst) != size:
             raise StorageError(f"{join(key, rel)}: {os.path.getsize(dst)} bytes, its commit marker says {size}")
     _cache[key, only] = local
@@ -168,7 +233,7 @@ def local_dir(path: str, only: str | tuple[str, ...] = "") -> str:
 
 def read_range(path: str, start: int, end: int) -> bytes:
     """Bytes [start, end) of a remote object: one ranged GET, nothing else is downloaded."""
-    data = filesystem(path).cat_file(path, start=start, end=end)
+    data = call("read", path, "cat_file", path, start=start, end=end, nbytes=end - start)
     if len(data) != end - start:
         raise StorageError(f"{path}: asked for bytes [{start}, {end}), got {len(data)}")
     return data
@@ -189,24 +254,23 @@ def publish(local: str, path: str, overwrite: bool = False) -> str:
     """Upload the finished local directory `local` to remote `path` and commit it (marker last).
     An existing committed directory needs `overwrite`; its marker is removed first, so a crash midway
     leaves an uncommitted directory that readers refuse, never a mix that looks complete."""
-    fs = filesystem(path)
     check_bucket(path)
     path = str(path).rstrip("/")
-    if fs.exists(join(path, MARKER)):
+    if committed(path):
         if not overwrite:
             raise FileExistsError(f"{path} exists (pass --overwrite)")
-        fs.rm_file(join(path, MARKER))
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+        call("uncommit", path, "rm_file", join(path, MARKER))
+    if exists(path):
+        call("clear", path, "rm", path, recursive=True)
     files = {}
     for base, _, names in os.walk(local):
         for name in sorted(names):
             src = os.path.join(base, name)
             rel = os.path.relpath(src, local).replace(os.sep, "/")
-            fs.put_file(src, join(path, rel))
             files[rel] = os.path.getsize(src)
-    with fs.open(join(path, MARKER), "wb") as f:
-        f.write(json.dumps({"format": "prunejax-commit/1", "files": files}, indent=1).encode())
+            call("upload", join(path, rel), "put_file", src, join(path, rel), nbytes=files[rel])
+    marker = json.dumps({"format": "prunejax-commit/1", "files": files}, indent=1).encode()
+    call("commit", path, "pipe_file", join(path, MARKER), marker)
     for cached in [k for k in _cache if k[0] == path]:
         _cache.pop(cached)
     return path
@@ -215,16 +279,15 @@ def publish(local: str, path: str, overwrite: bool = False) -> str:
 def list_names(path: str) -> list[str]:
     """The names directly under a local directory or a remote prefix."""
     if is_remote(path):
-        fs = filesystem(path)
-        fs.invalidate_cache(path)
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        filesystem(path).invalidate_cache(path)
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in call("list", path, "ls", path, detail=False))
     return sorted(os.listdir(path))
 
 
 def remove_file(path: str) -> None:
     """Delete one local file or one remote object."""
     if is_remote(path):
-        filesystem(path).rm_file(path)
+        call("delete", path, "rm_file", path)
     else:
         os.remove(path)
 
@@ -232,7 +295,7 @@ def remove_file(path: str) -> None:
 def remove_tree(path: str) -> None:
     """Delete a local directory or everything under a remote prefix."""
     if is_remote(path):
-        filesystem(path).rm(path, recursive=True)
+        call("delete", path, "rm", path, recursive=True)
     else:
         shutil.rmtree(path)
 
@@ -241,8 +304,7 @@ def write_file(path: str, data: bytes) -> None:
     """One object (or an atomic local file write through a temporary sibling)."""
     if is_remote(path):
         check_bucket(path)
-        with filesystem(path).open(path, "wb") as f:
-            f.write(data)
+        call("write", path, "pipe_file", path, data, nbytes=len(data))
         return
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -259,15 +321,27 @@ def write_file(path: str, data: bytes) -> None:
 
 def read_file(path: str) -> bytes:
     if is_remote(path):
-        return filesystem(path).cat_file(path)
+        return call("read", path, "cat_file", path)
     with open(path, "rb") as f:
         return f.read()
 
 
-def route_tensorstore_to_emulator() -> None:
-    """Point tensorstore's GCS driver at the emulator gcsfs uses (STORAGE_EMULATOR_HOST), unless it is told
-    otherwise (TENSORSTORE_GCS_HTTP_URL). Must run before tensorstore's first gs:// request: it reads the
-    variable once. Against the real GCS (no emulator variable) nothing is set."""
+def prepare_tensorstore() -> None:
+    """Give tensorstore's HTTP requests (Orbax's gs:// checkpoints) the storage stall limit, and point its GCS
+    driver at the emulator gcsfs uses (STORAGE_EMULATOR_HOST), unless told otherwise (the TENSORSTORE_*
+    variables). Must run before tensorstore's first gs:// request: it reads the variables once."""
+    stall = max(round(timeout_s() / 4), 1)
+    os.environ.setdefault("TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS", str(stall))
+    os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(stall))  # below 1 byte/s for that long
+    os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
+    # tensorstore retries a failed GCS request 32 times, up to 32 s apart (many minutes against a storage that
+    # stopped answering); Orbax builds every context from these two dicts, so bound the retries there: about
+    # the storage deadline in all
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    retries = {"max_retries": 3, "initial_delay": "1s", "max_delay": f"{stall}s"}
+    for context in (tensorstore_utils._BASE_TS_CONTEXT, tensorstore_utils._DEFAULT_OCDBT_TS_CONTEXT):
+        context["gcs_request_retries"] = retries
     host = os.environ.get("STORAGE_EMULATOR_HOST")
     if host and "TENSORSTORE_GCS_HTTP_URL" not in os.environ:
         os.environ["TENSORSTORE_GCS_HTTP_URL"] = host if "://" in host else f"http://{host}"

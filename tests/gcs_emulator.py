@@ -3,12 +3,19 @@
 Real GCS answers every media download with `x-goog-generation`. gcp-storage-emulator does not, and
 tensorstore's gcs driver (under Orbax's checkpoints) takes an object's generation from that header and
 refuses the read without it ("Malformed StorageGeneration"). This adds the header, from the object's own
-metadata, to the emulator's download handler and then runs the emulator unchanged:
+metadata, to the emulator's download handler. Real GCS also honours `ifGenerationMatch` on uploads and deletes
+(HTTP 412 when the object's generation, 0 for none, differs), which prunejax's gs:// locks rely on and the
+emulator ignores: this checks it, under one lock with the write itself. Then it runs the emulator unchanged:
 
     python tests/gcs_emulator.py start --host 127.0.0.1 --port N --in-memory --default-bucket B
 """
 
+import socket
+import subprocess
 import sys
+import threading
+import time
+from http import HTTPStatus
 
 from gcp_storage_emulator import __main__ as emulator
 from gcp_storage_emulator import server
@@ -27,11 +34,67 @@ def download(request, response, storage, *args, **kwargs):
     return _download(request, response, storage, *args, **kwargs)
 
 
-objects.download = download
+_conditional = threading.Lock()  # a precondition and the write it guards happen as one
+
+
+def _generation(storage, bucket, name):
+    try:
+        return str(storage.get_file_obj(bucket, name)["generation"])
+    except Exception:  # noqa: BLE001 - no such object: generation 0
+        return "0"
+
+
+def precondition(handler, object_id):
+    def checked(request, response, storage, *args, **kwargs):
+        wanted = request.query.get("ifGenerationMatch")
+        if not wanted:
+            return handler(request, response, storage, *args, **kwargs)
+        with _conditional:
+            name = object_id(request)
+            if _generation(storage, request.params["bucket_name"], name) != wanted[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({"error": {"code": 412, "message": "conditionNotMet: precondition failed"}})
+                return None
+            return handler(request, response, storage, *args, **kwargs)
+
+    return checked
+
+
+def _upload_name(request):
+    return request.query["name"][0] if "name" in request.query else (request.data or {}).get("meta", {}).get("name")
+
+
+_replace = {
+    _download: download,
+    objects.insert: precondition(objects.insert, _upload_name),
+    objects.delete: precondition(objects.delete, lambda request: request.params["object_id"]),
+}
+objects.download, objects.insert, objects.delete = (_replace[f] for f in (_download, objects.insert, objects.delete))
 server.HANDLERS = tuple(
-    (regex, {method: download if handler is _download else handler for method, handler in handlers.items()})
+    (regex, {method: _replace.get(handler, handler) for method, handler in handlers.items()})
     for regex, handlers in server.HANDLERS
 )
+
+
+def start(bucket: str) -> tuple[subprocess.Popen, str]:
+    """This emulator in a child process on a free local port, serving `bucket` in memory, once it accepts
+    connections: (the process, its STORAGE_EMULATOR_HOST)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, __file__, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    server = subprocess.Popen([*cmd, "--default-bucket", bucket], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, f"http://127.0.0.1:{port}"
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("the GCS emulator did not start") from None
+            time.sleep(0.2)
+
 
 if __name__ == "__main__":
     emulator.main(sys.argv[1:])

@@ -168,6 +168,15 @@ def test_build_without_compiler_names_it(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the temporary file is gone
 
 
+def test_a_compiler_that_writes_nothing_leaves_the_working_library(tmp_path):
+    """CXX=/bin/true exits 0 and writes no library: the build fails and `out` keeps its old bytes."""
+    out = tmp_path / "_sgemm.so"
+    out.write_bytes(b"the working library")
+    with pytest.raises(cpu_gemm.CpuGemmError, match="not a usable library.*is unchanged"):
+        cpu_gemm.build(out, compiler=shutil.which("true") or "/bin/true")
+    assert out.read_bytes() == b"the working library" and list(tmp_path.iterdir()) == [out]
+
+
 @pytest.mark.parametrize(("preset", "batch", "seq", "calls"), [("tiny", 16, 128, 0), ("tiny", 8, 256, 0)])
 def test_tiny_study_shapes_stay_on_xla(monkeypatch, preset, batch, seq, calls):
     """The tiny study's train and eval steps (its parent is the tiny preset with 6 layers) trace no

@@ -91,3 +91,31 @@ def test_bad_ranges(store):
         WindowSource(store, "test", 0, None, 10)
     with pytest.raises(DataError, match="does not divide"):
         BatchSpec(global_batch=6, grad_accum=4)
+
+
+def test_every_reader_refuses_token_ids_past_the_vocabulary(tmp_path):
+    """One check in TokenStore: `read`, `check` and a WindowSource all refuse an id >= meta.json's vocab_size,
+    naming the shard and the position; a range that holds no bad id is still readable."""
+    out = str(tmp_path / "data")
+    write_data_dir(
+        out,
+        {"train": [np.arange(300) % 97], "validation": [np.arange(200) % 97]},
+        vocab_size=100,
+        eos_id=0,
+        shard_tokens=128,
+    )
+    shard = tmp_path / "data" / "validation-00001.bin"  # tokens 128.. of the validation split
+    raw = np.fromfile(shard, "<u2")
+    raw[5] = 100  # one past the vocabulary, as an edit or another tool could leave it
+    raw.tofile(shard)
+    store = TokenStore(out)
+    where = r"validation-00001.bin: token id 100 at token 5 of the shard \(position 133 of split 'validation'\)"
+    with pytest.raises(DataError, match=where):
+        store.read("validation", 130, 10)
+    with pytest.raises(DataError, match=where):
+        store.check("validation")
+    with pytest.raises(DataError, match=where):
+        WindowSource(store, "validation", 0, None, 10)  # up front: no window has been read yet
+    np.testing.assert_array_equal(store.read("validation", 0, 128), np.arange(128) % 97)
+    store.check("train")
+    WindowSource(store, "validation", 0, 129, 16)  # the windows of this range stop before the bad id

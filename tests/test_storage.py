@@ -102,7 +102,7 @@ def test_train_on_gs_killed_and_resumed_on_two_processes_equals_the_local_run(gc
     argv += ["grad_reduce=ordered"]  # the same bits on 1 x 8 and 2 x 4 devices
     launch([*argv, "--out", str(tmp_path / "run")], processes=1, devices=8).check()
     remote = f"{gcs}/train/run"
-    procs = start([*argv, "--out", remote], processes=2, devices=4)
+    procs = start([*argv, "--out", remote], processes=2, devices=4, PRUNEJAX_LOCK_LEASE="2")
     fs = storage.filesystem(gcs)
     deadline = time.time() + 120
     # metrics.jsonl is uploaded after each checkpoint's save starts, and Orbax finishes one save before
@@ -117,6 +117,7 @@ def test_train_on_gs_killed_and_resumed_on_two_processes_equals_the_local_run(gc
         p.kill()
     assert wait(procs).codes == [-9, -9]
     assert not storage.committed(f"{remote}/final")
+    time.sleep(2.5)  # the killed holder's lease on the RUN_DIR expires (a rerun before that is refused)
     resumed = launch([*argv, "--out", remote], processes=2, devices=4).check()
     (resumed_from,) = re.findall(rf"resuming {remote} from step (\d+)", resumed.outputs[0])
     assert 4 <= int(resumed_from) < 40

@@ -196,7 +196,8 @@ def test_dense_controls_retrain_the_parent_with_the_pruned_models_recipe():
     "change",
     [
         {"ratios": [0.5, 0.5]},
-        {"ratios": [0.3333333, 0.33333334]},  # distinct values, one id r0.333333
+        # distinct values, one id r0.333333 (a sparse method: a 2-layer parent's depth ratios are 0.5 only)
+        {"ratios": [0.3333333, 0.33333334], "methods": ["wanda"]},
         {"retrain_budgets": ["2k", "2000"]},
         {"retrain_budgets": ["10k", "10001"]},  # one id R10k
         {"seeds": [0, 0]},

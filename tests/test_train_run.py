@@ -362,3 +362,49 @@ def test_distillation_from_teacher_dir(kjv, model_yaml, tmp_path):
     train(str(tmp_path / "run"), teacher=teacher, overrides=over, **kw)
     records = [r for r in read_metrics(str(tmp_path / "run")) if "loss" in r]
     assert len(records) == 3 and all(r["loss"] != pytest.approx(r["ce"], rel=1e-3) for r in records)
+
+
+def _corrupt_copy(data_dir, dest, split):
+    """A copy of a DATA_DIR whose `split` holds one token id past its vocabulary (an edit, or another tool)."""
+    import shutil
+
+    shutil.copytree(data_dir, dest)
+    shard = os.path.join(dest, f"{split}-00000.bin")
+    raw = np.fromfile(shard, "<u2")
+    raw[len(raw) // 2] = VOCAB + 7
+    raw.tofile(shard)
+    return str(dest)
+
+
+def test_a_bad_validation_shard_is_refused_before_any_work(kjv, model_yaml, tmp_path, capsys):
+    bad = _corrupt_copy(kjv, tmp_path / "bad", "validation")
+    run = str(tmp_path / "run")
+    argv = ["train", "--data", bad, "--scratch", model_yaml, "--tokens", str(4 * STEP_TOKENS), "--out", run]
+    argv += [*BASE[:-2], "val_batches=2", "peak_tflops=1.0", "--no-progress"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"validation-00000.bin: token id {VOCAB + 7}" in err and "outside the vocabulary [0, 320)" in err
+    assert not os.path.exists(run) or not os.listdir(run)  # no run.json, no metrics, no final/
+
+
+def test_a_bad_train_shard_is_refused_and_blames_the_data(kjv, model_yaml, tmp_path):
+    bad = _corrupt_copy(kjv, tmp_path / "bad", "train")
+    run = str(tmp_path / "run")
+    with pytest.raises(DataError, match=r"train-00000.bin: token id 327 .* corrupt or was edited"):
+        train(run, data_dir=bad, tokens=4 * STEP_TOKENS, scratch=model_yaml, overrides=BASE, progress=False)
+    assert not os.path.exists(run) or not os.listdir(run)
+
+
+def test_a_divergence_with_no_checkpoint_says_none_was_saved(kjv, model_yaml, tmp_path):
+    over = [*BASE, "peak_lr=1e30", "warmup_frac=0", "ckpt_every=0"]
+    with pytest.raises(TrainingDiverged, match=r"at step \d+: training diverged; no checkpoint was saved") as err:
+        train(
+            str(tmp_path / "run"),
+            data_dir=kjv,
+            tokens=10 * STEP_TOKENS,
+            scratch=model_yaml,
+            overrides=over,
+            progress=False,
+        )
+    assert "last good checkpoint" not in str(err.value)
+    assert _saved_steps(str(tmp_path / "run")) == []

@@ -35,6 +35,8 @@ class WindowSource(grain.sources.RandomAccessDataSource):
             raise DataError(f"data range of {count:,} tokens is shorter than one window of {seq_len + 1}")
         self.store, self.split, self.offset, self.seq_len = store, split, offset, seq_len
         self.num_windows = (count - 1) // seq_len
+        # every id the windows can hold, before any work: a bad id would otherwise surface as a NaN loss
+        store.check(split, offset, self.num_windows * seq_len + 1)
 
     def __len__(self) -> int:
         return self.num_windows

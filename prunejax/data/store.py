@@ -7,7 +7,12 @@ Layout:
   tokenizer/                      the tokenizer files, when known
 
 A stage reads a token range (split, offset, count) through `TokenStore.read`, which memory-maps
-the shards, so any window is random access without loading the corpus. A DATA_DIR on gs:// (committed
+the shards, so any window is random access without loading the corpus. Every read checks its token ids
+against meta.json's vocabulary (a shard edited or written by another tool can hold ids past it, which
+would index past the embedding: NaN in training, NaN or garbage in evaluation), and `TokenStore.check`
+scans a whole range with the same check, which every reader calls on its range before any work (the
+pipeline's `WindowSource` for training, validation and Sheared; calibration and evaluation read theirs
+whole). A clean range is not scanned twice in one process unless its shards change. A DATA_DIR on gs:// (committed
 by its marker, see prunejax.storage) is read the same way with one ranged read per range: nothing
 downloads the whole corpus.
 """
@@ -28,6 +33,8 @@ from prunejax.hf import atomic_dir
 
 FORMAT = "prunejax-data/1"
 SHARD_TOKENS = 1 << 26  # 64M tokens per shard file
+CHECK_TOKENS = 1 << 24  # tokens `TokenStore.check` reads at a time
+_CHECKED: set[tuple[Any, ...]] = set()  # ranges found clean in this process, keyed with their shards' stamps
 
 
 class DataError(ValueError):
@@ -110,8 +117,52 @@ class TokenStore:
             self._maps[split] = maps
         return self._maps[split]
 
+    def check(self, split: str = "train", offset: int = 0, count: int | None = None) -> None:
+        """Raise DataError unless every token id of [offset, offset+count) of `split` lies in
+        [0, vocab_size): the whole range, read once up front (`read` checks what it returns, this scans)."""
+        total = self.num_tokens(split)
+        end = total if count is None else offset + count
+        key = (storage.absolute(self.data_dir), split, offset, end, self._stamps(split))
+        if key in _CHECKED:
+            return
+        for start in range(offset, end, CHECK_TOKENS):
+            self.read(split, start, min(CHECK_TOKENS, end - start))
+        _CHECKED.add(key)
+
+    def _stamps(self, split: str) -> tuple[Any, ...]:
+        """What says a split's shards are the ones checked before: local files' sizes and mtimes; a remote
+        DATA_DIR's committed sizes (objects are rewritten only by a new commit)."""
+        files = [shard["file"] for shard in self._split(split)["shards"]]
+        if self._committed is not None:
+            return tuple((f, self._committed.get(f)) for f in files)
+        stamps = []
+        for f in files:
+            path = os.path.join(self.data_dir, f)
+            st = os.stat(path) if os.path.exists(path) else None
+            stamps.append((f, st and st.st_size, st and st.st_mtime_ns, st and st.st_ino))
+        return tuple(stamps)
+
+    def _check_ids(self, tokens: np.ndarray, split: str, offset: int) -> None:
+        """DataError naming the shard, the position and the id when `tokens` (read at `offset`) leave the vocabulary."""
+        if not tokens.size or (tokens.min() >= 0 and tokens.max() < self.vocab_size):
+            return
+        i = int(np.flatnonzero((tokens < 0) | (tokens >= self.vocab_size))[0])
+        position, file = offset + i, "?"
+        for shard in self._split(split)["shards"]:
+            if position < shard["tokens"]:
+                file = shard["file"]
+                break
+            position -= shard["tokens"]
+        raise DataError(
+            f"{storage.join(self.data_dir, file)}: token id {int(tokens[i])} at token {position:,} of the shard "
+            f"(position {offset + i:,} of split {split!r}) is outside the vocabulary [0, {self.vocab_size}) "
+            "that meta.json records: the DATA_DIR is corrupt or was edited after it was written; rebuild it "
+            "(data prepare / data index --overwrite)"
+        )
+
     def read(self, split: str = "train", offset: int = 0, count: int | None = None) -> np.ndarray:
-        """Tokens [offset, offset+count) of a split as int32 (count None = to the end)."""
+        """Tokens [offset, offset+count) of a split as int32 (count None = to the end), each id checked to lie
+        in the vocabulary."""
         total = self.num_tokens(split)
         count = total - offset if count is None else count
         if offset < 0 or count < 0 or offset + count > total:
@@ -131,6 +182,7 @@ class TokenStore:
             start = 0
             if pos == count:
                 break
+        self._check_ids(out, split, offset)
         return out
 
 

@@ -22,6 +22,7 @@ backward products and elementwise work side by side, was no faster than XLA's do
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import glob
@@ -57,9 +58,20 @@ def _source_hash() -> str:
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
 
 
+# run in a fresh process: a library that crashes on load must not take the builder with it
+_LOAD_TEST = """import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.prunejax_sgemm_source_hash.restype = ctypes.c_char_p
+assert lib.prunejax_sgemm_source_hash().decode() == sys.argv[2], "built from another source"
+lib.PrunejaxSgemm, lib.prunejax_set_sgemm
+"""
+
+
 def build(out: Path = LIBRARY, compiler: str | None = None) -> Path:
-    """Compile `csrc/sgemm.cc` into `out` against jaxlib's FFI headers; the file is replaced atomically,
-    so a process loading it meanwhile sees the old library or the new one."""
+    """Compile `csrc/sgemm.cc` into `out` against jaxlib's FFI headers; the build goes to a temporary
+    file that replaces `out` only once it loads and carries this source's hash and entry points (a
+    compiler that exits 0 without writing a library leaves the old one), and atomically, so a process
+    loading it meanwhile sees the old library or the new one."""
     cxx = compiler or os.environ.get("CXX", "c++")
     include = jax.ffi.include_dir()
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", dir=out.parent)
@@ -67,14 +79,29 @@ def build(out: Path = LIBRARY, compiler: str | None = None) -> Path:
     cmd = [cxx, "-O2", "-shared", "-fPIC", "-std=c++17", "-isystem", include,
            f'-DPRUNEJAX_SGEMM_SOURCE_HASH="{_source_hash()}"', str(SOURCE), "-o", tmp]  # fmt: skip
     try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+        except FileNotFoundError:
+            raise CpuGemmError(f"no C++ compiler {cxx!r} to build {SOURCE} (set CXX)") from None
+        except subprocess.CalledProcessError as e:
+            raise CpuGemmError(f"building {SOURCE} failed:\n{e.stderr}") from None
+        except subprocess.TimeoutExpired:
+            raise CpuGemmError(f"building {SOURCE} with {cxx!r} took over 600 s; stopped") from None
+        test = [sys.executable, "-c", _LOAD_TEST, tmp, _source_hash()]
+        try:
+            loaded = subprocess.run(test, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise CpuGemmError(f"{cxx!r} built a library that hangs on load; {out} is unchanged") from None
+        if loaded.returncode != 0:
+            reason = (loaded.stderr.strip().splitlines() or [f"exit code {loaded.returncode}"])[-1]
+            raise CpuGemmError(
+                f"{cxx!r} exited 0 but its output is not a usable library ({reason}); {out} is unchanged"
+            )
         os.replace(tmp, out)
-    except FileNotFoundError:
-        os.unlink(tmp)
-        raise CpuGemmError(f"no C++ compiler {cxx!r} to build {SOURCE} (set CXX)") from None
-    except subprocess.CalledProcessError as e:
-        os.unlink(tmp)
-        raise CpuGemmError(f"building {SOURCE} failed:\n{e.stderr}") from None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     return out
 
 

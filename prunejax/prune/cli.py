@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prunejax import calibrate, hf, sharding, storage
+from prunejax import calibrate, hf, locks, sharding, storage
 from prunejax.config import LlamaConfig
 from prunejax.data.store import TokenStore
 from prunejax.distributed import add_launch_args
@@ -187,6 +187,7 @@ def summary(parent: LlamaConfig, result: PruneResult) -> str:
     return "\n".join(lines)
 
 
+@locks.writes("out")  # one writer per MODEL_DIR, from the option checks to the commit
 def prune_model(
     model: str,
     method: str,

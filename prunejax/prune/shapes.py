@@ -6,6 +6,9 @@ zeroed (`LlamaConfig.linear_params`); embeddings, norms and the LM head are not 
 Rules for a ratio r:
   * depth: keep round(n_layers * (1 - r)) layers (at least 1); every layer holds the same number of
     projection weights, so this is the closest realizable ratio.
+  Either rule refuses a ratio whose closest shape misses it by more than RATIO_TOLERANCE (0.05): 0.95 of
+  a 2-layer model (which could only remove one layer, 0.5) is an error, not a 0.5 model labelled 0.95.
+  Sparse methods realize the ratio exactly; an N:M pattern must equal it (the study checks).
   * width (heads kept): hidden and FFN sizes are multiples of `multiple` (default: the largest power
     of two <= 128 dividing both, i.e. hardware-friendly), hidden also a multiple of the q-head count
     (`hidden_step`: transformers refuses other hidden sizes); among all pairs, those whose realized ratio
@@ -22,6 +25,8 @@ from typing import Any
 
 from prunejax.config import LLAMA_3_1_8B, LlamaConfig
 from prunejax.prune.masks import PruneError
+
+RATIO_TOLERANCE = 0.05  # the most a rule's shape may miss the ratio asked for (a larger miss is refused)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,10 +131,22 @@ def linear_ratio(parent: LlamaConfig, child: LlamaConfig) -> float:
     return 1.0 - child.linear_params() / parent.linear_params()
 
 
+def check_realizable(ratio: float, realized: float, how: str) -> None:
+    """Every rule refuses a ratio its closest shape misses by more than RATIO_TOLERANCE: a study labels a
+    cell by the ratio asked for, so that label must be what was pruned, not a coarser shape's ratio."""
+    if abs(realized - ratio) > RATIO_TOLERANCE:
+        raise PruneError(
+            f"ratio {ratio}: the closest realizable shape ({how}) prunes {realized:.4g}, more than "
+            f"{RATIO_TOLERANCE} away; ask for a ratio within {RATIO_TOLERANCE} of one this model can reach"
+        )
+
+
 def depth_target(cfg: LlamaConfig, ratio: float) -> Target:
-    keep = max(1, round(cfg.num_hidden_layers * (1.0 - ratio)))
-    if keep >= cfg.num_hidden_layers:
-        raise PruneError(f"ratio {ratio} removes no layer of a {cfg.num_hidden_layers}-layer model")
+    n = cfg.num_hidden_layers
+    keep = max(1, round(n * (1.0 - ratio)))
+    if keep >= n:
+        raise PruneError(f"ratio {ratio} removes no layer of a {n}-layer model")
+    check_realizable(ratio, 1.0 - keep / n, f"{n - keep} of {n} layers removed; depth ratios are multiples of 1/{n}")
     return Target(layers=keep)
 
 
@@ -162,10 +179,10 @@ def width_target(cfg: LlamaConfig, ratio: float, multiple: int | None = None, to
             balance = abs(hidden / cfg.hidden_size - ffn / cfg.intermediate_size)
             candidates.append((err, balance, -hidden, ffn))
     best = min(c[0] for c in candidates)
-    if best > 0.05:
+    if best > RATIO_TOLERANCE:
         raise PruneError(
             f"no shape with hidden in multiples of {step} and FFN in multiples of {m} "
-            f"comes within 0.05 of ratio {ratio}"
+            f"comes within {RATIO_TOLERANCE} of ratio {ratio}"
         )
     _, _, neg_hidden, ffn = min((c for c in candidates if c[0] <= best + tolerance), key=lambda c: (c[1], c[2]))
     return Target(hidden=-neg_hidden, ffn=ffn)

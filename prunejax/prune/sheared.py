@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from prunejax import model, sharding, storage
+from prunejax import locks, model, sharding, storage
 from prunejax.config import ConfigError, LlamaConfig
 from prunejax.data.store import DataError, TokenStore
 from prunejax.prune import sheared_gates as sg
@@ -149,6 +149,7 @@ def make_stage_mesh(sc: ShearedConfig, mesh: Mesh | None = None) -> Mesh:
 
 
 # ---- the stage --------------------------------------------------------------------------------
+@locks.writes("run_dir")  # its RUN_DIR (when given) has one writer, as train's
 def train_gates(
     cfg: LlamaConfig,
     params: Params,

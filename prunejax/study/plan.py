@@ -5,7 +5,10 @@ the verb's entry function. A stage's hash covers its kind, its spec (paths relat
 `spec_dict`, the dict it has always been hashed as) and the hashes of the stages it depends on, so
 changing anything upstream invalidates exactly the stages downstream of it. A config file a stage reads
 (train_config, sheared_config, a parent model YAML) enters the hash as its resolved values, not its
-path: editing a value invalidates, moving the file or editing a comment does not. Two grid cells never
+path: editing a value invalidates, moving the file or editing a comment does not. A file or directory a
+stage reads as data (an imported parent, a given DATA_DIR, text files, a tokenizer path) enters the hash
+as a digest of its content (`Stage.reads`, `content_digest`): replacing or editing it in place
+invalidates that stage and everything downstream, exactly as an edited config value does. Two grid cells never
 share a stage id (a ratio, budget or seed listed twice, or two that differ below the id's precision,
 is a ConfigError).
 Token ranges of the train split follow the paper: the parent reads [0, P]; every retraining run
@@ -27,6 +30,7 @@ import json
 import os
 from typing import Any
 
+from prunejax import storage
 from prunejax.config import ConfigError, LlamaConfig, preset
 from prunejax.study import baselines
 from prunejax.study.config import SPARSE, CalibrationSpec, DataSpec, EvalSpec, MethodSpec, StudyConfig
@@ -133,6 +137,49 @@ class Stage:
     tokens: int = 0  # tokens this stage processes (training, calibration, Sheared's stage)
     flops: float | None = None  # estimated model FLOPs of the stage (None: shape known only at run time)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reads: dict[str, str] = dataclasses.field(default_factory=dict)  # a path read as data -> its content digest
+
+
+def content_digest(path: str) -> str:
+    """sha256 of what `path` holds: a file's bytes, or every file under a directory (relative names and bytes,
+    in sorted order; names starting with '.' — locks, caches, VCS — are skipped). On object storage, where
+    reading everything back would download it, each object's name, size and generation (a new one at every
+    write) stand for its bytes."""
+    digest = hashlib.sha256()
+    if storage.is_remote(path):
+        fs = storage.filesystem(path)
+        root = path.rstrip("/")
+        fs.invalidate_cache(root)  # a listing cached earlier in this process could predate a rewrite
+        infos = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
+        bare = root.split("://", 1)[-1]
+        for name in sorted(infos):
+            rel = name.split("://", 1)[-1][len(bare) :].lstrip("/")
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            info = infos[name]
+            stamp = info.get("generation") or info.get("md5Hash") or info.get("crc32c") or info.get("updated")
+            digest.update(json.dumps([rel, info.get("size"), str(stamp)]).encode() + b"\n")
+        return digest.hexdigest()[:16]
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: does not exist (the study reads it)")
+    if os.path.isfile(path):
+        files = [("", path)]
+    else:
+        files = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [(os.path.relpath(os.path.join(root, n), path), os.path.join(root, n)) for n in names]
+        files = sorted(f for f in files if not os.path.basename(f[0]).startswith("."))
+    for rel, file in files:
+        digest.update(rel.encode() + b"\0")
+        with open(file, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+def _reads(*paths: str | None) -> dict[str, str]:
+    """The content digests of the local or remote paths among `paths` (a hub name or "train" is not a path)."""
+    return {p: content_digest(p) for p in paths if p and (storage.is_remote(p) or os.path.exists(p))}
 
 
 def _fmt_tokens(n: int) -> str:
@@ -161,6 +208,8 @@ def spec_dict(spec: Spec) -> dict[str, Any]:
 def stage_hash(stage: Stage, dep_hashes: dict[str, str]) -> str:
     spec = hashed_spec(spec_dict(stage.spec))
     payload = {"kind": stage.kind, "spec": spec, "deps": [dep_hashes[d] for d in stage.deps]}
+    if stage.reads:  # only where a stage reads paths as data: every other stage keeps the hash it had
+        payload["reads"] = stage.reads
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -282,17 +331,22 @@ def eval_stage(inputs: _Inputs, of: str, cfg: LlamaConfig | None, info: dict[str
 def data_stages(study: StudyConfig) -> list[Stage]:
     """The DATA_DIR, after the tokenizer it is tokenized with when the study trains one."""
     data = study.data
+    reads = _reads(data.data_dir, *data.text, None if data.tokenizer == "train" else data.tokenizer)
     if data.data_dir is not None or data.tokenizer != "train":
-        return [Stage("data", "data", (), data)]
+        return [Stage("data", "data", (), data, reads=reads)]
     tokenizer = TokenizerSpec(data.corpus, data.text, data.tokenizer_vocab, data.max_documents)
-    return [Stage("tokenizer", "tokenizer", (), tokenizer), Stage("data", "data", ("tokenizer",), data)]
+    return [
+        Stage("tokenizer", "tokenizer", (), tokenizer, reads=_reads(*data.text)),
+        Stage("data", "data", ("tokenizer",), data, reads=reads),
+    ]
 
 
 def parent_stages(inputs: _Inputs) -> list[Stage]:
     """The parent, imported or pretrained on [0, P], and its evaluation."""
     p, cfg = inputs.study.parent, inputs.parent
     if p.import_ is not None:
-        parent = Stage("parent", "parent", ("data",), ImportSpec(os.path.abspath(p.import_)))
+        source = storage.absolute(p.import_)
+        parent = Stage("parent", "parent", ("data",), ImportSpec(source), reads=_reads(source))
     else:
         spec = PretrainSpec(p.model, cfg.to_hf_dict() if cfg else None, p.tokens, inputs.train)
         parent = Stage("parent", "parent", ("data",), spec, p.tokens, inputs.train_flops(cfg, p.tokens))

@@ -6,7 +6,9 @@ status, time, error), a log per stage (`logs/`), `study.yaml` (the config as giv
 `stages.json` (the plan with statuses, which `prunejax report` reads). A rerun skips finished stages
 and resumes interrupted ones (training resumes from its checkpoints); a failed stage is reported
 and its dependents are skipped while everything else carries on. A changed config over an existing
-STUDY_DIR stops before any work and names the invalidated stages (`--rerun-changed` redoes them).
+STUDY_DIR stops before any work and names the invalidated stages (`--rerun-changed` redoes them); so does
+an input read by path whose content changed (an imported parent replaced or edited in place, an edited
+shard of a given DATA_DIR: see `plan.content_digest`), naming the path.
 
 A STUDY_DIR may be on object storage (gs://): every stage writes its artifact there as its verb does
 (committed directories, Orbax checkpoints, results.json objects), markers and stages.json are single
@@ -24,12 +26,13 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from prunejax import distributed, runtime, storage
+from prunejax import distributed, locks, runtime, storage
 from prunejax.config import ConfigError
 from prunejax.distributed import add_launch_args
 from prunejax.study import config as study_config
@@ -160,16 +163,22 @@ class Runner:
         """Results of another config are never mixed in: finished or half-run stages whose hash changed
         stop the run before any work (failed stages hold nothing and simply run again)."""
 
-        def scan() -> tuple[list[str], list[str]]:
-            changed, failed = [], []
+        def scan() -> tuple[list[str], list[str], list[str]]:
+            changed, failed, moved = [], [], []
             for stage in self.stages:
                 marker = read_marker(self.dir, stage.id)
                 if marker is None or marker["hash"] == self.hashes[stage.id]:
                     continue
                 (failed if marker["status"] == "failed" else changed).append(stage.id)
-            return changed, failed
+                before = marker.get("reads") or {}
+                moved += [
+                    f"{path} is not what stage {stage.id} read (content {before.get(path, 'unrecorded')} -> {digest})"
+                    for path, digest in stage.reads.items()
+                    if marker["status"] != "failed" and before.get(path) != digest
+                ]
+            return changed, failed, moved
 
-        changed, failed = distributed.decided("changed stages", scan)  # before process 0 drops any
+        changed, failed, moved = distributed.decided("changed stages", scan)  # before process 0 drops any
         if failed:
             distributed.one_writer(
                 "drop failed markers", lambda: [storage.remove_file(_marker_path(self.dir, s)) for s in failed]
@@ -178,9 +187,15 @@ class Runner:
             return
         if not rerun_changed:
             listed = "\n  ".join(changed[:30]) + (f"\n  ... and {len(changed) - 30} more" if len(changed) > 30 else "")
+            inputs = "".join(f"\n  {m}" for m in moved)
+            why = (
+                f"results of inputs that changed since they were read:{inputs}\n"
+                if moved
+                else "results of a different config; "
+            )
             raise StudyError(
-                f"{self.dir} holds results of a different config; these {len(changed)} stage(s) would be "
-                f"invalidated:\n  {listed}\nrerun with --rerun-changed to redo them, or use another --out"
+                f"{self.dir} holds {why}these {len(changed)} stage(s) would be invalidated:\n  {listed}\n"
+                "rerun with --rerun-changed to redo them, or use another --out"
             )
 
         def drop() -> None:
@@ -265,7 +280,8 @@ class Runner:
             if blocked:
                 status[stage.id] = "skipped"  # summarized at the end: one failure can block many stages
                 continue
-            write_json(_marker_path(self.dir, stage.id), {"hash": self.hashes[stage.id], "status": "running"})
+            reads = {"reads": stage.reads} if stage.reads else {}  # what a changed input is named by, on a rerun
+            write_json(_marker_path(self.dir, stage.id), {"hash": self.hashes[stage.id], "status": "running", **reads})
             t0 = time.time()
             try:
                 try:
@@ -289,7 +305,7 @@ class Runner:
                 if isinstance(e, StudyError):
                     write_json(
                         _marker_path(self.dir, stage.id),
-                        {"hash": self.hashes[stage.id], "status": "failed", "error": error},
+                        {"hash": self.hashes[stage.id], "status": "failed", "error": error, **reads},
                     )
                     raise
             # a stage that failed on some processes only would leave them out of step: stop instead
@@ -297,7 +313,7 @@ class Runner:
             seconds = round(time.time() - t0, 1)
             write_json(
                 _marker_path(self.dir, stage.id),
-                {"hash": self.hashes[stage.id], "status": status[stage.id], "seconds": seconds, "error": error},
+                {"hash": self.hashes[stage.id], "status": status[stage.id], "seconds": seconds, "error": error} | reads,
             )
             log(f"{head}: {status[stage.id]} in {seconds:.1f}s" + (f" — {error}" if error else ""))
         self.write_index()
@@ -345,6 +361,14 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         print(plan_lib.describe(runner.stages))
         return 0
+    with locks.hold(runner.dir):  # one writer per STUDY_DIR, its report included
+        rc = _run(runner, args)
+    if rc == 0 and runner.remote:  # a finished study on object storage leaves no staging directory behind
+        shutil.rmtree(runner.local, ignore_errors=True)
+    return rc
+
+
+def _run(runner: Runner, args: argparse.Namespace) -> int:
     try:
         rc = runner.run(rerun_changed=args.rerun_changed)
     except StudyError as e:

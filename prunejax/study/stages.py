@@ -47,7 +47,9 @@ def data_stage(runner: Runner, stage: Stage) -> None:
     d = stage.spec
     assert isinstance(d, DataSpec)
     if d.data_dir:
-        TokenStore(d.data_dir)  # validates
+        store = TokenStore(d.data_dir)  # its meta.json, then every token id of every split, before any stage reads it
+        for split in store.splits():
+            store.check(split)
         return
     tokenizer = runner.out("tokenizer") if d.tokenizer == "train" else d.tokenizer
     source = _documents(d.corpus, d.text, d.max_documents)

@@ -33,7 +33,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: str, *, keep: int = 3, use_async: bool = False):
         if storage.is_remote(run_dir):  # Orbax writes gs:// natively (tensorstore for arrays, commits per step)
-            storage.route_tensorstore_to_emulator()
+            storage.prepare_tensorstore()
             self.directory = storage.join(run_dir, "checkpoints")
         else:
             self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))

@@ -2,7 +2,8 @@
 
 Reading metrics one step late keeps the device busy while the host logs. Before any checkpoint the
 loop waits for that step's metrics, so a saved state always follows a finite loss: a NaN/Inf loss
-or gradient norm stops the run with its step number and the last good checkpoint stays the latest.
+or gradient norm stops the run with its step number and the last good checkpoint stays the latest (the
+message names it, or says that none was saved).
 The loss is computed before the step's update, so the checkpointer also checks the updated state
 itself (an overflowing update leaves finite metrics and Inf weights).
 """
@@ -97,6 +98,8 @@ def run_loop(
     bar = tqdm(total=lc.total_steps, initial=lc.start_step, unit="step", disable=not lc.progress, dynamic_ncols=True)
     pending: tuple[int, dict[str, jax.Array], float] | None = None
     last_time = time.perf_counter()
+    # what a divergence may name as kept: a resumed run started from a checkpoint at start_step
+    last_saved = lc.start_step if save is not None else 0
 
     def drain() -> None:
         """Wait for the pending step's metrics, check them, log them."""
@@ -107,9 +110,10 @@ def run_loop(
         pending = None
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
+            kept = f"the last good checkpoint is step {last_saved}" if last_saved else "no checkpoint was saved"
             raise TrainingDiverged(
                 f"loss {values['loss']} / grad norm {values['grad_norm']} at step {step}: training diverged; "
-                "the last good checkpoint is kept (lower peak_lr or check the data)"
+                f"{kept} (lower peak_lr or check the data)"
             )
         now = time.perf_counter()
         dt, last_time = now - last_time, now
@@ -133,6 +137,7 @@ def run_loop(
             if save is not None and (stopping or (lc.ckpt_every and step % lc.ckpt_every == 0)):
                 drain()
                 save(step, state)
+                last_saved = step
             if evaluate is not None and lc.eval_every and step % lc.eval_every == 0 and step < lc.total_steps:
                 drain()
                 writer.write({"step": step, "tokens": step * lc.tokens_per_step, **evaluate(state)})

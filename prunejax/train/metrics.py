@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,8 @@ class MetricsWriter:
 
     def close(self) -> None:
         self.sync()
+        if self.enabled and self.remote is not None:  # uploaded: the remote file is the record, a rerun starts from it
+            shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
         if self.tb is not None:
             self.tb.close()
 

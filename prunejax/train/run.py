@@ -28,7 +28,7 @@ import grain
 import jax
 import numpy as np
 
-from prunejax import distributed, hf, sharding, storage
+from prunejax import distributed, hf, locks, sharding, storage
 from prunejax.config import PRESETS, ConfigError, LlamaConfig
 from prunejax.data.pipeline import BatchSpec, WindowSource, eval_dataset, train_dataset, train_iterator
 from prunejax.data.store import DataError, TokenStore
@@ -36,7 +36,7 @@ from prunejax.train import checkpoint as ckpt
 from prunejax.train import config as config_lib
 from prunejax.train import optim
 from prunejax.train import state as state_lib
-from prunejax.train.loop import LoopConfig, StopFlag, run_loop
+from prunejax.train.loop import LoopConfig, StopFlag, TrainingDiverged, run_loop
 from prunejax.train.metrics import MetricsWriter, peak_flops
 from prunejax.train.step import make_eval_step, make_train_step
 
@@ -226,6 +226,7 @@ def fit(
     return state, status, flag.signum
 
 
+@locks.writes("out_dir")  # one writer per RUN_DIR, held for the whole run
 def train(
     out_dir: str,
     *,
@@ -256,7 +257,9 @@ def train(
     mesh = mesh or sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp)
     check_micro_batch(tcfg, mesh)
     spec = BatchSpec(tcfg.global_batch, tcfg.grad_accum, jax.process_index(), jax.process_count())
+    # both ranges are read and their token ids checked here, before the run directory or any compile
     source = WindowSource(store, tcfg.data_split, tcfg.data_offset, tcfg.data_count, tcfg.seq_len)
+    val_source = WindowSource(store, tcfg.val_split, 0, None, tcfg.seq_len) if tcfg.val_batches else None
     windows_needed = total_steps * tcfg.global_batch
     resolved = _resolved(
         tcfg,
@@ -324,8 +327,7 @@ def train(
         return jitted(s, b) if teacher_params is None else jitted(s, b, teacher_params)
 
     evaluate = None
-    if tcfg.val_batches:
-        val_source = WindowSource(store, tcfg.val_split, 0, None, tcfg.seq_len)
+    if val_source is not None:
         val_spec = BatchSpec(tcfg.micro_batch, 1, jax.process_index(), jax.process_count())
         val_data = eval_dataset(val_source, val_spec, tcfg.val_batches)
         if eval_fn is None:
@@ -335,7 +337,13 @@ def train(
             if ahead is not None:
                 ahead[-1].result()  # compiled ahead (or its tracing error, raised here)
             losses = [eval_fn(s["params"], state_lib.global_batch(mesh, b, accumulated=False)) for b in val_data]
-            return {"val_loss": float(np.mean(np.asarray(jax.device_get(losses), np.float64)))}
+            val_loss = float(np.mean(np.asarray(jax.device_get(losses), np.float64)))
+            if not np.isfinite(val_loss):  # a NaN validation loss is never logged as a result (nor final/ written)
+                raise TrainingDiverged(
+                    f"validation loss {val_loss} on {data_dir} split {tcfg.val_split!r}: the model's outputs are "
+                    "not finite there (its training loss was); final/ is not written"
+                )
+            return {"val_loss": val_loss}
 
     lc = LoopConfig(
         start_step=start_step,
