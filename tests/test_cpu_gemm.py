@@ -224,3 +224,24 @@ def test_auto_uses_the_custom_call_where_it_pays_by_cpu_vendor(monkeypatch, vend
         assert ("on AMD CPUs" in cpu_gemm.status()) == (not used)
     finally:
         cpu_gemm._pays.cache_clear()
+
+
+def test_a_corrupt_library_is_reported_not_a_crash(tmp_path, monkeypatch):
+    """An existing _sgemm.so that is not a loadable handler (an empty file from a broken build) makes
+    `status` say why and fall back to XLA's dot; `PRUNEJAX_CPU_GEMM=mkl` makes it an error."""
+    if cpu_gemm._find_mkl() is None:
+        pytest.skip("MKL is not installed")
+    broken = tmp_path / "_sgemm.so"
+    broken.write_bytes(b"")
+    monkeypatch.setattr(cpu_gemm, "LIBRARY", broken)
+    monkeypatch.delenv("PRUNEJAX_CPU_GEMM", raising=False)
+    cpu_gemm._load.cache_clear()
+    try:
+        ok, why = cpu_gemm._load()
+        assert not ok and "is not a usable library" in why and str(broken) in why
+        cpu_gemm._load.cache_clear()
+        monkeypatch.setenv("PRUNEJAX_CPU_GEMM", "mkl")
+        with pytest.raises(cpu_gemm.CpuGemmError, match="is not a usable library"):
+            cpu_gemm._load()
+    finally:
+        cpu_gemm._load.cache_clear()

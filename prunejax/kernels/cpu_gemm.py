@@ -133,10 +133,15 @@ def _load() -> tuple[bool, str]:
     elif not LIBRARY.exists():
         why = f"{LIBRARY.name} is not built (prunejax cpu-gemm build)"
     if why is None:
-        lib = ctypes.CDLL(str(LIBRARY))
-        lib.prunejax_sgemm_source_hash.restype = ctypes.c_char_p
-        if lib.prunejax_sgemm_source_hash().decode() != _source_hash():
-            why = f"{LIBRARY} was built from another version of {SOURCE.name} (prunejax cpu-gemm build)"
+        try:
+            lib = ctypes.CDLL(str(LIBRARY))
+            lib.prunejax_sgemm_source_hash.restype = ctypes.c_char_p
+            built_from = lib.prunejax_sgemm_source_hash().decode()
+        except (OSError, AttributeError) as e:  # truncated, empty, or not this handler
+            why = f"{LIBRARY} is not a usable library ({e}; prunejax cpu-gemm build)"
+        else:
+            if built_from != _source_hash():
+                why = f"{LIBRARY} was built from another version of {SOURCE.name} (prunejax cpu-gemm build)"
     if why is not None:
         if mode == "mkl":
             raise CpuGemmError(f"PRUNEJAX_CPU_GEMM=mkl: {why}")
