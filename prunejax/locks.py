@@ -62,14 +62,8 @@ def lock_path(directory: str) -> str:
 
 
 def lease_s() -> float:
-    raw = os.environ.get(LEASE_ENV, "")
-    try:
-        value = float(raw) if raw else DEFAULT_LEASE_S
-    except ValueError:
-        raise LockError(f"{LEASE_ENV}={raw!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise LockError(f"{LEASE_ENV}={raw!r} must be a positive, finite number of seconds")
-    return value
+    """How long a gs:// lock's lease lasts without renewal (PRUNEJAX_LOCK_LEASE, seconds)."""
+    return storage.env_seconds(LEASE_ENV, DEFAULT_LEASE_S, LockError)
 
 
 def _me(what: str) -> dict[str, Any]:

@@ -53,16 +53,22 @@ def is_remote(path: str | os.PathLike | None) -> bool:
     return path is not None and str(path).startswith(SCHEMES)
 
 
+def env_seconds(name: str, default: float, error: type[Exception]) -> float:
+    """A positive, finite number of seconds from environment variable `name` (`default` when unset);
+    anything else raises `error` naming the variable."""
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise error(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise error(f"{name}={raw!r} must be a positive, finite number of seconds")
+    return value
+
+
 def timeout_s() -> float:
     """The deadline of one storage call, retries included (PRUNEJAX_STORAGE_TIMEOUT, seconds)."""
-    raw = os.environ.get(TIMEOUT_ENV, "")
-    try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT_S
-    except ValueError:
-        raise StorageError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise StorageError(f"{TIMEOUT_ENV}={raw!r} must be a positive, finite number of seconds")
-    return value
+    return env_seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, StorageError)
 
 
 def bucket_of(path: str) -> str:
