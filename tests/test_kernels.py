@@ -179,6 +179,11 @@ def test_auto_follows_the_platform_of_the_devices_traced_for():
         with jax.sharding.use_abstract_mesh(_abstract_mesh(platform)):
             assert attention.lowering("auto") == impl
             assert attention.lowering("xla") == "xla"  # a name overrides the platform's choice
+    from prunejax.train.step import compute_dtype
+
+    assert compute_dtype(TrainConfig()) == jnp.float32  # compute_dtype auto, like attention, by the platform
+    with jax.sharding.use_abstract_mesh(_abstract_mesh("tpu")):
+        assert compute_dtype(TrainConfig()) == jnp.bfloat16
     with pytest.raises(ValueError, match="attention 'flash': expected one of auto, xla, splash, cudnn, cpu"):
         attention.lowering("flash")
     with pytest.raises(Exception, match="attention must be one of"):

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from prunejax import model
 from prunejax.config import ConfigError, LlamaConfig
+from prunejax.kernels import attention as attention_kernels
 from prunejax.sharding import BATCH_AXES, batch_shards, ordered_sum
 from prunejax.train.config import TrainConfig
 from prunejax.train.optim import schedule
@@ -36,9 +37,11 @@ COMPUTE = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(tcfg: TrainConfig) -> Any:
-    """The compute dtype; `auto` is bfloat16 on accelerators and float32 on CPU (no fast bf16 matmuls there)."""
+    """The compute dtype; `auto` is bfloat16 on accelerators and float32 on CPU (no fast bf16 matmuls
+    there), by the platform the step is traced for (`prunejax.kernels.attention.trace_platform`): call it
+    while tracing."""
     if tcfg.compute_dtype == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        return jnp.float32 if attention_kernels.trace_platform() == "cpu" else jnp.bfloat16
     return COMPUTE[tcfg.compute_dtype]
 
 
@@ -60,10 +63,10 @@ def make_loss(
     cfg: LlamaConfig, tcfg: TrainConfig, teacher_cfg: LlamaConfig | None = None
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """loss(params, inputs, targets, teacher_params) -> (objective, cross-entropy)."""
-    dtype = compute_dtype(tcfg)
     alpha = tcfg.distill_alpha if teacher_cfg is not None else 0.0
 
     def loss(params: Any, inputs_BL: jax.Array, targets_BL: jax.Array, teacher: Any) -> tuple[jax.Array, jax.Array]:
+        dtype = compute_dtype(tcfg)
         if not alpha:  # LM head + log-softmax in chunks: [B, L, V] logits never exist at once
             nll_BL = model.token_nll(
                 cfg, params, inputs_BL, targets_BL, dtype=dtype, remat=tcfg.remat, attention=tcfg.attention
@@ -185,9 +188,9 @@ def make_train_step(
 def make_eval_step(cfg: LlamaConfig, tcfg: TrainConfig) -> Callable[[Any, Batch], jax.Array]:
     """eval(params, batch with inputs/targets [b, L]) -> mean cross-entropy per sequence [b]: each row's
     mean is computed where the row lives, and the host averages the rows in one order."""
-    dtype = compute_dtype(tcfg)
 
     def eval_step(params: Any, batch: Batch) -> jax.Array:
+        dtype = compute_dtype(tcfg)
         logits_BLV = model.forward(cfg, params, batch["inputs"], dtype=dtype, attention=tcfg.attention)
         return jnp.mean(model.nll_from_logits(logits_BLV.astype(jnp.float32), batch["targets"]), axis=1)
 
