@@ -290,7 +290,7 @@ def hidden_states(
     """The last decoder layer's output [B,L,D] (before the final norm). With `remat` each layer keeps only
     its input for the backward pass. Layers of one shape run as one `lax.scan` over their weights stacked
     in the compute dtype: one layer body to compile and schedule, weights gathered layer by layer on a
-    mesh; the CPU lowering keeps the unrolled loop it was measured with (see DESIGN.md)."""
+    mesh; the CPU lowering keeps the unrolled loop it was measured with (README, Design)."""
     cos_LH, sin_LH = rope_tables(cfg, jnp.arange(tokens_BL.shape[1]))
     x_BLD = constrain_batch(embed(cfg, params, tokens_BL, dtype))
     layers = [params["layers"][str(i)] for i in range(cfg.num_hidden_layers)]
