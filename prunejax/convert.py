@@ -5,53 +5,26 @@ A sparse MODEL_DIR's masks.safetensors comes along (and is applied to the writte
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 
-from prunejax import hf, locks, storage
-from prunejax.config import LlamaConfig
+import jax
+import jax.numpy as jnp
+
+from prunejax import hf, locks, modelio, storage
 from prunejax.distributed import add_launch_args
-from prunejax.hf import Params
-
-
-def load_any(src: str, *, place: hf.Place | None = None) -> tuple[LlamaConfig, Params]:
-    """(cfg, params) from an HF directory, a MODEL_DIR or a `.gguf` file; `place` puts each tensor
-    (default: on the default device; `hf.on_host` keeps them in host memory)."""
-    if src.endswith(".gguf"):
-        from prunejax.gguf_import import load_gguf
-
-        return load_gguf(src, place=place)
-    return hf.load(src, place=place)
 
 
 @locks.writes("out_dir")  # one writer per MODEL_DIR
 def convert(src: str, out_dir: str, *, dtype: str | None = None, overwrite: bool = False) -> str:
     """Write `src` as a MODEL_DIR at `out_dir`, tokenizer and masks included; `dtype` casts the weights."""
-    import jax
-    import jax.numpy as jnp
-
     storage.refuse_input(out_dir, src, "SRC")
-    named = storage.absolute(src)  # what provenance records
-    src = storage.local_dir(src)  # a committed gs:// MODEL_DIR: its local copy
-    cfg, params = load_any(src)
-    masks = hf.load_masks(src, cfg) if os.path.isdir(src) else None
-    if masks:  # a sparse MODEL_DIR stays sparse: its masks come along, and hold on the written weights
-        from prunejax.tree import apply_masks
-
-        params = apply_masks(params, masks)
+    model = modelio.load(src)  # a sparse MODEL_DIR stays sparse: its masks come along, applied
     if dtype is not None:
-        params = jax.tree.map(lambda x: x.astype(jnp.dtype(hf.DTYPES[dtype])), params)
-    provenance = {"source": named, "stage": "convert"}
-    source_provenance = hf.load_provenance(src) if os.path.isdir(src) else {}
-    if source_provenance:
-        provenance["source_provenance"] = source_provenance
-    if src.endswith(".gguf"):
-        from prunejax.gguf_import import save_gguf_tokenizer
-
-        with tempfile.TemporaryDirectory() as tok_dir:
-            save_gguf_tokenizer(src, tok_dir)
-            return hf.save(out_dir, cfg, params, tokenizer_dir=tok_dir, provenance=provenance, overwrite=overwrite)
-    return hf.save(out_dir, cfg, params, masks, tokenizer_dir=src, provenance=provenance, overwrite=overwrite)
+        model = model.replace(params=jax.tree.map(lambda x: x.astype(jnp.dtype(hf.DTYPES[dtype])), model.params))
+    provenance = {"source": storage.absolute(src), "stage": "convert"}
+    if model.provenance:
+        provenance["source_provenance"] = model.provenance
+    # a checkpoint without masks is converted as it is, whatever the zeros in its weights
+    return modelio.save(out_dir, model.replace(provenance=provenance), allow_dense=True, overwrite=overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Import Llama GGUF files (llama.cpp's format), dequantizing to float32.
+"""Import Llama GGUF files (llama.cpp's format), dequantizing to float32: the GGUF reader under
+`prunejax.modelio.load`, the loader of every model source.
 
 llama.cpp's converter permutes the rows of q/k so that each head's two RoPE halves interleave;
 HF's `rotate_half` layout needs them back in halves, so the permutation is undone here on import

@@ -232,7 +232,8 @@ def load(
     dtype: Any = jnp.float32,
     place: Callable[[tuple[str, ...], np.ndarray], jax.Array] | None = None,
 ) -> tuple[LlamaConfig, Params]:
-    """Read an HF directory or MODEL_DIR (local or gs://). Tensors are read one at a time and placed as they come."""
+    """Read an HF directory or MODEL_DIR (local or gs://), masks aside. Tensors are read one at a time and placed
+    as they come. The safetensors reader under `prunejax.modelio.load`, the loader of every model source."""
     model_dir = storage.local_dir(model_dir)
     cfg = load_config(model_dir)
     files = _weight_files(model_dir)

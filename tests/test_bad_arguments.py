@@ -109,12 +109,12 @@ def test_out_of_the_wrong_kind_is_refused_even_with_overwrite(inputs, capsys, tm
 
 
 def test_calibration_counts_are_checked_before_the_model_is_read(inputs, capsys, monkeypatch):
-    from prunejax import convert
+    from prunejax import modelio
 
     def no_loading(*a, **k):
         raise AssertionError("the model was read before the arguments were checked")
 
-    monkeypatch.setattr(convert, "load_any", no_loading)
+    monkeypatch.setattr(modelio, "read", no_loading)
     out = str(inputs["root"] / "pruned")
     wanda = ["prune", "--model", inputs["model"], "--method", "wanda", "--ratio", "0.5", "--calib", inputs["data"]]
     assert "--calib-samples must be at least 1, got 0" in _error([*wanda, "--calib-samples", "0", "--out", out], capsys)

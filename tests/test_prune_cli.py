@@ -218,27 +218,22 @@ def test_pruning_a_sparse_model_composes_masks_or_refuses(dirs, capsys):
         assert prov["realized_ratio"] >= max(0.5, float(ratio)) - 1e-6
         assert prov["report"]["method_realized_ratio"] == pytest.approx(float(ratio), abs=0.01)
     assert prov["realized_ratio"] == pytest.approx(0.6, abs=1e-3)  # magnitude's lowest 60% include the zeros
-    for method in ("minitron-width", "shortgpt"):
-        assert (
-            main(
-                [
-                    "prune",
-                    "--model",
-                    str(dirs / "half"),
-                    "--method",
-                    method,
-                    "--ratio",
-                    "0.5",
-                    *calib,
-                    "--out",
-                    str(dirs / "bad"),
-                ]
-            )
-            == 1
-        )
-        err = capsys.readouterr().err
-        assert "half is sparse (masks.safetensors)" in err and "prune structurally first" in err, err
-        assert not (dirs / "bad").exists()
+    # a depth method keeps the surviving layers' masks; width would have to slice them, and refuses
+    deep = ["prune", "--model", str(dirs / "half"), "--method", "shortgpt", "--ratio", "0.5", *calib]
+    assert main([*deep, "--out", str(dirs / "half-depth")]) == 0
+    assert "survivors keep the input's masks (sparsity 0.5000)" in capsys.readouterr().out
+    removed = hf.load_provenance(str(dirs / "half-depth"))["report"]["removed_layers"]
+    kept = [i for i in range(CFG.num_hidden_layers) if i not in removed]
+    depth_cfg = hf.load_config(str(dirs / "half-depth"))
+    carried = hf.load_masks(str(dirs / "half-depth"), depth_cfg)
+    assert depth_cfg.num_hidden_layers == len(kept) == 1
+    for path, m in tree.leaf_paths(half["layers"][str(kept[0])]):
+        np.testing.assert_array_equal(np.asarray(tree.get_path(carried["layers"]["0"], path)), np.asarray(m))
+    width = ["prune", "--model", str(dirs / "half"), "--method", "minitron-width", "--ratio", "0.5", *calib]
+    assert main([*width, "--out", str(dirs / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert "half is sparse (masks.safetensors)" in err and "prune structurally first" in err, err
+    assert not (dirs / "bad").exists()
 
 
 def test_existing_output_needs_overwrite(dirs, capsys):
@@ -252,7 +247,7 @@ def test_existing_output_needs_overwrite(dirs, capsys):
 
 
 def test_prune_model_is_the_cli_without_flags(dirs, capsys):
-    from prunejax.prune.cli import prune_model
+    from prunejax.prune.run import prune_model
 
     out, cli_out = str(dirs / "by_function"), str(dirs / "by_cli")
     assert prune_model(str(dirs / "model"), "magnitude", ratio=0.25, out=out) == out

@@ -1,18 +1,19 @@
-"""`prunejax eval --model SRC (--data DATA_DIR | --text FILES...) [--tasks NAMES --task-data DIR] --out FILE`."""
+"""`prunejax eval --model SRC (--data DATA_DIR | --text FILES...) [--tasks NAMES --task-data DIR] --out FILE`.
+
+The work is `prunejax.evaluate` (`prunejax.api.evaluate`); this module parses flags and prints the summary."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from prunejax import sharding, storage
+from prunejax import sharding
+from prunejax.api import evaluate
 from prunejax.config import positive_int, token_arg
 from prunejax.distributed import add_launch_args
 from prunejax.evaluate import tasks
-from prunejax.evaluate.results import DEFAULT_SEQ_LEN, evaluate_model, write_results
+from prunejax.evaluate.results import DEFAULT_SEQ_LEN
 from prunejax.hf import DTYPES
 
 
@@ -61,61 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(
-    model: str,
-    *,
-    out: str,
-    data: str | None = None,
-    text: list[str] | None = None,
-    task_names: list[str] | None = None,
-    task_data: str | None = None,
-    seq_len: int | None = None,
-    stride: int | None = None,
-    max_tokens: int | None = None,
-    limit: int | None = None,
-    batch_size: int = 8,
-    dtype: Any = jnp.float32,
-    mesh: jax.sharding.Mesh | None = None,
-    overwrite: bool = False,
-) -> str:
-    """`evaluate_model` written to the results.json `out`, which is returned; an existing `out` is refused
-    before, not after, the evaluation unless `overwrite`."""
-    counts = {"--seq-len": seq_len, "--stride": stride, "--max-tokens": max_tokens, "--limit": limit}
-    for flag, value in {**counts, "--batch-size": batch_size}.items():  # what the CLI's argparse types check
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
-    storage.refuse_existing(out, overwrite, directory=False)
-    results = evaluate_model(
-        model,
-        data=data,
-        text=text,
-        task_names=task_names,
-        task_data=task_data,
-        seq_len=seq_len,
-        stride=stride,
-        max_tokens=max_tokens,
-        limit=limit,
-        batch_size=batch_size,
-        dtype=dtype,
-        mesh=mesh,
-    )
-    write_results(out, results, overwrite=overwrite)
-    print("\n".join(summary(results)))
-    print(f"wrote {out}")
-    return out
-
-
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.data or args.text or args.tasks):
         parser.error("give --data DATA_DIR, --text FILES and/or --tasks NAMES")
-    evaluate(
+    results = evaluate(
         args.model,
         out=args.out,
         data=args.data,
         text=args.text,
-        task_names=tasks.parse_task_names(args.tasks) if args.tasks else None,
+        tasks=tasks.parse_task_names(args.tasks) if args.tasks else None,
         task_data=args.task_data,
         seq_len=args.seq_len,
         stride=args.stride,
@@ -126,4 +83,6 @@ def main(argv: list[str]) -> int:
         mesh=sharding.parse_mesh(args.mesh) if args.mesh else None,
         overwrite=args.overwrite,
     )
+    print("\n".join(summary(results)))
+    print(f"wrote {args.out}")
     return 0

@@ -1,4 +1,5 @@
-"""What is evaluated: a model (MODEL_DIR, HF directory, RUN_DIR or GGUF) with its tokenizer and masks.
+"""What is evaluated: a model (MODEL_DIR, HF directory, RUN_DIR, GGUF, or a `Model` value) with its tokenizer
+and masks.
 
 A sparse MODEL_DIR stores its weights already zeroed; the masks in `masks.safetensors` are applied
 again on load anyway (a no-op for a well-formed directory) so that a model whose weights were
@@ -10,15 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from typing import Any
 
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from prunejax import hf, storage
+from prunejax import hf, modelio, storage
 from prunejax.config import LlamaConfig
-from prunejax.hf import CheckpointError, Params
+from prunejax.hf import Params
+from prunejax.modelio import Model
 from prunejax.sharding import placer, shard
 from prunejax.tree import apply_masks, get_path, leaf_paths, sparsity
 
@@ -29,14 +30,6 @@ class EvalModel:
     params: Params
     tokenizer: Any | None
     info: dict[str, Any]
-
-
-def resolve(src: str) -> str:
-    """A RUN_DIR evaluates its `final/` MODEL_DIR; anything else is used as given."""
-    final = os.path.join(src, "final")
-    if os.path.isdir(src) and not os.path.exists(os.path.join(src, "config.json")) and os.path.isdir(final):
-        return final
-    return src
 
 
 def load_tokenizer(path: str) -> Any | None:
@@ -56,34 +49,29 @@ def masked_are_zero(params: Params, masks: Params) -> bool:
     )
 
 
-def load_model(src: str, *, mesh: Mesh | None = None, dtype: Any = jnp.float32) -> EvalModel:
-    """Weights (masks applied, placed on `mesh`), tokenizer and provenance of a model to evaluate."""
-    info: dict[str, Any] = {"path": src if storage.is_remote(src) else os.path.abspath(resolve(src))}
-    src = resolve(storage.local_dir(src))  # a committed gs:// MODEL_DIR: its local copy
-    if src.endswith(".gguf"):
-        from prunejax.gguf_import import load_gguf, save_gguf_tokenizer
-
-        cfg, params = load_gguf(src, dtype=dtype)
-        hf.check_finite(params, src)
-        params = shard(mesh, params) if mesh is not None else params
-        with tempfile.TemporaryDirectory() as tok_dir:
-            save_gguf_tokenizer(src, tok_dir)
-            tokenizer = load_tokenizer(tok_dir)
-        return EvalModel(cfg, params, tokenizer, info)
-    if not os.path.isdir(src):
-        raise CheckpointError(f"{src}: not a model directory, RUN_DIR or .gguf file")
-    cfg, params = hf.load(src, dtype=dtype, place=placer(mesh) if mesh is not None else None)
-    hf.check_finite(params, src)  # a NaN weight would only show up as a NaN metric
-    provenance = hf.load_provenance(src)
+def load_model(src: str | Model, *, mesh: Mesh | None = None, dtype: Any = jnp.float32) -> EvalModel:
+    """Weights (masks applied, placed on `mesh`), tokenizer and provenance of a model to evaluate: read by
+    `modelio.read` from a path, or taken as they are from a `Model` value (whose masks hold already)."""
+    if isinstance(src, Model):
+        model, info = src, {"path": src.source, "in_memory": True}
+        model = model.replace(params=shard(mesh, model.params)) if mesh is not None else model
+    else:
+        local = modelio.resolve(src) if not storage.is_remote(src) else src
+        info = {"path": src if storage.is_remote(src) else os.path.abspath(local)}
+        model = modelio.read(src, dtype=dtype, place=placer(mesh) if mesh is not None else None)
+    hf.check_finite(model.params, str(info["path"]))  # a NaN weight would only show up as a NaN metric
+    provenance = model.provenance if not isinstance(src, Model) else {}
     if provenance:
         info["provenance"] = {k: provenance[k] for k in ("stage", "method", "parent", "source") if k in provenance}
-    masks = hf.load_masks(src, cfg)
-    if masks:
-        already_zero = masked_are_zero(params, masks)
-        params = apply_masks(params, masks)
+    params = model.params
+    if model.masks:
+        already_zero = masked_are_zero(params, model.masks)
+        params = apply_masks(params, model.masks)
         info["masks"] = {
             "applied": True,
             "weights_already_zero": already_zero,
-            "mask_sparsity": sparsity(masks)["mask_sparsity"],
+            "mask_sparsity": sparsity(model.masks)["mask_sparsity"],
         }
-    return EvalModel(cfg, params, load_tokenizer(src), info)
+    with modelio.tokenizer_files(model.source) as tok_dir:
+        tokenizer = load_tokenizer(tok_dir) if tok_dir is not None else None
+    return EvalModel(model.cfg, params, tokenizer, info)

@@ -35,8 +35,11 @@ METHODS: dict[str, Method] = {
     "minitron-width": minitron_width,
     "sheared": sheared,
 }
-# Methods that zero weights under masks and keep every shape; only these prune an already sparse model.
+# Methods that zero weights under masks and keep every shape; on a sparse model their masks are composed.
 SPARSE = frozenset({"magnitude", "wanda", "sparsegpt", "owl"})
+# Methods that remove whole decoder layers (their report names `removed_layers`); on a sparse model the
+# surviving layers keep their masks.
+DEPTH = frozenset({"minitron-depth", "shortgpt"})
 # Methods whose scores ignore the calibration data.
 NO_CALIBRATION = frozenset({"magnitude", "sheared"})
 # Methods that train on a token budget of a DATA_DIR (options data=, prune_tokens=, config=, run_dir=).
@@ -53,7 +56,8 @@ def get_method(name: str) -> Method:
 def prune(
     cfg: LlamaConfig, params: dict[str, Any], method: str, tokens_NL: np.ndarray | None = None, **options: Any
 ) -> PruneResult:
-    """Run a method by name (options: ratio, target, pattern, batch_size, mesh)."""
+    """Run a method by name on dense (cfg, params) (options: ratio, target, pattern, batch_size, mesh); a
+    model with masks is pruned by `prunejax.prune`, which composes or carries them."""
     fn = get_method(method)
     if tokens_NL is None and method not in NO_CALIBRATION:
         raise PruneError(f"{method} needs calibration tokens")

@@ -6,9 +6,8 @@ import dataclasses
 from typing import Any
 
 from prunejax.config import LlamaConfig
-from prunejax.prune.masks import PruneError, compose
 from prunejax.prune.shapes import linear_ratio
-from prunejax.tree import apply_masks, sparsity
+from prunejax.tree import sparsity
 
 Params = dict[str, Any]
 
@@ -45,17 +44,3 @@ def shape_of(cfg: LlamaConfig) -> dict[str, int]:
         "heads": cfg.num_attention_heads,
         "kv_heads": cfg.num_key_value_heads,
     }
-
-
-def composed_result(result: PruneResult, input_masks: Params) -> PruneResult:
-    """A sparse method's result on an already sparse model: its masks ANDed with the input's, the weights
-    zeroed where either prunes, and the realized ratio of the composition (what the model now is)."""
-    if result.masks is None:
-        raise PruneError(f"{result.report.get('method')} returns no masks, so it cannot compose with the input's")
-    masks = compose(input_masks, result.masks)
-    report = {
-        **result.report,
-        "method_realized_ratio": result.report["realized_ratio"],
-        "input_sparsity": sparsity(input_masks)["mask_sparsity"],
-    }
-    return sparse_result(result.cfg, apply_masks(result.params, masks), masks, report)

@@ -39,6 +39,7 @@ from prunejax.study import config as study_config
 from prunejax.study import plan as plan_lib
 from prunejax.study.config import StudyConfig
 from prunejax.study.plan import ScratchSpec, Stage
+from prunejax.study.stages import STAGES, write_json
 from prunejax.train.loop import Stopped
 
 
@@ -59,17 +60,6 @@ def read_marker(study_dir: str, stage_id: str) -> dict[str, Any] | None:
     if not storage.exists(path):
         return None
     return json.loads(storage.read_file(path))
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Atomic JSON write (a temporary file renamed into place, or one object) by the writer process; the
-    others wait."""
-    distributed.one_writer(f"json {path}", lambda: _write_json(path, obj))
-
-
-def _write_json(path: str, obj: Any) -> None:
-    """The same write, by the calling process alone."""
-    storage.write_file(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 class Runner:
@@ -252,8 +242,6 @@ class Runner:
         )
 
     def run(self, rerun_changed: bool = False, log: Callable[[str], None] = print) -> int:
-        from prunejax.study import stages  # each stage kind's function; they call back for paths and twins
-
         # every process builds the same plan from the same config, or none starts
         distributed.agree("study plan", hashlib.sha256(json.dumps(self.hashes, sort_keys=True).encode()).hexdigest())
         if self.remote:
@@ -286,7 +274,7 @@ class Runner:
             try:
                 try:
                     with stage_log(self._log_path(stage.id)):
-                        stages.STAGES[stage.kind](self, stage)
+                        STAGES[stage.kind](self, stage)  # a stage calls back for paths and twins
                 finally:
                     self._upload_log(stage.id)
                 if stage.kind in ("parent", "retrain", "scratch") and not self.finished(stage.id):

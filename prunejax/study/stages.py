@@ -1,6 +1,7 @@
-"""What each kind of stage does: one function per kind, each a call of the verb's importable entry function
-(`train_tokenizer`, `prepare_data`, `convert`, `train`, `prune_model`, `evaluate`) with the stage's typed spec
-and the paths the runner gives it. `STAGES` maps a stage's kind to its function.
+"""What each kind of stage does: one function per kind, each a call of the library function a verb calls
+(`data.api.train_tokenizer` and `prepare_data`, `convert.convert`, `train.run.train`, `prune.run.prune_model`,
+`prunejax.api.evaluate`) with the stage's typed spec and the paths the runner gives it. `STAGES` maps a stage's
+kind to its function; the runner (`study.runner`) calls them, and they see it only as `StudyPaths`.
 
 Every verb's errors arrive here as the exceptions they are (nothing parses flags or exits); the runner marks
 the stage failed with the message. A stage function writes only under `runner.out(stage.id)`.
@@ -8,10 +9,11 @@ the stage failed with the message. A stage function writes only under `runner.ou
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from prunejax import distributed, storage
 from prunejax.study.plan import (
@@ -26,13 +28,34 @@ from prunejax.study.plan import (
     Stage,
     TokenizerSpec,
 )
-from prunejax.study.runner import Runner, write_json
 
 TEXT_RECORDS = (".json", ".jsonl", ".yaml", ".txt", ".log")
 
 
-def tokenizer_stage(runner: Runner, stage: Stage) -> None:
-    from prunejax.data.cli import train_tokenizer
+class StudyPaths(Protocol):
+    """What a stage needs of the runner: where stages write, and the scratch runs it can reuse."""
+
+    dir: str
+
+    def out(self, stage_id: str) -> str: ...
+    def model_dir(self, stage_id: str) -> str: ...
+    def scratch_source(self, stage: Stage) -> str: ...
+    def scratch_twin(self, stage: Stage) -> str | None: ...
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomic JSON write (a temporary file renamed into place, or one object) by the writer process; the
+    others wait."""
+    distributed.one_writer(f"json {path}", lambda: _write_json(path, obj))
+
+
+def _write_json(path: str, obj: Any) -> None:
+    """The same write, by the calling process alone."""
+    storage.write_file(path, json.dumps(obj, indent=2, default=str).encode())
+
+
+def tokenizer_stage(runner: StudyPaths, stage: Stage) -> None:
+    from prunejax.data.api import train_tokenizer
 
     spec = stage.spec
     assert isinstance(spec, TokenizerSpec)
@@ -40,8 +63,8 @@ def tokenizer_stage(runner: Runner, stage: Stage) -> None:
     train_tokenizer(runner.out(stage.id), **source, vocab_size=spec.vocab, overwrite=True)
 
 
-def data_stage(runner: Runner, stage: Stage) -> None:
-    from prunejax.data.cli import prepare_data
+def data_stage(runner: StudyPaths, stage: Stage) -> None:
+    from prunejax.data.api import prepare_data
     from prunejax.data.store import TokenStore
 
     d = stage.spec
@@ -61,7 +84,7 @@ def _documents(corpus: str | None, text: tuple[str, ...], max_documents: int) ->
     return {**({"corpus": corpus} if corpus else {"text": text}), "max_documents": max_documents}
 
 
-def parent_stage(runner: Runner, stage: Stage) -> None:
+def parent_stage(runner: StudyPaths, stage: Stage) -> None:
     """An imported parent is converted; any other is pretrained from random init on [0, P]."""
     spec = stage.spec
     if isinstance(spec, ImportSpec):
@@ -80,9 +103,9 @@ def parent_stage(runner: Runner, stage: Stage) -> None:
     _train(runner, stage, offset=0, tokens=spec.tokens, scratch=model)
 
 
-def prune_stage(runner: Runner, stage: Stage) -> None:
+def prune_stage(runner: StudyPaths, stage: Stage) -> None:
     """Sheared trains its masks on the study's data; every other method calibrates on it."""
-    from prunejax.prune.cli import prune_model
+    from prunejax.prune.run import prune_model
 
     s = stage.spec
     assert isinstance(s, PruneSpec)
@@ -97,13 +120,13 @@ def prune_stage(runner: Runner, stage: Stage) -> None:
     prune_model(model, s.method, ratio=s.ratio, pattern=s.pattern, **how, out=runner.out(stage.id), overwrite=True)
 
 
-def retrain_stage(runner: Runner, stage: Stage) -> None:
+def retrain_stage(runner: StudyPaths, stage: Stage) -> None:
     spec = stage.spec
     assert isinstance(spec, RetrainSpec)
     _train(runner, stage, offset=spec.offset, tokens=spec.tokens, init=runner.model_dir(stage.deps[0]))
 
 
-def baseline_stage(runner: Runner, stage: Stage) -> None:
+def baseline_stage(runner: StudyPaths, stage: Stage) -> None:
     """The dense shape closest to the pruned model's parameter count or FLOPs, as a config.json."""
     from prunejax import hf
     from prunejax.study.baselines import matched_config
@@ -131,7 +154,7 @@ def baseline_stage(runner: Runner, stage: Stage) -> None:
     )
 
 
-def scratch_stage(runner: Runner, stage: Stage) -> None:
+def scratch_stage(runner: StudyPaths, stage: Stage) -> None:
     """Random init of a shape; a finished run of the same shape, tokens, recipe, seed and data is reused."""
     spec = stage.spec
     assert isinstance(spec, ScratchSpec)
@@ -155,8 +178,8 @@ def scratch_stage(runner: Runner, stage: Stage) -> None:
     _train(runner, stage, offset=0, tokens=spec.tokens, scratch=runner.scratch_source(stage), reinit=spec.reinit)
 
 
-def eval_stage(runner: Runner, stage: Stage) -> None:
-    from prunejax.evaluate.cli import evaluate
+def eval_stage(runner: StudyPaths, stage: Stage) -> None:
+    from prunejax.api import evaluate
 
     spec = stage.spec
     assert isinstance(spec, EvaluateSpec)
@@ -172,7 +195,7 @@ def eval_stage(runner: Runner, stage: Stage) -> None:
     )
 
 
-def _train(runner: Runner, stage: Stage, *, offset: int, tokens: int, **source: Any) -> None:
+def _train(runner: StudyPaths, stage: Stage, *, offset: int, tokens: int, **source: Any) -> None:
     """`train` on the study's data from `offset` for `tokens` tokens; `source` is init=, or scratch= [reinit=].
     A run stopped by a signal returns with a checkpoint and no final/, which the runner reports as interrupted."""
     from prunejax.train.run import train
@@ -207,7 +230,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 # a stage's kind -> what runs it
-STAGES: dict[str, Callable[[Runner, Stage], None]] = {
+STAGES: dict[str, Callable[[StudyPaths, Stage], None]] = {
     "tokenizer": tokenizer_stage,
     "data": data_stage,
     "parent": parent_stage,
