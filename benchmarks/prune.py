@@ -49,11 +49,11 @@ def eval_tokens(data_dir: str, windows: int, seq_len: int):
 
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
-    from prunejax import calibrate
-    from prunejax.convert import load_any
+    from prunejax import calibrate, load
     from prunejax.prune import prune
 
-    cfg, params = load_any(args.model)
+    model = load(args.model)
+    cfg, params = model.cfg, model.params
     method, options = RUNS[name]
     t0 = time.time()
     realized, extra = 0.0, {}
