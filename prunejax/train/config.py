@@ -48,7 +48,7 @@ class TrainConfig:
     ckpt_every: int = 0  # steps; 0 = only at the end (and on SIGTERM)
     keep_checkpoints: int = 3
     async_checkpoint: bool = False
-    tensorboard: bool = False
+    tensorboard: bool = True  # RUN_DIR/tensorboard/: metrics.jsonl's numbers as TensorBoard scalars (false: none)
     peak_tflops: float | None = None  # per device, for MFU; None = measured matmul peak on CPU, else unset
     # mesh (data * fsdp * tp = devices; -1 takes the rest)
     mesh_data: int = -1
