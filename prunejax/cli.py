@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"prunejax: unknown verb {verb!r}; valid verbs: {', '.join(VERBS)}", file=sys.stderr)
         return 2
+    for arg in rest:  # argparse hands `--opt=--` to the verb as [] without calling the option's type
+        if arg.startswith("--") and arg.endswith("=--"):
+            print(f"prunejax {verb}: error: argument {arg[:-3]}: expected a value, got '--'", file=sys.stderr)
+            return 2
     runtime.tune_cpu_runtime()  # before any JAX work (the CPU dispatch mode is fixed when the backend starts)
     run = importlib.import_module(VERBS[verb]).main
     rc = 1

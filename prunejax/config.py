@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -39,6 +41,52 @@ class ConfigError(ValueError):
     """A config that is malformed or describes a model prunejax does not support."""
 
 
+def load_yaml(text: str | bytes, where: str) -> Any:
+    """One YAML document, read strictly: a key given twice in one mapping is an error naming `where` and the
+    line (PyYAML keeps the last silently), and `3e-4` is a float as in YAML 1.2 (PyYAML's YAML 1.1 reads a
+    number without a dot as a string). Invalid YAML is a ConfigError too."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from None
+    except _DuplicateKey as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+@functools.cache
+def _strict_loader() -> type:
+    """PyYAML's SafeLoader with the two rules of `load_yaml` (built on first use: yaml is imported lazily)."""
+    import re
+
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key, collections.abc.Hashable):
+                    continue  # merge keys are PyYAML's to expand; an unhashable key is its error to raise
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(f"line {line}: key {key!r} is given twice (also on line {seen[key]})")
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    StrictLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+.0123456789"),
+    )
+    return StrictLoader
+
+
 def parse_tokens(value: Any, minimum: int = 0) -> int:
     """A token count: 200000, '2e5', '300k', '1.5M', '50B' -> int (a whole number >= `minimum`)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -50,7 +98,7 @@ def parse_tokens(value: Any, minimum: int = 0) -> int:
             count = float(text[:-1] if scale != 1 else text) * scale
         except ValueError:
             raise ConfigError(f"not a token count: {value!r}") from None
-    if count != int(count) or count < minimum:
+    if not math.isfinite(count) or count != int(count) or count < minimum:
         raise ConfigError(f"a token count must be a whole number >= {minimum}, got {value!r}")
     return int(count)
 
@@ -155,7 +203,7 @@ class LlamaConfig:
             "max_position_embeddings",
         ):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(
@@ -233,18 +281,16 @@ class LlamaConfig:
     def from_file(cls, path: str | os.PathLike) -> LlamaConfig:
         """A config.json, or a YAML file of its keys (a model shape for `train --scratch`, a study's parent).
         Every problem is a ConfigError naming `path`."""
-        import yaml
-
         from prunejax import storage
 
         is_json = str(path).endswith(".json")
         try:
             text = storage.read_file(str(path)).decode()  # a local file or a gs:// object
-            d = json.loads(text) if is_json else yaml.safe_load(text)
+            d = json.loads(text) if is_json else load_yaml(text, str(path))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such model config file") from None
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'} ({e})") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: a model config is a mapping of config.json keys, got {type(d).__name__}")
         try:

@@ -211,10 +211,10 @@ def test_two_grid_cells_never_share_a_stage(change):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"methods": ["minitron-dept"]}, "unknown method 'minitron-dept'; valid methods: magnitude"),
+        ({"methods": ["minitron-dept"]}, "methods[0].name: unknown method 'minitron-dept'; valid methods: magnitude"),
         (
             {"methods": [{"name": "sparsegpt", "pattern": "2:4"}], "ratios": [0.8]},
-            "pattern 2:4 prunes 0.5, not ratio 0.8",
+            "study config: methods[0].pattern: 2:4 prunes 0.5, not ratio 0.8",
         ),
         ({"ratios": [1.2]}, "ratio 1.2 of minitron-depth is outside (0, 1)"),
         ({"retrain_budgets": [100]}, "smaller than one training step (512 tokens)"),
@@ -223,11 +223,11 @@ def test_two_grid_cells_never_share_a_stage(change):
         ({"evaluation": {}}, "unknown key(s) evaluation"),
         ({"seed": 3}, "unknown key(s) seed; valid: "),
         ({"seeds": 0}, "seeds: 0 asks for no runs"),
-        ({"seeds": []}, "seeds must be a count (e.g. 3) or a non-empty list of integers, got []"),
-        ({"seeds": [0, "1"]}, "seeds must be a count"),
-        ({"seeds": True}, "seeds must be a count"),
+        ({"seeds": []}, "seeds: must be a count (e.g. 3) or a non-empty list of integers, got []"),
+        ({"seeds": [0, "1"]}, "seeds[1]: expected a whole number, got '1'"),
+        ({"seeds": True}, "seeds: must be a count (e.g. 3) or a non-empty list of integers, got True"),
         ({"dense_control": ["continued"]}, "unknown dense_control ['continued']; valid: continue, once"),
-        ({"dense_control": True}, "dense_control must be a list of strings, got True"),
+        ({"dense_control": True}, "study config: dense_control: expected a list, got True"),
         (
             {"dense_control": ["once"], "parent": {"import": "configs/train/tiny.yaml"}},
             "dense_control 'once' retrains the parent's architecture for P+R tokens",

@@ -333,7 +333,9 @@ def test_bad_inputs_give_clear_errors(kjv, model_yaml, tmp_path):
 def test_train_config_refuses_non_finite_numbers(tmp_path):
     for override in ("peak_lr=nan", "peak_lr=.inf", "weight_decay=-.inf", "peak_tflops=nan", "eps=NaN"):
         key = override.split("=")[0]
-        with pytest.raises(ConfigError, match=f"^config: {key} must be a finite number"):
+        with pytest.raises(
+            ConfigError, match=f"^train config defaults with overrides {override}: {key} must be a finite"
+        ):
             config_lib.load(None, [override])
     path = tmp_path / "t.yaml"
     path.write_text("beta2: .nan\n")
@@ -408,3 +410,16 @@ def test_a_divergence_with_no_checkpoint_says_none_was_saved(kjv, model_yaml, tm
         )
     assert "last good checkpoint" not in str(err.value)
     assert _saved_steps(str(tmp_path / "run")) == []
+
+
+def test_a_run_resumes_across_logging_only_keys_and_not_across_others(tmp_path):
+    from prunejax.train import run as run_lib
+
+    tcfg = config_lib.TrainConfig(tensorboard=False)
+    out = str(tmp_path / "r")
+    assert run_lib.open_run_dir(out, run_lib._resolved(tcfg, model="m")) is False  # a new RUN_DIR
+    assert run_lib.open_run_dir(out, run_lib._resolved(tcfg.replace(tensorboard=True), model="m")) is True
+    with pytest.raises(ConfigError, match="differs in: train"):
+        run_lib.open_run_dir(out, run_lib._resolved(tcfg.replace(peak_lr=1e-3), model="m"))
+    with pytest.raises(ConfigError, match="differs in: model"):
+        run_lib.open_run_dir(out, run_lib._resolved(tcfg, model="other"))

@@ -12,6 +12,8 @@ from prunejax.config import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Knobs:
+    __pydantic_config__ = yamlconf.STRICT
+
     steps: int = 1
     lr: float = 1e-3
     peak: float | None = None

@@ -21,6 +21,8 @@ from prunejax.prune.masks import PruneError
 class ShearedConfig:
     """Every setting of the pruning stage; defaults are the original recipe (fractions of the budget)."""
 
+    __pydantic_config__ = yamlconf.STRICT
+
     seq_len: int = 4096
     batch_size: int = 32  # sequences per step: 32 x 4096 = 131,072 tokens; 0.42B tokens = 3200 steps
     lr: float = 1e-4  # model weights: AdamW, warmup then cosine
@@ -51,7 +53,7 @@ class ShearedConfig:
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "min_lagrangian_warmup_steps", "log_every", "ckpt_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:  # bool is an int to Python
                 raise ConfigError(f"sheared: {name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0 < self.lagrangian_warmup_frac < 1 or not 0 <= self.lr_warmup_frac < 1:
             raise ConfigError("sheared: lagrangian_warmup_frac must be in (0, 1) and lr_warmup_frac in [0, 1)")

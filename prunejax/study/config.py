@@ -5,10 +5,13 @@ before any work starts."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
+
+import pydantic
 
 from prunejax import storage, yamlconf
-from prunejax.config import ConfigError, parse_tokens
+from prunejax.config import ConfigError
+from prunejax.yamlconf import STRICT, Tokens
 
 SCRATCH_SHAPES = ("same", "params", "flops")
 SCRATCH_SETTINGS = ("equal_train", "equal_total")
@@ -19,18 +22,42 @@ DENSE_CONTROLS = ("continue", "once")
 STRUCTURED = {"minitron-depth": "depth", "shortgpt": "depth", "minitron-width": "width", "sheared": "mixed"}
 SPARSE = ("magnitude", "wanda", "sparsegpt")
 
+Count = Annotated[int, pydantic.Field(ge=1)]
+Seed = Annotated[int, pydantic.Field(ge=0, lt=2**31)]
+
+
+def _seeds(value: Any) -> Any:
+    """`seeds: 3` means seeds 0, 1, 2; a list names them. At least one; a repeat is caught by the plan."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ConfigError(f"{value} asks for no runs; give a count >= 1 or a list of seeds")
+        return tuple(range(value))
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"must be a count (e.g. 3) or a non-empty list of integers, got {value!r}")
+    return tuple(value)  # after a validator, strict mode wants the tuple itself
+
+
+def _names(value: Any) -> Any:
+    """One string alone stands for a list of one."""
+    return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
+
+
+Names = Annotated[tuple[str, ...], pydantic.BeforeValidator(_names)]
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
     """Where the study's tokens come from: a built-in corpus, text files, or an existing DATA_DIR."""
 
+    __pydantic_config__ = STRICT
+
     corpus: str | None = None
-    text: tuple[str, ...] = ()
+    text: Names = ()
     data_dir: str | None = None
     tokenizer: str = "train"  # "train" = train a BPE on the corpus; else a tokenizer/MODEL_DIR/.gguf path
-    tokenizer_vocab: int = 1024
-    val_fraction: float = 0.02  # fraction of documents held out for validation
-    max_documents: int = 0
+    tokenizer_vocab: Count = 1024
+    val_fraction: Annotated[float, pydantic.Field(gt=0, lt=1)] = 0.02  # fraction of documents held out
+    max_documents: Annotated[int, pydantic.Field(ge=0)] = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +65,17 @@ class ParentSpec:
     """Pretrain a parent from scratch (`model`: a preset name, YAML/JSON path, or inline fields) for
     `tokens`, or import one (`import`: MODEL_DIR / HF dir / .gguf)."""
 
+    __pydantic_config__ = STRICT
+
     model: Any = None
-    tokens: int = 0
+    tokens: Tokens = 0
     import_: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
+    __pydantic_config__ = STRICT
+
     name: str
     pattern: str | None = None
     ratios: tuple[float, ...] | None = None  # None = the study's ratios
@@ -62,35 +93,41 @@ class MethodSpec:
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationSpec:
-    samples: int = 128
-    seq_len: int = 2048
-    batch_size: int = 8
+    __pydantic_config__ = STRICT
+
+    samples: Count = 128
+    seq_len: Count = 2048
+    batch_size: Count = 8
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
-    seq_len: int = 2048
-    max_tokens: int = 0  # validation tokens per model (0 = the whole validation split)
-    batch_size: int = 8
+    __pydantic_config__ = STRICT
+
+    seq_len: Count = 2048
+    max_tokens: Tokens = 0  # validation tokens per model (0 = the whole validation split)
+    batch_size: Count = 8
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
+    __pydantic_config__ = STRICT
+
     name: str
     data: DataSpec
     parent: ParentSpec
     methods: tuple[MethodSpec, ...]
     ratios: tuple[float, ...]
-    retrain_budgets: tuple[int, ...]
-    scratch_shapes: tuple[str, ...] = ("same",)
-    scratch_settings: tuple[str, ...] = SCRATCH_SETTINGS
+    retrain_budgets: tuple[Tokens, ...]
+    scratch_shapes: Names = ("same",)
+    scratch_settings: Names = SCRATCH_SETTINGS
     count_pruning_tokens: bool = False  # add calibration / Sheared-stage tokens to equal-total budgets
-    seeds: tuple[int, ...] = (0,)  # YAML: a list of seeds, or a count n for seeds 0..n-1
-    dense_control: tuple[str, ...] = ()  # any of DENSE_CONTROLS (opt-in: they add stages)
+    seeds: Annotated[tuple[Seed, ...], pydantic.BeforeValidator(_seeds)] = (0,)  # YAML: a list, or a count n: 0..n-1
+    dense_control: Names = ()  # any of DENSE_CONTROLS (opt-in: they add stages)
     train_config: str | None = None
-    train_overrides: tuple[str, ...] = ()
+    train_overrides: Names = ()
     calibration: CalibrationSpec = CalibrationSpec()
-    sheared_prune_tokens: int = 0
+    sheared_prune_tokens: Tokens = 0
     sheared_config: str | None = None  # configs/prune/sheared*.yaml (default: the original recipe)
     eval: EvalSpec = EvalSpec()
     source: str = ""
@@ -99,69 +136,28 @@ class StudyConfig:
         return method.ratios if method.ratios is not None else self.ratios
 
 
-def from_dict(d: dict[str, Any], source: str = "study config") -> StudyConfig:
+def from_dict(d: Any, source: str = "study config") -> StudyConfig:
+    """The study in mapping `d` (a parsed YAML file), checked against the schema above, then `validate`d."""
     if not isinstance(d, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    d = dict(d)
-    d["data"] = yamlconf.build(DataSpec, d.get("data", {}), f"{source}: data")
-    if isinstance(d["data"].text, list | str):
-        d["data"] = dataclasses.replace(
-            d["data"], text=tuple([d["data"].text] if isinstance(d["data"].text, str) else d["data"].text)
-        )
-    parent = d.get("parent", {})
-    if isinstance(parent, dict):  # `import` is a Python keyword
-        parent = {("import_" if k == "import" else k): v for k, v in parent.items()}
-    parent = yamlconf.build(ParentSpec, parent, f"{source}: parent")
-    d["parent"] = dataclasses.replace(parent, tokens=parse_tokens(parent.tokens))
-    methods = []
-    for i, m in enumerate(d.get("methods", [])):
-        m = {"name": m} if isinstance(m, str) else m
-        spec = yamlconf.build(MethodSpec, m, f"{source}: methods[{i}]")
-        if spec.ratios is not None:
-            spec = dataclasses.replace(spec, ratios=tuple(float(r) for r in spec.ratios))
-        methods.append(spec)
-    d["methods"] = tuple(methods)
-    d["ratios"] = tuple(float(r) for r in d.get("ratios", ()))
-    d["retrain_budgets"] = tuple(parse_tokens(b) for b in d.get("retrain_budgets", ()))
-    for key in ("scratch_shapes", "scratch_settings", "train_overrides", "dense_control"):
-        if key in d:
-            d[key] = _names(d[key], key, source)
-    if "seeds" in d:
-        d["seeds"] = parse_seeds(d["seeds"], source)
-    if "sheared_prune_tokens" in d:
-        d["sheared_prune_tokens"] = parse_tokens(d["sheared_prune_tokens"])
-    d["calibration"] = yamlconf.build(CalibrationSpec, d.get("calibration", {}), f"{source}: calibration")
-    d["eval"] = yamlconf.build(EvalSpec, d.get("eval", {}), f"{source}: eval")
-    eval_spec = d["eval"]
-    d["eval"] = dataclasses.replace(eval_spec, max_tokens=parse_tokens(eval_spec.max_tokens))
-    cfg = yamlconf.build(StudyConfig, {**d, "name": d.get("name", "study")}, source, exclude=("source",))
+    d = {"name": "study", **d}
+    if isinstance(d.get("parent"), dict):  # `import` is a Python keyword
+        d["parent"] = {("import_" if k == "import" else k): v for k, v in d["parent"].items()}
+    if isinstance(d.get("methods"), list):
+        d["methods"] = [{"name": m} if isinstance(m, str) else m for m in d["methods"]]
+    for key in ("data", "parent", "calibration", "eval"):
+        d.setdefault(key, {})
+    for key in ("methods", "ratios"):
+        d.setdefault(key, [])  # validate() says what an empty grid lacks
+    cfg = yamlconf.build(StudyConfig, d, source, exclude=("source",))
     cfg = dataclasses.replace(cfg, source=source)
     validate(cfg)
     return cfg
 
 
-def _names(value: Any, key: str, source: str) -> tuple[str, ...]:
-    """A list of strings; one string alone stands for a list of one."""
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigError(f"{source}: {key} must be a list of strings, got {value!r}")
-
-
-def parse_seeds(value: Any, source: str) -> tuple[int, ...]:
-    """`seeds: 3` means seeds 0, 1, 2; `seeds: [0, 7]` lists them. At least one; a repeat is caught by the plan."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise ConfigError(f"{source}: seeds: {value} asks for no runs; give a count >= 1 or a list of seeds")
-        return tuple(range(value))
-    if isinstance(value, list | tuple) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
-        return tuple(value)
-    raise ConfigError(f"{source}: seeds must be a count (e.g. 3) or a non-empty list of integers, got {value!r}")
-
-
 def validate(cfg: StudyConfig) -> None:
     """Everything checkable without running anything; the runner checks the rest before work starts."""
+    from prunejax.prune.masks import PruneError, parse_pattern
     from prunejax.prune.registry import METHODS
 
     where = cfg.source
@@ -185,18 +181,21 @@ def validate(cfg: StudyConfig) -> None:
     if not cfg.methods:
         raise ConfigError(f"{where}: no methods")
     valid = sorted(set(METHODS) | {"sheared"})
-    for m in cfg.methods:
+    for i, m in enumerate(cfg.methods):
+        key = f"{where}: methods[{i}]"
         if m.name not in valid:
-            raise ConfigError(f"{where}: unknown method {m.name!r}; valid methods: {', '.join(valid)}")
+            raise ConfigError(f"{key}.name: unknown method {m.name!r}; valid methods: {', '.join(valid)}")
         if m.pattern and m.name not in SPARSE:
-            raise ConfigError(f"{where}: {m.name} takes no N:M pattern")
+            raise ConfigError(f"{key}.pattern: {m.name} takes no N:M pattern")
+        try:
+            pattern = parse_pattern(m.pattern)
+        except PruneError as e:
+            raise ConfigError(f"{key}.pattern: {e}") from None
         for r in cfg.method_ratios(m):
             if not 0 < r < 1:
                 raise ConfigError(f"{where}: ratio {r} of {m.label} is outside (0, 1)")
-            if m.pattern:
-                n, mm = (int(x) for x in m.pattern.split(":"))
-                if abs((1 - n / mm) - r) > 1e-9:
-                    raise ConfigError(f"{where}: pattern {m.pattern} prunes {1 - n / mm:g}, not ratio {r}")
+            if pattern and abs((1 - pattern[0] / pattern[1]) - r) > 1e-9:
+                raise ConfigError(f"{key}.pattern: {m.pattern} prunes {1 - pattern[0] / pattern[1]:g}, not ratio {r}")
     labels = [m.label for m in cfg.methods]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"{where}: a method appears twice: {labels}")

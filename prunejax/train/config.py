@@ -5,16 +5,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import yaml
-
 from prunejax import yamlconf
-from prunejax.config import ConfigError, as_float
+from prunejax.config import ConfigError, as_float, load_yaml
 from prunejax.kernels import IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Defaults are the paper's recipe (AdamW 0.9/0.95/1e-8, wd 0.1, peak 3e-4, 5% warmup, cosine to 10%, clip 1)."""
+
+    __pydantic_config__ = yamlconf.STRICT
 
     # batch geometry: one optimizer step sees global_batch sequences of seq_len tokens
     seq_len: int = 128
@@ -69,7 +69,7 @@ class TrainConfig:
             if f.type in yamlconf.FLOAT_TYPES and value is not None:
                 object.__setattr__(self, f.name, as_float(f.name, value))
         for name in ("seq_len", "global_batch", "grad_accum", "log_every", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:  # bool is an int to Python
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.global_batch % self.grad_accum:
             raise ConfigError(f"global_batch {self.global_batch} is not a multiple of grad_accum {self.grad_accum}")
@@ -116,10 +116,14 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if key not in FIELDS:
         raise ConfigError(f"unknown train config key {key!r} in override {item!r}")
-    return key, yaml.safe_load(raw)
+    return key, load_yaml(raw, f"override {item!r}")
 
 
 def load(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A TrainConfig from a YAML file (or the defaults) with `key=value` overrides applied."""
+    """A TrainConfig from a YAML file (or the defaults) with `key=value` overrides applied in order (a later
+    one wins: callers layer them); an error names the file, and the overrides when there are any."""
     changes = dict(parse_override(o) for o in overrides)
-    return yamlconf.load(TrainConfig, path, changes, source="config", kind="train config")
+    where = path or "train config defaults"
+    if overrides:
+        where += f" with overrides {' '.join(overrides)}"
+    return yamlconf.build(TrainConfig, {**(yamlconf.read(path) if path else {}), **changes}, where, kind="train config")

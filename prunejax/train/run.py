@@ -133,15 +133,26 @@ def open_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
         distributed.barrier("run-dir")
 
 
+# Train config keys that change what is logged, not what is trained: a run resumes across them (a RUN_DIR
+# written before TensorBoard was on by default resumes with it on).
+LOGGING_ONLY = ("tensorboard",)
+
+
+def _comparable(resolved: dict[str, Any]) -> dict[str, Any]:
+    train = {k: v for k, v in resolved.get("train", {}).items() if k not in LOGGING_ONLY}
+    return {**resolved, "train": train}
+
+
 def _check_run_dir(out_dir: str, resolved: dict[str, Any]) -> bool:
     remote = storage.is_remote(out_dir)
     if remote:
         storage.check_bucket(out_dir)
     path = storage.join(out_dir, RUN_FILE)
     if storage.exists(path):
-        previous = json.loads(storage.read_file(path))
-        if previous != json.loads(json.dumps(resolved)):
-            diff = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+        previous = _comparable(json.loads(storage.read_file(path)))
+        current = _comparable(json.loads(json.dumps(resolved)))
+        if previous != current:
+            diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise ConfigError(f"{out_dir} holds a run with a different config (differs in: {', '.join(diff)})")
         return True
     if storage.exists(out_dir) if remote else os.path.isdir(out_dir) and os.listdir(out_dir):
