@@ -243,8 +243,30 @@ def file_digest(paths: list[str]) -> str:
     return h.hexdigest()
 
 
+def input_digest(argv: list[str], *, head_bytes: int = 1 << 16) -> str:
+    """What the local paths named on a command line are (not what they are called): for each argument that
+    is an existing file or directory, other than the value of --out, each file's path relative to it, size
+    and first `head_bytes`. Two processes started from different working directories, whose `models/a`
+    are different models, disagree here before any work (their argv agrees)."""
+    h = hashlib.sha256()
+    outputs = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"} | {
+        a.split("=", 1)[1] for a in argv if a.startswith("--out=")
+    }
+    for arg in argv:
+        if arg in outputs or "://" in arg or not os.path.exists(arg):
+            continue
+        root = Path(arg)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        h.update(arg.encode() + b"\0")
+        for f in files:
+            with open(f, "rb") as fh:
+                head = fh.read(head_bytes)
+            h.update(f"{f.relative_to(root) if root.is_dir() else ''}\0{f.stat().st_size}\0".encode() + head)
+    return h.hexdigest()
+
+
 def check_launch(verb: str, argv: list[str], config_files: list[str]) -> None:
-    """Every process runs the same verb, argv (apart from --process-id), code and config contents."""
+    """Every process runs the same verb, argv (apart from --process-id), code, config contents and inputs."""
     if process_count() == 1:
         return
     same = [a for i, a in enumerate(argv) if a != "--process-id" and (i == 0 or argv[i - 1] != "--process-id")]
@@ -252,6 +274,7 @@ def check_launch(verb: str, argv: list[str], config_files: list[str]) -> None:
     agree("command line", hashlib.sha256("\0".join([verb, *same]).encode()).hexdigest())
     agree("prunejax source code", code_version())
     agree("config file contents", file_digest(config_files))
+    agree("the files named on the command line", input_digest(same))
 
 
 def to_host(x: Any) -> Any:

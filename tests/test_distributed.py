@@ -149,3 +149,20 @@ def test_an_uncaught_cxx_exception_names_the_dead_peers_then_crashes_as_before()
     # then libstdc++'s own handler, as without prunejax: the exception and its message
     assert "terminate called after throwing an instance of 'std::runtime_error'\n" in r.stderr
     assert "what():  Received data size doesn't match expected size." in r.stderr
+
+
+def test_input_digest_tells_apart_what_relative_paths_name(tmp_path, monkeypatch):
+    for host, weights in (("a", b"1" * 100), ("b", b"2" * 100), ("c", b"1" * 100)):
+        (tmp_path / host / "models" / "m").mkdir(parents=True)
+        (tmp_path / host / "models" / "m" / "model.safetensors").write_bytes(weights)
+        (tmp_path / host / "run").mkdir()
+        (tmp_path / host / "run" / f"only-on-{host}").write_text(host)  # --out is not an input
+    argv = ["--model", "models/m", "--out", "run", "--ratio", "0.5", "gs://bucket/data"]
+    digests = {}
+    for host in "abc":
+        monkeypatch.chdir(tmp_path / host)
+        digests[host] = distributed.input_digest(argv)
+    assert digests["a"] == digests["c"] != digests["b"]
+    monkeypatch.chdir(tmp_path / "a")
+    (tmp_path / "a" / "models" / "m" / "extra.json").write_text("{}")
+    assert distributed.input_digest(argv) != digests["a"]  # a file more is a different model
