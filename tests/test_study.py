@@ -5,6 +5,8 @@ import dataclasses
 import glob
 import json
 import os
+import re
+import types
 
 import jax
 import pytest
@@ -12,6 +14,7 @@ import yaml
 
 from prunejax.config import LLAMA_3_1_8B, TINY, ConfigError
 from prunejax.model import init_params
+from prunejax.prune import run as prune_run
 from prunejax.study import baselines, plan, report
 from prunejax.study import config as study_config
 from prunejax.study.runner import Runner, StudyError
@@ -99,6 +102,35 @@ def test_every_config_loads_and_dry_runs(capsys):
         study = study_config.load(path)
         stages = plan.build(study)
         assert plan.describe(stages).splitlines()[-1].startswith(f"{len(stages)} stages")
+
+
+def test_owl_cells_carry_their_settings_into_the_prune_stage_and_its_hash(monkeypatch):
+    def prune_stages(*methods):
+        stages = plan.build(study_config.from_dict({**MINI, "methods": list(methods)}))
+        return {s.id: s for s in stages if s.kind == "prune"}, plan.hashes(stages)
+
+    stages, hashes = prune_stages("wanda", "owl")
+    owl, wanda = stages["prune/owl/r0.5/s0"].spec, stages["prune/wanda/r0.5/s0"].spec
+    assert (owl.owl_m, owl.owl_lambda) == (5.0, 0.08)  # the defaults, written out: a change of them is a new stage
+    assert "owl_m" not in plan.spec_dict(wanda) and "owl_lambda" not in plan.spec_dict(wanda)  # earlier hashes kept
+    tuned, tuned_hashes = prune_stages("wanda", {"name": "owl", "owl_lambda": 0.05})
+    assert tuned["prune/owl-M5-L0.05/r0.5/s0"].spec.owl_lambda == 0.05
+    assert tuned_hashes["prune/owl-M5-L0.05/r0.5/s0"] != hashes["prune/owl/r0.5/s0"]
+    assert tuned_hashes["prune/wanda/r0.5/s0"] == hashes["prune/wanda/r0.5/s0"]
+    calls = []
+    monkeypatch.setattr(prune_run, "prune_model", lambda *a, **kw: calls.append((a, kw)))
+    paths = types.SimpleNamespace(out=lambda stage_id: f"/study/{stage_id}", model_dir=lambda stage_id: "/study/parent")
+    STAGES["prune"](paths, tuned["prune/owl-M5-L0.05/r0.5/s0"])
+    assert calls[0][0] == ("/study/parent", "owl") and (calls[0][1]["owl_m"], calls[0][1]["owl_lambda"]) == (5.0, 0.05)
+    STAGES["prune"](paths, tuned["prune/wanda/r0.5/s0"])
+    assert "owl_m" not in calls[1][1]
+    for bad, message in (
+        ({"name": "wanda", "owl_m": 3}, "methods[0]: owl_m and owl_lambda apply to owl only, not wanda"),
+        ({"name": "owl", "owl_lambda": 0.6}, "methods[0]: "),
+        ({"name": "owl", "pattern": "2:4"}, "methods[0]: "),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            study_config.from_dict({**MINI, "methods": [bad]})
 
 
 def test_plan_ranges_and_hashes():

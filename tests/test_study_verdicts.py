@@ -254,3 +254,21 @@ def test_controls_split_the_second_schedule_from_pruning():
         comparison.comparison(rows[:-1] + [row("control", "parent", None, ratio=0.0, seed=2, setting="once")])
     )
     assert short[-1].count("once at R=2,000: n=2/3") == 1
+
+
+def test_owl_against_wanda_says_whether_the_allocation_changes_the_verdict():
+    # ratio 0.8, two budgets. Wanda: scratch 4.0 vs pruned 3.9 (+0.1, within its band 0.1*sqrt2) at R=2000,
+    # +0.5 at R=4000. OWL: +0.6 at R=2000 (pruned wins beyond its band), +0.5 at R=4000 (same as Wanda).
+    rows = cell("wanda", spread3(3.9, 0.1), spread3(4.0, 0.1), ratio=0.8)
+    rows += cell("wanda", spread3(3.5, 0.1), spread3(4.0, 0.1), ratio=0.8, budget=4000)
+    rows += cell("owl", spread3(3.4, 0.1), spread3(4.0, 0.1), ratio=0.8)
+    rows += cell("owl", spread3(3.5, 0.1), spread3(4.0, 0.1), ratio=0.8, budget=4000)
+    lines = [line for line in judge(rows) if line.startswith("OWL against Wanda")]
+    assert len(lines) == 1
+    line = lines[0]
+    assert "at ratio 0.8" in line and "**changes the verdict** in 1/2 budgets" in line
+    assert "R=2,000: owl +0.600 ± 0.141 (pruned wins) vs wanda +0.100 ± 0.141 (within noise)" in line
+    assert "difference +0.500 ± 0.200 (widens)" in line
+    assert "R=4,000: owl +0.500 ± 0.141 (pruned wins) vs wanda +0.500 ± 0.141 (pruned wins)" in line
+    assert "difference +0.000 ± 0.200 (within noise)" in line
+    assert not [line for line in judge(rows[: len(rows) // 2]) if line.startswith("OWL")]  # no OWL rows: no line

@@ -20,7 +20,7 @@ SCRATCH_SETTINGS = ("equal_train", "equal_total")
 # under one schedule (at the largest budget, the equal-total setting). See plan.py.
 DENSE_CONTROLS = ("continue", "once")
 STRUCTURED = {"minitron-depth": "depth", "shortgpt": "depth", "minitron-width": "width", "sheared": "mixed"}
-SPARSE = ("magnitude", "wanda", "sparsegpt")
+SPARSE = ("magnitude", "wanda", "sparsegpt", "owl")
 
 Count = Annotated[int, pydantic.Field(ge=1)]
 Seed = Annotated[int, pydantic.Field(ge=0, lt=2**31)]
@@ -79,10 +79,28 @@ class MethodSpec:
     name: str
     pattern: str | None = None
     ratios: tuple[float, ...] | None = None  # None = the study's ratios
+    owl_m: float | None = None  # owl only: outlier threshold M and largest deviation lambda (None: its defaults)
+    owl_lambda: float | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.name}-{self.pattern.replace(':', 'of')}" if self.pattern else self.name
+        if self.pattern:
+            return f"{self.name}-{self.pattern.replace(':', 'of')}"
+        if self.owl_m is not None or self.owl_lambda is not None:  # two OWL settings in one study differ by name
+            return f"{self.name}-M{self.owl_settings['owl_m']:g}-L{self.owl_settings['owl_lambda']:g}"
+        return self.name
+
+    @property
+    def owl_settings(self) -> dict[str, float]:
+        """OWL's M and lambda with its defaults filled in (what a stage's hash records); {} for other methods."""
+        if self.name != "owl":
+            return {}
+        from prunejax.prune import owl
+
+        return {
+            "owl_m": owl.DEFAULT_M if self.owl_m is None else self.owl_m,
+            "owl_lambda": owl.DEFAULT_LAMBDA if self.owl_lambda is None else self.owl_lambda,
+        }
 
     @property
     def granularity(self) -> str:
@@ -187,6 +205,8 @@ def validate(cfg: StudyConfig) -> None:
             raise ConfigError(f"{key}.name: unknown method {m.name!r}; valid methods: {', '.join(valid)}")
         if m.pattern and m.name not in SPARSE:
             raise ConfigError(f"{key}.pattern: {m.name} takes no N:M pattern")
+        if m.name != "owl" and (m.owl_m is not None or m.owl_lambda is not None):
+            raise ConfigError(f"{key}: owl_m and owl_lambda apply to owl only, not {m.name}")
         try:
             pattern = parse_pattern(m.pattern)
         except PruneError as e:
@@ -194,6 +214,13 @@ def validate(cfg: StudyConfig) -> None:
         for r in cfg.method_ratios(m):
             if not 0 < r < 1:
                 raise ConfigError(f"{where}: ratio {r} of {m.label} is outside (0, 1)")
+            if m.name == "owl":
+                from prunejax.prune import owl
+
+                try:
+                    owl.check_owl(r, pattern, m.owl_settings["owl_m"], m.owl_settings["owl_lambda"])
+                except PruneError as e:
+                    raise ConfigError(f"{key}: {e}") from None
             if pattern and abs((1 - pattern[0] / pattern[1]) - r) > 1e-9:
                 raise ConfigError(f"{key}.pattern: {m.pattern} prunes {1 - pattern[0] / pattern[1]:g}, not ratio {r}")
     labels = [m.label for m in cfg.methods]

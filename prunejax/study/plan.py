@@ -80,6 +80,8 @@ class PruneSpec:
     sheared_tokens: int
     sheared_config: str | None
     sheared_resolved: dict[str, Any] | None
+    owl_m: float | None = None  # owl only (None elsewhere, and then not part of the hash: see spec_dict)
+    owl_lambda: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +203,16 @@ def hashed_spec(spec: Any) -> Any:
 
 
 def spec_dict(spec: Spec) -> dict[str, Any]:
-    """The spec as the dict its hash is computed from (tuples hash as the lists they were; `import` is a keyword)."""
-    return {("import" if k == "import_" else k): v for k, v in dataclasses.asdict(spec).items()}
+    """The spec as the dict its hash is computed from (tuples hash as the lists they were; `import` is a keyword).
+    Keys added after studies were run (`LATER_KEYS`) count only when set, so earlier stages keep their hashes."""
+    return {
+        ("import" if k == "import_" else k): v
+        for k, v in dataclasses.asdict(spec).items()
+        if not (k in LATER_KEYS and v is None)
+    }
+
+
+LATER_KEYS = ("owl_m", "owl_lambda")
 
 
 def stage_hash(stage: Stage, dep_hashes: dict[str, str]) -> str:
@@ -393,6 +403,7 @@ def cell_stages(inputs: _Inputs, cell: _Cell) -> list[Stage]:
         study.sheared_prune_tokens if name == "sheared" else 0,
         study.sheared_config if name == "sheared" else None,
         inputs.sheared_resolved if name == "sheared" else None,
+        **cell.method.owl_settings,
     )
     info = {**cell.info, "seed": first_seed, "role": "pruned"}
     stages = [Stage(cell.prune_id, "prune", ("parent", "data"), spec, cell.prune_tokens, None, info)]

@@ -43,6 +43,7 @@ def findings(comp: list[dict[str, Any]]) -> list[str]:
         budget_trend(eq, banded),
         ratio_trend(eq, banded),
         equal_total(comp, banded),
+        *owl_against_wanda(eq, banded),
         *control_findings(comp),
         *missing_seeds(comp),
     ]
@@ -129,6 +130,35 @@ def ratio_trend(eq: list[dict[str, Any]], banded: bool) -> str:
         + (" beyond the noise band" if banded else "")
         + f" ({detail})."
     )
+
+
+def owl_against_wanda(eq: list[dict[str, Any]], banded: bool) -> list[str]:
+    """Does OWL's allocation of the same sparsity change Wanda's verdict against the same-shape scratch model?
+    One line per OWL setting and ratio that Wanda also ran, over the budgets both finished; [] without OWL."""
+    wanda = {(r["ratio"], r["budget"]): r for r in eq if r["method"] == "wanda"}
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in eq:
+        if r["method"].split("-")[0] == "owl" and (r["ratio"], r["budget"]) in wanda:
+            groups[(r["method"], r["ratio"])].append(r)
+    called = {1: "pruned wins", 0: "within noise", -1: "scratch wins"}
+    lines = []
+    for (method, ratio), rs in sorted(groups.items()):
+        parts, changed = [], 0
+        for r in sorted(rs, key=lambda r: r["budget"]):
+            o, w = r["gap_equal_train"], wanda[(ratio, r["budget"])]["gap_equal_train"]
+            changed += o.call() != w.call()
+            d = change(w, o)  # OWL's gap minus Wanda's: positive, OWL keeps more of pruning's advantage
+            one = fmt_gap if banded else (lambda g: f"{g.value:+.3f}")
+            parts.append(
+                f"R={r['budget']:,}: {method} {one(o)} ({called[o.call()]}) vs wanda {one(w)} ({called[w.call()]}),"
+                f" difference {one(d)}" + (f" ({_moved(d)})" if banded else "")
+            )
+        verdict = "changes the verdict" if changed else "does not change the verdict"
+        lines.append(
+            f"OWL against Wanda at ratio {ratio:g} (equal training tokens, each against its own same-shape scratch "
+            f"model): **{verdict}** in {changed}/{len(rs)} budgets — " + "; ".join(parts) + "."
+        )
+    return lines
 
 
 def equal_total(comp: list[dict[str, Any]], banded: bool) -> str:
