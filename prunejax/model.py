@@ -9,13 +9,22 @@ Params are nested dicts whose paths mirror Hugging Face names:
   o_proj [N,H,D]}; layers/<i>/mlp/{gate_proj [D,F], up_proj [D,F], down_proj [F,D]};
   layers/<i>/{input_layernorm, post_attention_layernorm} [D]; norm [D]; lm_head [D,V] (untied only).
 NNX objects never leave this module: callers see `(cfg, params)`.
+
+Gates (optional, `forward(..., gates=)`): multipliers of the model's units, for methods that train
+structured masks (Sheared-LLaMA's are `prunejax.prune.sheared_gates`), a dict of float arrays; all ones
+is the plain model, and a zero removes its unit exactly as deleting the unit's weights would:
+  layers [n_layers]    both residual branches of each layer
+  heads  [n_layers,K]  each kv-group's attention output (its G q-heads), before o_proj
+  ffn    [n_layers,F]  the input of down_proj
+  hidden [D]           the embedding and every branch output; the norms average over its nonzero channels
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +37,8 @@ from prunejax.kernels.attention import ATTN_BLOCK
 from prunejax.sharding import constrain_batch, constrain_stacked
 
 Params = dict[str, Any]
+Gates = dict[str, jax.Array]  # the module docstring's gates; one layer's: its row of each per-layer group
+_PER_LAYER_GATES = ("layers", "heads", "ffn")
 INIT_STD = 0.02
 LOSS_CHUNK = 1024  # positions per chunk of the LM head + log-softmax in `token_nll`
 
@@ -85,21 +96,19 @@ def rms_norm(x_BLD: jax.Array, weight_D: jax.Array, eps: float) -> jax.Array:
 
 def open_rms_norm(x_BLD: jax.Array, weight_D: jax.Array, open_D: jax.Array, eps: float) -> jax.Array:
     """RMSNorm over the open hidden channels only (`open_D` 1.0 or 0.0; closed channels are zero in x
-    and do not count): what a model without the closed channels computes. Sheared's gated layer uses it."""
+    and do not count): what a model without the closed channels computes (the norm under hidden gates)."""
     x = x_BLD.astype(jnp.float32)
     mean_sq = jnp.sum(x * x * open_D, axis=-1, keepdims=True) / jnp.maximum(jnp.sum(open_D), 1.0)
     x = x * jax.lax.rsqrt(mean_sq + eps)
     return weight_D.astype(x_BLD.dtype) * x.astype(x_BLD.dtype)
 
 
-class LayerGates(NamedTuple):
-    """Multipliers that Sheared-LLaMA trains into one decoder layer (`prunejax.prune.sheared_model`)."""
-
-    layer: jax.Array  # [] both residual branches
-    heads: jax.Array  # [K] each kv-group's attention output, before o_proj
-    ffn: jax.Array  # [F] the input of down_proj
-    hidden: jax.Array  # [D] every branch's output
-    open: jax.Array  # [D] 1.0 where the hidden gate is nonzero: RMSNorm averages over those channels
+def norm_for(gates: Gates | None, eps: float) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The RMSNorm `(x_BLD, weight_D) -> x_BLD` of the model, over the hidden gates' open channels when gated."""
+    if gates is None:
+        return functools.partial(rms_norm, eps=eps)
+    open_D = (gates["hidden"] != 0).astype(jnp.float32)
+    return functools.partial(open_rms_norm, open_D=open_D, eps=eps)
 
 
 # ---- projections ----------------------------------------------------------------------------
@@ -178,7 +187,7 @@ class DecoderLayer(nnx.Module):
         cos_LH: jax.Array,
         sin_LH: jax.Array,
         block: int | None = None,
-        gates: LayerGates | None = None,
+        gates: Gates | None = None,
         attention: str = "auto",
     ) -> jax.Array:
         return self.taps(x_BLD, cos_LH, sin_LH, block, gates, attention)[0]  # unused taps cost nothing under jit
@@ -189,44 +198,40 @@ class DecoderLayer(nnx.Module):
         cos_LH: jax.Array,
         sin_LH: jax.Array,
         block: int | None = None,
-        gates: LayerGates | None = None,
+        gates: Gates | None = None,
         attention: str = "auto",
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The layer's output and the inputs of its four projection groups: "attn" (into q/k/v), "o"
         (per-head, into o_proj), "mlp" (into gate/up), "down". This is the one implementation of the
         layer: the forward pass, calibration's statistics and Sheared's gated training all run it.
-        With `gates` the layer gate scales both residual branches, the head gates each kv-group before
-        o_proj, the ffn gates the input of down_proj, the hidden gates every branch output, and both
-        norms average over the open channels only. `attention` names the implementation (`prunejax.kernels`)."""
+        `gates` are this layer's (the module docstring's, each per-layer group's row here); `attention`
+        names the implementation (`prunejax.kernels`)."""
         dt = x_BLD.dtype
-        if gates is None:
-            norm = functools.partial(rms_norm, eps=self.eps)
-        else:
-            norm = functools.partial(open_rms_norm, open_D=gates.open, eps=self.eps)
+        norm = norm_for(gates, self.eps)
         attn_in_BLD = norm(x_BLD, self.input_layernorm[...])
         heads_BLNH = self.self_attn.heads(attn_in_BLD, cos_LH, sin_LH, block, attention)
         if gates is not None:
             b, length, n, h = heads_BLNH.shape
-            kv = gates.heads.shape[0]
-            grouped = heads_BLNH.reshape(b, length, kv, n // kv, h) * gates.heads.astype(dt)[:, None, None]
+            kv = gates["heads"].shape[0]
+            grouped = heads_BLNH.reshape(b, length, kv, n // kv, h) * gates["heads"].astype(dt)[:, None, None]
             heads_BLNH = grouped.reshape(b, length, n, h)
         attn_BLD = project(heads_BLNH, self.self_attn.o_proj[...], 2, attention)
         h_BLD = x_BLD + _gated_branch(attn_BLD, gates)
         mlp_in_BLD = norm(h_BLD, self.post_attention_layernorm[...])
         hidden_BLF = self.mlp.hidden(mlp_in_BLD, attention)
         if gates is not None:
-            hidden_BLF = hidden_BLF * gates.ffn.astype(dt)
+            hidden_BLF = hidden_BLF * gates["ffn"].astype(dt)
         mlp_BLD = project(hidden_BLF, self.mlp.down_proj[...], 1, attention)
         y_BLD = h_BLD + _gated_branch(mlp_BLD, gates)
         return y_BLD, {"attn": attn_in_BLD, "o": heads_BLNH, "mlp": mlp_in_BLD, "down": hidden_BLF}
 
 
-def _gated_branch(out_BLD: jax.Array, gates: LayerGates | None) -> jax.Array:
+def _gated_branch(out_BLD: jax.Array, gates: Gates | None) -> jax.Array:
     """A residual branch's output, scaled by the layer and hidden gates when there are gates."""
     if gates is None:
         return out_BLD
     dt = out_BLD.dtype
-    return gates.layer.astype(dt) * out_BLD * gates.hidden.astype(dt)
+    return gates["layers"].astype(dt) * out_BLD * gates["hidden"].astype(dt)
 
 
 class Llama(nnx.Module):
@@ -286,27 +291,34 @@ def hidden_states(
     remat: bool = False,
     attn_block: int | None = ATTN_BLOCK,
     attention: str = "auto",
+    gates: Gates | None = None,
 ) -> jax.Array:
-    """The last decoder layer's output [B,L,D] (before the final norm). With `remat` each layer keeps only
-    its input for the backward pass. Layers of one shape run as one `lax.scan` over their weights stacked
-    in the compute dtype: one layer body to compile and schedule, weights gathered layer by layer on a
-    mesh; the CPU lowering keeps the unrolled loop it was measured with (README, Design)."""
+    """The last decoder layer's output [B,L,D] (before the final norm), with `gates` multiplied in when given
+    (the module docstring's). With `remat` each layer keeps only its input for the backward pass. Layers of
+    one shape run as one `lax.scan` over their weights stacked in the compute dtype (and their rows of the
+    gates): one layer body to compile and schedule, weights gathered layer by layer on a mesh; the CPU
+    lowering keeps the unrolled loop it was measured with (README, Design)."""
     cos_LH, sin_LH = rope_tables(cfg, jnp.arange(tokens_BL.shape[1]))
-    x_BLD = constrain_batch(embed(cfg, params, tokens_BL, dtype))
+    x_BLD = embed(cfg, params, tokens_BL, dtype)
+    if gates is not None:
+        x_BLD = x_BLD * gates["hidden"].astype(dtype)
+    x_BLD = constrain_batch(x_BLD)
     layers = [params["layers"][str(i)] for i in range(cfg.num_hidden_layers)]
+    rows = None if gates is None else {g: gates[g] for g in _PER_LAYER_GATES}  # [n_layers, ...] each
 
-    def layer(x_BLD: jax.Array, lp: Params) -> jax.Array:
-        y_BLD = _layer(cfg, lp)(x_BLD, cos_LH, sin_LH, attn_block, None, attention)
+    def layer(x_BLD: jax.Array, lp: Params, row: Gates | None) -> jax.Array:
+        z = None if row is None else {**row, "hidden": gates["hidden"]}
+        y_BLD = _layer(cfg, lp)(x_BLD, cos_LH, sin_LH, attn_block, z, attention)
         return constrain_batch(y_BLD)
 
     if remat:
         layer = jax.checkpoint(layer)  # saves nothing inside the layer: its inputs only
     if attention_kernels.lowering(attention) == "cpu" or not _uniform(layers):
-        for lp in layers:
-            x_BLD = layer(x_BLD, lp)
+        for i, lp in enumerate(layers):
+            x_BLD = layer(x_BLD, lp, None if rows is None else {g: z[i] for g, z in rows.items()})
         return x_BLD
     stacked = constrain_stacked(jax.tree.map(lambda *ws: jnp.stack([w.astype(dtype) for w in ws]), *layers))
-    x_BLD, _ = jax.lax.scan(lambda x, lp: (layer(x, lp), None), x_BLD, stacked)
+    x_BLD, _ = jax.lax.scan(lambda x, xs: (layer(x, *xs), None), x_BLD, (stacked, rows))
     return x_BLD
 
 
@@ -319,12 +331,15 @@ def forward(
     remat: bool = False,
     attn_block: int | None = ATTN_BLOCK,
     attention: str = "auto",
+    gates: Gates | None = None,
 ) -> jax.Array:
     """Logits [B,L,V] in float32 for int32 tokens [B,L]; `dtype` is the compute dtype, `attention` the
     attention implementation (`prunejax.kernels.attention`: auto, xla, splash, cudnn, cpu), `attn_block`
-    the query block of the `xla` one."""
-    x_BLD = hidden_states(cfg, params, tokens_BL, dtype=dtype, remat=remat, attn_block=attn_block, attention=attention)
-    return head(cfg, params, x_BLD, attention)
+    the query block of the `xla` one, `gates` the module docstring's."""
+    x_BLD = hidden_states(
+        cfg, params, tokens_BL, dtype=dtype, remat=remat, attn_block=attn_block, attention=attention, gates=gates
+    )
+    return head(cfg, params, x_BLD, attention, gates)
 
 
 def nll_from_logits(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
@@ -346,14 +361,17 @@ def token_nll(
     attn_block: int | None = ATTN_BLOCK,
     chunk: int | None = LOSS_CHUNK,
     attention: str = "auto",
+    gates: Gates | None = None,
 ) -> jax.Array:
     """Next-token negative log-likelihood [B,L] in float32, without materializing all logits at once:
     the head and log-softmax run on `chunk` positions at a time and are recomputed in the backward
     pass ([B, L, V] logits of a 128k vocabulary at 8k positions do not fit on an accelerator)."""
-    x_BLD = hidden_states(cfg, params, tokens_BL, dtype=dtype, remat=remat, attn_block=attn_block, attention=attention)
+    x_BLD = hidden_states(
+        cfg, params, tokens_BL, dtype=dtype, remat=remat, attn_block=attn_block, attention=attention, gates=gates
+    )
 
     def nll(x_BlD: jax.Array, t_Bl: jax.Array) -> jax.Array:
-        return nll_from_logits(head(cfg, params, x_BlD, attention), t_Bl)
+        return nll_from_logits(head(cfg, params, x_BlD, attention, gates), t_Bl)
 
     b, length, _ = x_BLD.shape
     if chunk is None or length <= chunk or length % chunk:
@@ -392,30 +410,18 @@ def layer_taps(
     return _layer(cfg, layer_params).taps(x_BLD, cos_LH, sin_LH, block, None, attention)
 
 
-def gated_layer(
-    cfg: LlamaConfig,
-    layer_params: Params,
-    x_BLD: jax.Array,
-    rope: tuple[jax.Array, jax.Array],
-    gates: LayerGates,
-    block: int | None = ATTN_BLOCK,
-    attention: str = "auto",
-) -> jax.Array:
-    """One decoder layer with Sheared's gates multiplied in (`DecoderLayer.taps`), on hidden states [B,L,D]
-    with the rope tables of their positions; the forward pass's own attention implementation."""
-    return _layer(cfg, layer_params)(x_BLD, *rope, block, gates, attention)
-
-
 def layer_mlp_hidden(cfg: LlamaConfig, layer_params: Params, x_BLD: jax.Array) -> jax.Array:
     """Input of `down_proj` [B,L,F] for hidden states [B,L,D] entering the layer's MLP norm."""
     layer = _layer(cfg, layer_params)
     return layer.mlp.hidden(rms_norm(x_BLD, layer.post_attention_layernorm[...], cfg.rms_norm_eps))
 
 
-def head(cfg: LlamaConfig, params: Params, x_BLD: jax.Array, attention: str = "auto") -> jax.Array:
-    """Final norm and LM head: logits [B,L,V] in float32 from the last hidden states (the matmul in the
-    compute dtype, cast after: float32 out of the matmul wrote twice the bytes of the 8B step's
-    largest tensor, and its roofline went 24.46 -> 24.86 s)."""
-    x_BLD = rms_norm(x_BLD, params["norm"], cfg.rms_norm_eps)
+def head(
+    cfg: LlamaConfig, params: Params, x_BLD: jax.Array, attention: str = "auto", gates: Gates | None = None
+) -> jax.Array:
+    """Final norm (over the hidden gates' open channels when gated) and LM head: logits [B,L,V] in float32
+    from the last hidden states (the matmul in the compute dtype, cast after: float32 out of the matmul
+    wrote twice the bytes of the 8B step's largest tensor, and its roofline went 24.46 -> 24.86 s)."""
+    x_BLD = norm_for(gates, cfg.rms_norm_eps)(x_BLD, params["norm"])
     w_DV = params["embed_tokens"].T if cfg.tie_word_embeddings else params["lm_head"]
     return project(x_BLD, w_DV, 1, attention).astype(jnp.float32)

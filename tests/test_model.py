@@ -182,3 +182,108 @@ def test_cpu_attention_in_causal_blocks_equals_attending_all_queries_at_once(mon
     assert jaxpr.count("custom_vjp_call") == -(-length // 4)  # one CPU attention per block of 4 queries
     for a, r in zip(blocked, value_and_grads(0), strict=True):
         np.testing.assert_allclose(a, r, atol=1e-5)
+
+
+# ---- gates (the module docstring's multipliers, which Sheared-LLaMA trains) ------------------------------
+def _ones_gates(cfg):
+    n = cfg.num_hidden_layers
+    return {
+        "layers": jnp.ones((n,)),
+        "heads": jnp.ones((n, cfg.num_key_value_heads)),
+        "ffn": jnp.ones((n, cfg.intermediate_size)),
+        "hidden": jnp.ones((cfg.hidden_size,)),
+    }
+
+
+def _scaled_weights(cfg, params, z):
+    """The plain model's weights computing what gates `z` compute when no hidden gate is zero: each gate
+    multiplied into the weights that write its unit's output."""
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    h_D = z["hidden"]
+    layers = {}
+    for i in range(cfg.num_hidden_layers):
+        lp = params["layers"][str(i)]
+        z_N = jnp.repeat(z["heads"][i], group) * z["layers"][i]
+        o_proj = lp["self_attn"]["o_proj"] * z_N[:, None, None] * h_D
+        down_proj = lp["mlp"]["down_proj"] * (z["ffn"][i] * z["layers"][i])[:, None] * h_D
+        layers[str(i)] = {
+            **lp,
+            "self_attn": {**lp["self_attn"], "o_proj": o_proj},
+            "mlp": {**lp["mlp"], "down_proj": down_proj},
+        }
+    return {**params, "embed_tokens": params["embed_tokens"] * h_D, "layers": layers}
+
+
+@pytest.mark.parametrize("impl", ["cpu", "xla"])
+def test_all_open_gates_are_the_plain_model(params, impl):
+    t, targets = tokens((2, 16)), tokens((2, 16), seed=1)
+    ones = _ones_gates(TINY)
+    plain = model.forward(TINY, params, t, attention=impl)
+    np.testing.assert_allclose(model.forward(TINY, params, t, attention=impl, gates=ones), plain, atol=1e-5)
+    np.testing.assert_allclose(
+        model.token_nll(TINY, params, t, targets, chunk=4, attention=impl, gates=ones),
+        model.token_nll(TINY, params, t, targets, chunk=4, attention=impl),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("impl", ["cpu", "xla"])
+def test_zero_gates_remove_their_units(params, impl):
+    """Closing kv-group 0 of layer 0, three FFN neurons of layer 1, all of layer 2 and four hidden channels
+    gives the logits of the model with those heads' and neurons' output weights zeroed, layer 2 deleted and
+    the four channels deleted from every weight."""
+    group = TINY.num_attention_heads // TINY.num_key_value_heads
+    neurons, channels = [3, 50, 100], [0, 7, 33, 63]
+    z = _ones_gates(TINY)
+    z["heads"] = z["heads"].at[0, 0].set(0.0)
+    z["ffn"] = z["ffn"].at[1, jnp.array(neurons)].set(0.0)
+    z["layers"] = z["layers"].at[2].set(0.0)
+    z["hidden"] = z["hidden"].at[jnp.array(channels)].set(0.0)
+
+    keep = np.setdiff1d(np.arange(TINY.hidden_size), channels)
+    ref = jax.tree.map(np.array, params)
+    ref["layers"]["0"]["self_attn"]["o_proj"][:group] = 0.0
+    ref["layers"]["1"]["mlp"]["down_proj"][neurons] = 0.0
+    ref["layers"] = {str(new): ref["layers"][old] for new, old in enumerate(("0", "1", "3"))}
+    ref["embed_tokens"], ref["norm"], ref["lm_head"] = (
+        ref["embed_tokens"][:, keep],
+        ref["norm"][keep],
+        ref["lm_head"][keep],
+    )
+    for lp in ref["layers"].values():
+        for name in ("q_proj", "k_proj", "v_proj"):
+            lp["self_attn"][name] = lp["self_attn"][name][keep]
+        lp["self_attn"]["o_proj"] = lp["self_attn"]["o_proj"][..., keep]
+        lp["mlp"]["gate_proj"], lp["mlp"]["up_proj"] = lp["mlp"]["gate_proj"][keep], lp["mlp"]["up_proj"][keep]
+        lp["mlp"]["down_proj"] = lp["mlp"]["down_proj"][:, keep]
+        lp["input_layernorm"] = lp["input_layernorm"][keep]
+        lp["post_attention_layernorm"] = lp["post_attention_layernorm"][keep]
+    ref_cfg = TINY.replace(num_hidden_layers=3, hidden_size=keep.size)
+
+    t = tokens((2, 16))
+    want = model.forward(ref_cfg, ref, t, attention=impl)
+    got = model.forward(TINY, params, t, attention=impl, gates=z)
+    assert np.abs(np.asarray(got - want)).max() <= 1e-4 * np.abs(np.asarray(want)).max()
+
+
+@pytest.mark.parametrize("impl", ["cpu", "xla"])
+def test_soft_gates_and_their_gradients_equal_scaled_weights(params, impl):
+    """Gates in (0.2, 1) compute what the plain model computes with each gate multiplied into its unit's
+    output weights, and the gradient of the loss w.r.t. every gate is the one through those weights (the
+    derivative Sheared's log-alphas learn from), through the scanned (xla) or looped (cpu) layers with remat."""
+    n, k, f, d = TINY.num_hidden_layers, TINY.num_key_value_heads, TINY.intermediate_size, TINY.hidden_size
+    shapes = {"layers": (n,), "heads": (n, k), "ffn": (n, f), "hidden": (d,)}
+    z = {g: jax.random.uniform(jax.random.key(i), s, minval=0.2, maxval=1.0) for i, (g, s) in enumerate(shapes.items())}
+    t, targets = tokens((2, 16)), tokens((2, 16), seed=1)
+
+    def gated(z):
+        return model.token_nll(TINY, params, t, targets, remat=True, attention=impl, gates=z).mean()
+
+    def direct(z):
+        return model.token_nll(TINY, _scaled_weights(TINY, params, z), t, targets, attention=impl).mean()
+
+    (got, g_got), (want, g_want) = jax.value_and_grad(gated)(z), jax.value_and_grad(direct)(z)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g in shapes:
+        assert np.abs(np.asarray(g_want[g])).max() > 0
+        np.testing.assert_allclose(g_got[g], g_want[g], atol=1e-5 * np.abs(np.asarray(g_want[g])).max(), err_msg=g)

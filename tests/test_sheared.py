@@ -336,12 +336,12 @@ def test_cli_prune_sheared_writes_exact_target_model_dir(params, store, tmp_path
 
 def test_cli_prune_stopped_by_a_signal_exits_as_train_does(params, tmp_path, capsys, monkeypatch):
     from prunejax.cli import main
-    from prunejax.prune import cli as prune_cli
+    from prunejax.prune import registry
 
     def stopped(*args, **kwargs):
         raise Stopped(str(tmp_path / "run"), signal.SIGTERM)
 
-    monkeypatch.setattr(prune_cli, "get_method", lambda name: stopped)
+    monkeypatch.setitem(registry.METHODS, "sheared", stopped)  # wherever the CLI looks the method up
     parent = hf.save(str(tmp_path / "parent"), CFG, params)
     args = ["prune", "--model", parent, "--method", "sheared", "--ratio", "0.5", "--data", "d", "--prune-tokens", "9"]
     assert main([*args, "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 128 + signal.SIGTERM

@@ -36,12 +36,12 @@ from prunejax.prune.masks import PruneError
 from prunejax.prune.result import PruneResult, shape_of, structured_result
 from prunejax.prune.shapes import Target, apply_target, resolve_target
 from prunejax.prune.sheared_config import Plan, ShearedConfig, load_config, plan
-from prunejax.prune.sheared_model import fold, masked_forward
+from prunejax.prune.sheared_model import fold
 from prunejax.train import optim
 from prunejax.train import state as state_lib
 from prunejax.train.config import TrainConfig
 from prunejax.train.loop import LoopConfig, Stopped
-from prunejax.train.step import COMPUTE, Objective, cross_entropy, make_train_step
+from prunejax.train.step import COMPUTE, Objective, make_train_step
 
 Params = dict[str, Any]
 State = dict[str, Any]
@@ -95,7 +95,8 @@ def _keys(sc: ShearedConfig) -> jax.Array:
 
 
 def objective(cfg: LlamaConfig, target: LlamaConfig, sc: ShearedConfig, p: Plan) -> Objective:
-    """The gated model's LM loss plus the Lagrangian toward `target`; gates sampled per step."""
+    """The gated model's LM loss (the model's own `token_nll` with the sampled gates: its chunked head, no
+    [B, L, V] logits at once) plus the Lagrangian toward `target`; gates sampled per step."""
     dtype = COMPUTE[sc.compute_dtype]
     base = _keys(sc)[1]
 
@@ -103,8 +104,7 @@ def objective(cfg: LlamaConfig, target: LlamaConfig, sc: ShearedConfig, p: Plan)
         params: Params, extra: State, inputs_BL: jax.Array, targets_BL: jax.Array, step: jax.Array
     ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
         gates = sg.sample_gates(extra["log_alpha"], jax.random.fold_in(base, step))
-        logits_BLV = masked_forward(cfg, params, gates, inputs_BL, dtype=dtype, remat=sc.remat)
-        ce = cross_entropy(logits_BLV, targets_BL)
+        ce = jnp.mean(model.token_nll(cfg, params, inputs_BL, targets_BL, dtype=dtype, remat=sc.remat, gates=gates))
         progress = jnp.minimum(1.0, step.astype(jnp.float32) / p.lagrangian_warmup)
         lag, metrics = sg.lagrangian(extra["log_alpha"], extra["lambdas"], cfg, target, progress)
         lambda1 = {f"lambda1_{g}": extra["lambdas"][g][0] for g in sg.GROUPS}

@@ -9,6 +9,9 @@ Four gate groups, each a tensor of log-alphas (Louizos et al. 2018; Xia et al. 2
   ffn    [L,F]  one per FFN neuron of each layer; the constraint holds per layer so the fold can
                 keep the same count in every layer
 
+A sample (or the fold's deterministic values) is the `gates` of the model's own forward pass
+(`prunejax.model`, which multiplies each group in where the table above says).
+
 A gate sample is z = clip(sigmoid((logit(u) + log_alpha) / BETA) * (R - L) + L, 0, 1) with u uniform;
 P(z != 0) = sigmoid(log_alpha - BETA * log(-L / R)). The Lagrangian compares the expected sparsity
 of each group (per layer for heads and ffn) with a target sparsity that ramps linearly from 0 over

@@ -1,12 +1,12 @@
 """The gated Llama that Sheared-LLaMA trains, and the fold of its gates into a plain smaller Llama.
 
-`masked_forward` is `prunejax.model.forward` with four gate groups multiplied in (see
-`sheared_gates`), run by the model's own decoder layer (`prunejax.model.DecoderLayer.taps`): the
-layer gate scales both residual branches, the head gate scales each kv-group's attention output
-before `o_proj`, the ffn gate scales the input of `down_proj`, and the hidden gate scales the
-embedding and every branch output, so a closed channel stays exactly zero in the residual stream.
-RMSNorm then averages over the open channels only, which is what the folded model computes.
-With gates that are 0 or kept, `forward(fold(...))` equals `masked_forward` (tested).
+The gated model is the model itself: `prunejax.model.forward` (and `token_nll`) with Sheared's four gate
+groups (`sheared_gates`) as its `gates`, which the model multiplies in at the points its docstring names:
+the layer gate scales both residual branches, the head gate each kv-group's attention output before
+`o_proj`, the ffn gate the input of `down_proj`, and the hidden gate the embedding and every branch
+output, so a closed channel stays exactly zero in the residual stream, and RMSNorm averages over the
+open channels only, which is what the folded model computes. With gates that are 0 or kept,
+`forward(fold(...))` equals `masked_forward` (tested).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prunejax import model
 from prunejax.config import LlamaConfig
-from prunejax.model import ATTN_BLOCK, LayerGates, gated_layer, open_rms_norm, project, rope_tables
 from prunejax.prune.keep import shrink, shrink_heads
 from prunejax.prune.masks import PruneError
 from prunejax.prune.sheared_gates import Gates
@@ -34,23 +34,15 @@ def masked_forward(
     *,
     dtype: Any = jnp.float32,
     remat: bool = False,
-    block: int | None = ATTN_BLOCK,
+    block: int | None = model.ATTN_BLOCK,
     attention: str = "auto",
 ) -> jax.Array:
-    """Logits [B,L,V] in float32 of the gated model (gates: sampled or deterministic values). Each layer is
-    the model's own decoder layer with the gates multiplied in (`prunejax.model.gated_layer`), with the
-    forward pass's attention implementation (`attention`, see `prunejax.kernels.attention`)."""
-    z_D = gates["hidden"]
-    open_D = (z_D != 0).astype(jnp.float32)
-    rope = rope_tables(cfg, jnp.arange(tokens_BL.shape[1]))
-    x_BLD = jnp.take(params["embed_tokens"], tokens_BL, axis=0).astype(dtype) * z_D.astype(dtype)
-    step = jax.checkpoint(gated_layer, static_argnums=(0, 5, 6)) if remat else gated_layer
-    for i in range(cfg.num_hidden_layers):
-        z = LayerGates(gates["layers"][i], gates["heads"][i], gates["ffn"][i], z_D, open_D)
-        x_BLD = step(cfg, params["layers"][str(i)], x_BLD, rope, z, block, attention)
-    x_BLD = open_rms_norm(x_BLD, params["norm"], open_D, cfg.rms_norm_eps)
-    w_DV = params["embed_tokens"].T if cfg.tie_word_embeddings else params["lm_head"]
-    return project(x_BLD, w_DV, 1, attention).astype(jnp.float32)
+    """Logits [B,L,V] in float32 of the gated model (gates: sampled or deterministic values): the model's
+    own forward pass with the gates (`prunejax.model.forward`), with its attention implementation
+    (`attention`, see `prunejax.kernels.attention`)."""
+    return model.forward(
+        cfg, params, tokens_BL, dtype=dtype, remat=remat, attn_block=block, attention=attention, gates=gates
+    )
 
 
 def _kept_rows(z: np.ndarray, name: str) -> dict[str, np.ndarray]:
