@@ -45,10 +45,6 @@ class Model:
     def replace(self, **fields: Any) -> Model:
         return dataclasses.replace(self, **fields)
 
-    @property
-    def sparse(self) -> bool:
-        return bool(self.masks)
-
 
 def resolve(src: str) -> str:
     """A RUN_DIR stands for its `final/` MODEL_DIR; anything else is used as given."""

@@ -158,3 +158,10 @@ def test_the_public_names_are_the_api():
     )
     with pytest.raises(TypeError, match="prunejax.Model"):
         prunejax.prune("models/x", "magnitude", ratio=0.5)
+
+
+def test_calibration_tokens_must_fit_the_vocabulary(dense, calib):
+    with pytest.raises(ValueError, match=r"calib_tokens: token ids outside the model's vocabulary \[0, 512\)"):
+        prunejax.prune(dense, "wanda", calib + CFG.vocab_size, ratio=0.5)
+    with pytest.raises(ValueError, match="wanda needs calibration tokens"):
+        prunejax.prune(dense, "wanda", ratio=0.5)
