@@ -35,8 +35,9 @@ def test_skypilot_study_task_is_well_formed_and_its_command_runs_dry(tmp_path, c
     argv = shlex.split(re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: env[m.group(1) or m.group(2)], line))
     verb_argv = argv[argv.index("study") + 1 :]
     out = verb_argv.index("--out") + 1
-    verb_argv[out] = str(tmp_path / "study")  # /study is the bucket mount on the slice
+    assert verb_argv[out] == "gs://YOUR-BUCKET/dry"  # the study writes to the bucket itself, no mount
+    verb_argv[out] = str(tmp_path / "study")  # a dry run needs no bucket: the same plan on local disk
     assert runner.main([*verb_argv, "--dry-run"]) == 0  # the real parser, config and plan, no work
     assert "stages" in capsys.readouterr().out.splitlines()[-1]
-    assert line.split("--out")[1].strip().strip('"').startswith("/study/")  # the study lives on the mount
-    assert task["file_mounts"]["/study"] == {"source": "${BUCKET}", "mode": "MOUNT"}
+    assert "file_mounts" not in task  # prunejax reads and writes gs:// directly
+    assert re.search(r"python3\.1[1-9] -m venv", task["setup"])  # pyproject's requires-python, not the image's 3.10
