@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(rest)
     except (ConfigError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"{_where(verb)}: error: {e}", file=sys.stderr)
+        _quiet_background_threads()
     except KeyboardInterrupt:  # Ctrl-C: the shell's 128 + SIGINT, no traceback
         print(f"{_where(verb)}: interrupted", file=sys.stderr)
         rc = 130
@@ -71,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     if distributed.process_count() > 1:
         distributed.abort(rc)  # a clean shutdown would wait for peers that may be stuck in a collective
     return rc
+
+
+def _quiet_background_threads() -> None:
+    """After the verb's one error message, threads still winding down (Orbax's async save meeting the same
+    dead store) add nothing the user needs: no more log lines or thread tracebacks from this process."""
+    import logging
+    import threading
+
+    logging.disable(logging.CRITICAL)
+    threading.excepthook = lambda args: None
 
 
 def _where(verb: str) -> str:

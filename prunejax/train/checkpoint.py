@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 State = dict[str, Any]
 
 
+class _OrbaxThreadFailures(logging.Filter):
+    """Orbax logs each failure of its background save threads with a traceback (`_SignalingThread.run()
+    raised an exception`), then keeps the exception and raises it in the main thread at the next wait,
+    where prunejax reports it once. A store that stops answering fails every such thread at once: without
+    this filter one error becomes a screenful of tracebacks before the one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_SignalingThread.run() raised an exception" not in str(record.msg)
+
+
+_THREAD_FAILURES = _OrbaxThreadFailures()
+
+
 class Checkpointer:
     """Periodic/final saves of (state, data state) under `run_dir/checkpoints`, keeping the newest `keep`."""
 
@@ -41,6 +54,7 @@ class Checkpointer:
             max_to_keep=keep, enable_async_checkpointing=use_async, create=True, cleanup_tmp_directories=True
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        logging.getLogger("absl").addFilter(_THREAD_FAILURES)  # once: a filter is added to a logger once
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
