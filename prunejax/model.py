@@ -297,7 +297,7 @@ def hidden_states(
     (the module docstring's). With `remat` each layer keeps only its input for the backward pass. Layers of
     one shape run as one `lax.scan` over their weights stacked in the compute dtype (and their rows of the
     gates): one layer body to compile and schedule, weights gathered layer by layer on a mesh; the CPU
-    lowering keeps the unrolled loop it was measured with (README, Design)."""
+    lowering keeps the unrolled loop it was measured with (docs/design.md)."""
     cos_LH, sin_LH = rope_tables(cfg, jnp.arange(tokens_BL.shape[1]))
     x_BLD = embed(cfg, params, tokens_BL, dtype)
     if gates is not None:

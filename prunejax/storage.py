@@ -359,7 +359,7 @@ def refuse_remote(path: str | None, what: str) -> None:
         raise StorageError(
             f"{what} {path}: gs:// is supported for MODEL_DIRs, DATA_DIRs, RUN_DIRs, STUDY_DIRs, configs, --text files "
             "and results.json; "
-            f"a {what} on object storage is not yet (README, Status)"
+            f"a {what} on object storage is not yet (docs/status.md)"
         )
 
 

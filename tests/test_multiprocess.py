@@ -1,7 +1,7 @@
 """Every verb as 2 localhost processes x 4 fake CPU devices writes what 1 process x 8 devices writes.
 
 Each comparison is byte for byte (prunejax.json less its wall-clock `seconds`). Training is the
-exception stated in the README: its gradients are all-reduced by XLA, whose summation order depends
+exception stated in docs/scale-out.md: its gradients are all-reduced by XLA, whose summation order depends
 on how devices are split into processes, so losses agree to 1e-6 (tests/test_train_multiprocess.py).
 """
 
