@@ -119,3 +119,18 @@ def test_every_reader_refuses_token_ids_past_the_vocabulary(tmp_path):
     np.testing.assert_array_equal(store.read("validation", 0, 128), np.arange(128) % 97)
     store.check("train")
     WindowSource(store, "validation", 0, 129, 16)  # the windows of this range stop before the bad id
+
+
+def test_a_range_too_large_to_scan_up_front_is_checked_window_by_window(tmp_path, monkeypatch):
+    from prunejax.data import pipeline
+
+    out = str(tmp_path / "data")
+    write_data_dir(out, {"train": [np.arange(300) % 97]}, vocab_size=100, eos_id=0, shard_tokens=128)
+    raw = np.fromfile(tmp_path / "data" / "train-00002.bin", "<u2")
+    raw[0] = 100  # token 256 of the split
+    raw.tofile(tmp_path / "data" / "train-00002.bin")
+    monkeypatch.setattr(pipeline, "UPFRONT_CHECK", 64)  # as if the split were a pod's 50B tokens
+    source = WindowSource(TokenStore(out), "train", 0, None, 16)  # no scan: built at once
+    np.testing.assert_array_equal(source[0], np.arange(17) % 97)
+    with pytest.raises(DataError, match=r"train-00002.bin: token id 100 at token 0 of the shard"):
+        source[15]  # tokens 240..256: the window that holds the bad id

@@ -19,6 +19,8 @@ import numpy as np
 
 from prunejax.data.store import DataError, TokenStore
 
+UPFRONT_CHECK = 1 << 26  # tokens (256 MiB of int32): validation splits and CPU-scale runs are scanned before work
+
 
 class WindowSource(grain.sources.RandomAccessDataSource):
     """Window w of a token range: int32 [seq_len + 1], read through the store's memory maps."""
@@ -35,8 +37,11 @@ class WindowSource(grain.sources.RandomAccessDataSource):
             raise DataError(f"data range of {count:,} tokens is shorter than one window of {seq_len + 1}")
         self.store, self.split, self.offset, self.seq_len = store, split, offset, seq_len
         self.num_windows = (count - 1) // seq_len
-        # every id the windows can hold, before any work: a bad id would otherwise surface as a NaN loss
-        store.check(split, offset, self.num_windows * seq_len + 1)
+        # Every window's ids are checked as it is read (`TokenStore.read`), so no bad id reaches the model. A
+        # range up to UPFRONT_CHECK tokens is also scanned now, to fail before any work; a larger one (a pod's
+        # train split, on gs://) is not: every host would read all of it before step 1.
+        if self.num_windows * seq_len + 1 <= UPFRONT_CHECK:
+            store.check(split, offset, self.num_windows * seq_len + 1)
 
     def __len__(self) -> int:
         return self.num_windows
