@@ -23,7 +23,7 @@ from prunejax import distributed, hf, storage
 from prunejax.config import LlamaConfig
 from prunejax.hf import CheckpointError, Params
 from prunejax.prune.masks import projection_leaves
-from prunejax.tree import apply_masks, get_path, leaf_paths
+from prunejax.tree import apply_masks, get_path, leaf_paths, sparsity
 
 # The largest fraction of exact zeros in the projection weights that a model without masks may have and
 # still be saved as dense: trained and structurally pruned weights have next to none, a sparse model >= 5%.
@@ -44,6 +44,15 @@ class Model:
 
     def replace(self, **fields: Any) -> Model:
         return dataclasses.replace(self, **fields)
+
+    def __repr__(self) -> str:  # the shape, not every weight (a notebook cell or an error message shows it)
+        c = self.cfg
+        masks = f"sparsity {sparsity(self.masks)['mask_sparsity']:.4f}" if self.masks else "None"
+        return (
+            f"Model({c.num_params():,} params: layers {c.num_hidden_layers}, hidden {c.hidden_size}, "
+            f"ffn {c.intermediate_size}, heads {c.num_attention_heads}/{c.num_key_value_heads}; masks {masks}; "
+            f"source {self.source})"
+        )
 
 
 def resolve(src: str) -> str:

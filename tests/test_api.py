@@ -165,3 +165,9 @@ def test_calibration_tokens_must_fit_the_vocabulary(dense, calib):
         prunejax.prune(dense, "wanda", calib + CFG.vocab_size, ratio=0.5)
     with pytest.raises(ValueError, match="wanda needs calibration tokens"):
         prunejax.prune(dense, "wanda", ratio=0.5)
+
+
+def test_a_model_shows_its_shape_not_its_weights(dense):
+    sparse = prunejax.prune(dense, "magnitude", ratio=0.5)
+    shown = repr(sparse)
+    assert "layers 4, hidden 64" in shown and "masks sparsity 0.5000" in shown and len(shown) < 200
