@@ -191,9 +191,8 @@ def check_train(
     )
     flops = model_flops_per_step(cfg, tcfg.global_batch * tcfg.seq_len, tcfg.seq_len) / len(devices)
     # each chip's splash kernels attend its own sequences (and, on tp, its share of the heads)
-    local_batch = tcfg.global_batch // tcfg.grad_accum // sharding.batch_shards(mesh)
-    heads = cfg.num_attention_heads // (mesh.shape["tp"] if cfg.num_key_value_heads % mesh.shape["tp"] == 0 else 1)
-    kernels = splash.kernel_flops(local_batch, heads, tcfg.seq_len, cfg.head_dim)
+    local = splash.local_work(mesh, tcfg.micro_batch, cfg.num_attention_heads, cfg.num_key_value_heads)
+    kernels = splash.kernel_flops(*local, tcfg.seq_len, cfg.head_dim)
     return _compile(name, lowered, hbm, topology, flops, kernels, dump_hlo)
 
 

@@ -216,3 +216,13 @@ def test_the_tpu_train_step_exports_with_the_splash_kernels():
     assert {k.split("_")[2] for k in kernels} == {"fwd", "dq", "dkv"}, kernels
     assert all(k.startswith("splash_mha_") for k in kernels)
     assert "stablehlo.while" in text and "prunejax_sgemm" not in text
+
+
+def test_splash_splits_batch_and_heads_only_where_they_divide():
+    from prunejax.kernels import splash
+
+    mesh = jax.sharding.AbstractMesh((2, 2, 2), ("data", "fsdp", "tp"))
+    assert splash.local_work(mesh, 8, 32, 8) == (2, 16)  # batch over data x fsdp, heads over tp
+    assert splash.local_work(mesh, 8, 24, 3) == (2, 24)  # 3 kv heads do not divide over tp: all heads local
+    assert splash.local_work(mesh, 6, 32, 8) == (6, 16)  # 6 sequences do not divide over 4: all local
+    assert splash.split(mesh, 6, 3) == (None, None)

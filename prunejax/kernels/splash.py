@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
@@ -66,12 +67,24 @@ def attention(q_BLKGH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, *, inter
     mesh = jax.sharding.get_abstract_mesh()
     run = functools.partial(_local, interpret=interpret)
     if not mesh.empty and not set(mesh.manual_axes) and set(BATCH_AXES) <= set(mesh.axis_names):
-        batch = BATCH_AXES if b % batch_shards(mesh) == 0 else None
-        heads = "tp" if "tp" in mesh.axis_names and kv % mesh.shape["tp"] == 0 else None
-        spec = PartitionSpec(batch, heads, None, None)
+        spec = PartitionSpec(*split(mesh, b, kv), None, None)
         run = jax.shard_map(run, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)
     out_BNLH = run(q_BNLH, k_BKSH, v_BKSH)
     return out_BNLH.transpose(0, 2, 1, 3).reshape(b, length, kv, g, h)
+
+
+def split(mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh, batch: int, kv_heads: int) -> tuple[Any, str | None]:
+    """The mesh axes the kernel's batch and heads are split over: the batch axes where they divide the
+    batch, and `tp` where it divides the kv heads (a q head stays with its kv head); None: not split."""
+    batch_axes = BATCH_AXES if batch % batch_shards(mesh) == 0 else None
+    heads = "tp" if "tp" in mesh.axis_names and kv_heads % mesh.shape["tp"] == 0 else None
+    return batch_axes, heads
+
+
+def local_work(mesh: jax.sharding.Mesh, batch: int, q_heads: int, kv_heads: int) -> tuple[int, int]:
+    """(sequences, q heads) one device's kernel attends under `split`."""
+    batch_axes, heads = split(mesh, batch, kv_heads)
+    return batch // (batch_shards(mesh) if batch_axes else 1), q_heads // (mesh.shape["tp"] if heads else 1)
 
 
 def kernel_flops(batch: int, heads: int, length: int, head_dim: int) -> dict[str, float]:
