@@ -90,10 +90,8 @@ def prune(model: Model, method: str, calib_tokens: np.ndarray | None = None, **o
         check_composable(method, name)
     if calib_tokens is None and method not in NO_CALIBRATION:
         raise PruneError(f"{method} needs calibration tokens [N, L] (prunejax.calibration_tokens reads them)")
-    if (
-        calib_tokens is not None
-        and not 0 <= int(np.min(calib_tokens)) <= int(np.max(calib_tokens)) < model.cfg.vocab_size
-    ):
+    ids = np.asarray(calib_tokens) if calib_tokens is not None else None
+    if ids is not None and (ids.min() < 0 or ids.max() >= model.cfg.vocab_size):  # a gather past it is silent
         raise PruneError(f"calib_tokens: token ids outside the model's vocabulary [0, {model.cfg.vocab_size})")
     params = apply_masks(model.params, model.masks)  # the method sees the sparse model, even if edited since
     hf.check_finite(params, name)  # magnitude would pass a NaN through; calibration would fail late

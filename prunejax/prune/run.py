@@ -205,7 +205,9 @@ def prune_model(
         "calibration": {"data_dir": storage.absolute(calib), "fingerprint": fingerprint} if calib else None,
         "seconds": round(seconds, 1),
     }
-    written = modelio.save(out, pruned.replace(provenance=provenance), overwrite=overwrite)
+    # compose.prune never drops masks; zeros that an input without masks had are that input's own
+    dense_input = loaded.masks is None
+    written = modelio.save(out, pruned.replace(provenance=provenance), allow_dense=dense_input, overwrite=overwrite)
     print(summary(cfg, pruned))
     print(f"wrote {out} in {seconds:.1f}s of pruning")
     return written
