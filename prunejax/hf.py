@@ -248,6 +248,12 @@ def load_masks(model_dir: str, cfg: LlamaConfig) -> Params | None:
     """Boolean masks (True = kept) shaped like params, or None for a dense model."""
     file = os.path.join(storage.local_dir(model_dir), MASKS_FILE)
     if not os.path.exists(file):
+        recorded = load_provenance(model_dir).get("sparsity") or {}
+        if recorded.get("masked_weights"):  # saved sparse: without its masks a retrain would regrow the zeros
+            raise CheckpointError(
+                f"{file} is missing, but {PROVENANCE_FILE} records a sparse model (masks over "
+                f"{recorded['masked_weights']:,} weights): it was deleted or not copied; restore it (or prune again)"
+            )
         return None
     specs = {s.hf_name: s for s in tensor_specs(cfg)}
     masks: Params = {}

@@ -230,7 +230,13 @@ def local_dir(path: str, only: str | tuple[str, ...] = "") -> str:
             continue
         dst = os.path.join(local, *rel.split("/"))
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        call("download", join(key, rel), "get_file", join(key, rel), dst, nbytes=size)
+        try:
+            call("download", join(key, rel), "get_file", join(key, rel), dst, nbytes=size)
+        except FileNotFoundError:
+            raise StorageError(
+                f"{join(key, rel)}: listed by the commit marker of {key} but missing from the store (deleted after "
+                "the commit): the directory is incomplete; write it again"
+            ) from None
         if os.path.getsize(dst) != size:
             raise StorageError(f"{join(key, rel)}: {os.path.getsize(dst)} bytes, its commit marker says {size}")
     _cache[key, only] = local

@@ -106,6 +106,9 @@ def test_masks_saved_under_weight_names(make_hf_model, tmp_path):
     record = hf.load_provenance(out)
     assert record["sparsity"]["mask_sparsity"] == pytest.approx(1 - mask.mean())
     transformers.AutoModelForCausalLM.from_pretrained(out)  # the extra file does not disturb loading
+    os.remove(os.path.join(out, hf.MASKS_FILE))  # deleted by hand: the model would load dense and regrow
+    with pytest.raises(hf.CheckpointError, match=r"masks.safetensors is missing, but prunejax.json records a sparse"):
+        hf.load_masks(out, cfg)
 
 
 # ---- bad input -------------------------------------------------------------------------------

@@ -288,3 +288,14 @@ def test_a_data_dir_read_by_range_downloads_no_shard(gcs, local, monkeypatch):
     itemsize = store.dtype.itemsize
     assert got == [(1000 * itemsize, 1050 * itemsize)]
     assert store.tokenizer_dir is None  # this DATA_DIR has none; nothing else was fetched
+
+
+def test_a_committed_file_deleted_from_the_store_is_named_not_a_raw_url(gcs, tmp_path):
+    src = tmp_path / "dir"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    (src / "masks.safetensors").write_bytes(b"x" * 10)
+    storage.publish(str(src), f"{gcs}/deleted")
+    storage.filesystem(gcs).rm_file(f"{gcs}/deleted/masks.safetensors")  # by hand, after the commit
+    with pytest.raises(storage.StorageError, match=r"masks.safetensors: listed by the commit marker of .* but "):
+        storage.local_dir(f"{gcs}/deleted")
