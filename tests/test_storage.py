@@ -299,3 +299,17 @@ def test_a_committed_file_deleted_from_the_store_is_named_not_a_raw_url(gcs, tmp
     storage.filesystem(gcs).rm_file(f"{gcs}/deleted/masks.safetensors")  # by hand, after the commit
     with pytest.raises(storage.StorageError, match=r"masks.safetensors: listed by the commit marker of .* but "):
         storage.local_dir(f"{gcs}/deleted")
+
+
+def test_a_rerun_after_an_interrupted_upload_replaces_it_without_overwrite(gcs, tmp_path):
+    """What a `data ... --out gs://` killed mid-upload leaves (objects, no commit marker) is no one's result:
+    the rerun writes and commits; a committed output still needs --overwrite."""
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n\n".join(DOCS))
+    out = f"{gcs}/interrupted/tok"
+    storage.write_file(f"{out}/tokenizer.json", b"half an upload")  # no marker
+    argv = ["data", "train-tokenizer", "--text", str(docs), "--vocab-size", "300", "--out", out]
+    launch(argv, processes=1, devices=1).check()
+    assert storage.committed(out) and b"half an upload" not in storage.read_file(f"{out}/tokenizer.json")
+    again = launch(argv, processes=1, devices=1)
+    assert again.codes == [1] and "exists (pass --overwrite)" in again.outputs[0], again.outputs

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prunejax import distributed, storage
+from prunejax import distributed, locks, storage
 from prunejax.data.build import val_every, work_dir
 from prunejax.data.index import index_array_records
 from prunejax.data.prepare import default_workers, prepare
@@ -149,14 +149,17 @@ def index_data(
 def _write(cmd: str, out: str, overwrite: bool, build: Callable[[str], None]) -> str:
     """`build(out)` on one process (the others wait for it and then read the same output). A gs:// `out` is
     built in a local staging directory (an interrupted build resumes there), then uploaded and committed by
-    its marker, and the staging copy removed."""
+    its marker, and the staging copy removed. A rerun after an upload was interrupted (objects without the
+    marker) replaces them: an uncommitted directory is no one's result, and the lock says no one is writing."""
 
     remote = storage.is_remote(out)
     local = storage.staging_dir(out) if remote else out
 
     def build_to() -> None:
-        if remote:
+        if remote and storage.committed(out):
             storage.check_free(out, overwrite)
+        elif remote:  # nothing, or what an interrupted upload left (no marker): `publish` replaces it
+            storage.check_bucket(out)
         build(local)
         if remote:
             storage.publish(local, out, overwrite=overwrite)
@@ -164,7 +167,8 @@ def _write(cmd: str, out: str, overwrite: bool, build: Callable[[str], None]) ->
             print(f"committed {out}")
 
     try:
-        distributed.one_writer(f"data {cmd}", build_to)
+        with locks.hold(out):  # one writer per output directory (on gs://: a lease object)
+            distributed.one_writer(f"data {cmd}", build_to)
     except KeyboardInterrupt:
         # re-raised, not an exit status: a study calls this in-process and must stop, not log a failed stage
         if cmd in ("prepare", "index") and os.path.exists(work_dir(local)):
