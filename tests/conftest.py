@@ -24,6 +24,26 @@ TINY_HF = dict(
 )
 
 
+@pytest.fixture(scope="module")
+def params(request):
+    """Random params of the test module's `CFG`, from its `SEED` (default 0)."""
+    import jax
+
+    from prunejax.model import init_params
+
+    return init_params(request.module.CFG, jax.random.key(getattr(request.module, "SEED", 0)))
+
+
+@pytest.fixture(scope="module")
+def tokens(request):
+    """Random int32 token ids [N, L] of the module's `TOKENS_SHAPE` (default 4 x 16) below its `CFG`'s vocab."""
+    import numpy as np
+
+    module = request.module
+    rng = np.random.default_rng(getattr(module, "SEED", 0))
+    return rng.integers(0, module.CFG.vocab_size, getattr(module, "TOKENS_SHAPE", (4, 16))).astype(np.int32)
+
+
 @pytest.fixture
 def make_hf_model(tmp_path):
     """Save a random tiny transformers Llama (float32) to a temp dir: returns (dir, torch model)."""

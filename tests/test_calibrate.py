@@ -11,21 +11,14 @@ import pytest
 from prunejax import calibrate, model
 from prunejax.config import TINY
 from prunejax.data.store import write_data_dir
-from prunejax.model import forward, init_params, layer_forward, rms_norm
+from prunejax.model import forward, layer_forward, rms_norm
 from prunejax.prune.keep import shrink
 from prunejax.sharding import make_mesh
 
 CFG = TINY.replace(num_hidden_layers=3)
 
 
-@pytest.fixture(scope="module")
-def params():
-    return init_params(CFG, jax.random.key(0))
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return np.random.default_rng(0).integers(0, CFG.vocab_size, (8, 16)).astype(np.int32)
+SEED, TOKENS_SHAPE = 0, (8, 16)  # conftest's `params` and `tokens` fixtures
 
 
 def test_layer_taps_match_the_model(params, tokens):

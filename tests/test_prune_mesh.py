@@ -7,7 +7,6 @@ import pytest
 
 from prunejax import calibrate
 from prunejax.config import TINY
-from prunejax.model import init_params
 from prunejax.prune import prune
 from prunejax.sharding import make_mesh
 
@@ -15,14 +14,7 @@ CFG = TINY  # 4 layers
 MESH = make_mesh(data=2, fsdp=2, tp=2)  # batch rows split 4 ways, replicated over tp
 
 
-@pytest.fixture(scope="module")
-def params():
-    return init_params(CFG, jax.random.key(5))
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return np.random.default_rng(5).integers(0, CFG.vocab_size, (8, 16)).astype(np.int32)
+SEED, TOKENS_SHAPE = 5, (8, 16)  # conftest's `params` and `tokens` fixtures
 
 
 @pytest.fixture

@@ -21,14 +21,7 @@ from prunejax.sharding import make_mesh
 CFG = TINY  # 4 layers: something to allocate between
 
 
-@pytest.fixture(scope="module")
-def params():
-    return init_params(CFG, jax.random.key(1))
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return np.random.default_rng(1).integers(0, CFG.vocab_size, (4, 16)).astype(np.int32)
+SEED, TOKENS_SHAPE = 1, (4, 16)  # conftest's `params` and `tokens` fixtures
 
 
 def paper_ratios(d, ratio, lam):

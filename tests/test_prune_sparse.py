@@ -1,13 +1,12 @@
 """Sparse pruning: exact counts, N:M along the input axis, Wanda by hand, SparseGPT against a slow OBS."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from prunejax import calibrate
 from prunejax.config import TINY
-from prunejax.model import init_params, rms_norm
+from prunejax.model import rms_norm
 from prunejax.prune import PruneError, prune, sparse
 from prunejax.prune.masks import (
     PROJECTIONS,
@@ -28,14 +27,7 @@ from prunejax.sharding import make_mesh
 CFG = TINY.replace(num_hidden_layers=2)
 
 
-@pytest.fixture(scope="module")
-def params():
-    return init_params(CFG, jax.random.key(1))
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return np.random.default_rng(1).integers(0, CFG.vocab_size, (4, 16)).astype(np.int32)
+SEED, TOKENS_SHAPE = 1, (4, 16)  # conftest's `params` and `tokens` fixtures
 
 
 # ---- shared mask code on literal arrays -------------------------------------------------

@@ -17,14 +17,7 @@ from prunejax.prune.shapes import apply_target, linear_ratio, resolve_target, wi
 CFG = TINY.replace(num_hidden_layers=4)
 
 
-@pytest.fixture(scope="module")
-def params():
-    return init_params(CFG, jax.random.key(2))
-
-
-@pytest.fixture(scope="module")
-def tokens():
-    return np.random.default_rng(2).integers(0, CFG.vocab_size, (4, 16)).astype(np.int32)
+SEED, TOKENS_SHAPE = 2, (4, 16)  # conftest's `params` and `tokens` fixtures
 
 
 def assert_matches_fresh_init(cfg, params):
