@@ -23,6 +23,17 @@ TINY_HF = dict(
     tie_word_embeddings=False,
 )
 
+# The model of the train tests (a vocabulary is each module's own): 2 layers of 32, small enough to run steps
+TRAIN_HF = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+)
+
 
 @pytest.fixture(scope="module")
 def params(request):

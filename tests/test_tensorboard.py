@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from conftest import TRAIN_HF
 from multiproc import launch
 from tensorboard.backend.event_processing import event_accumulator
 
@@ -20,16 +21,7 @@ from prunejax.train.metrics import MetricsWriter, read_metrics
 from prunejax.train.run import train
 
 BUCKET = "prunejax-tensorboard"
-MODEL = {
-    "vocab_size": 256,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 8,
-    "max_position_embeddings": 64,
-}
+MODEL = {"vocab_size": 256, **TRAIN_HF}
 # 6 steps of 8 x 32 tokens; a checkpoint (and a new event file) every 2 steps, validation at 3 and 6
 STEPS = 6
 TOKENS = STEPS * 8 * 32

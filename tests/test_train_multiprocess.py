@@ -8,21 +8,13 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from conftest import TRAIN_HF
 
 from prunejax.data.store import write_data_dir
 from prunejax.train.metrics import read_metrics
 from prunejax.train.run import train
 
-MODEL = {
-    "vocab_size": 256,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 8,
-    "max_position_embeddings": 64,
-}
+MODEL = {"vocab_size": 256, **TRAIN_HF}
 OVERRIDES = ["seq_len=32", "global_batch=8", "val_batches=1", "peak_tflops=1", "ckpt_every=2"]
 TOKENS = 5 * 8 * 32
 

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from conftest import TRAIN_HF
 
 from prunejax import cli, hf, tree
 from prunejax.config import ConfigError, LlamaConfig
@@ -26,16 +27,7 @@ from prunejax.train.metrics import read_metrics
 from prunejax.train.run import model_source, train
 
 VOCAB = 320
-MODEL = {
-    "vocab_size": VOCAB,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 8,
-    "max_position_embeddings": 64,
-}
+MODEL = {"vocab_size": VOCAB, **TRAIN_HF}
 BASE = ["seq_len=32", "global_batch=8", "peak_lr=3e-3", "val_batches=0", "peak_tflops=1.0"]
 STEP_TOKENS = 8 * 32
 
