@@ -18,6 +18,7 @@ from prunejax import calibrate
 from prunejax.config import LlamaConfig
 from prunejax.prune.keep import shrink
 from prunejax.prune.masks import PruneError
+from prunejax.prune.request import Request, pruning_method
 from prunejax.prune.result import PruneResult, structured_result
 from prunejax.prune.shapes import Target, resolve_target
 
@@ -37,18 +38,15 @@ def _layers_to_keep(
     return tgt.layers, how
 
 
+@pruning_method
 def minitron_depth(
     cfg: LlamaConfig,
     params: Params,
-    tokens_NL: np.ndarray,
-    *,
-    ratio: float | None = None,
-    target: Target | None = None,
-    pattern: Any = None,
-    batch_size: int = 8,
-    mesh: Mesh | None = None,
+    tokens_NL: np.ndarray | None,
+    req: Request,
 ) -> PruneResult:
     """Drop the contiguous block whose removal keeps calibration LM loss lowest."""
+    ratio, target, pattern, batch_size, mesh = req.ratio, req.target, req.pattern, req.batch_size, req.mesh
     keep_n, how = _layers_to_keep(cfg, "minitron-depth", ratio, target, pattern)
     removed = cfg.num_hidden_layers - keep_n
     losses, dense = calibrate.block_removal_losses(cfg, params, tokens_NL, removed, batch_size=batch_size, mesh=mesh)
@@ -73,18 +71,15 @@ def block_influence(
     return np.array([1.0 - stats[k]["cosine"] / stats[k]["tokens"] for k in sorted(stats, key=int)])
 
 
+@pruning_method
 def shortgpt(
     cfg: LlamaConfig,
     params: Params,
-    tokens_NL: np.ndarray,
-    *,
-    ratio: float | None = None,
-    target: Target | None = None,
-    pattern: Any = None,
-    batch_size: int = 8,
-    mesh: Mesh | None = None,
+    tokens_NL: np.ndarray | None,
+    req: Request,
 ) -> PruneResult:
     """Drop the layers with the lowest Block Influence."""
+    ratio, target, pattern, batch_size, mesh = req.ratio, req.target, req.pattern, req.batch_size, req.mesh
     keep_n, how = _layers_to_keep(cfg, "shortgpt", ratio, target, pattern)
     bi = block_influence(cfg, params, tokens_NL, batch_size=batch_size, mesh=mesh)
     removed = sorted(int(i) for i in np.argsort(bi, kind="stable")[: cfg.num_hidden_layers - keep_n])

@@ -44,11 +44,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from jax.sharding import Mesh
 
 from prunejax import calibrate
 from prunejax.config import LlamaConfig
 from prunejax.prune.masks import PROJECTIONS, PruneError, as_rows, count_to_prune
+from prunejax.prune.request import Request, pruning_method
 from prunejax.prune.result import PruneResult, sparse_result
 from prunejax.prune.sparse import INPUT_OF, check_sparse_request, wanda_pass
 
@@ -118,20 +118,17 @@ def matrix_counts(ratios: Sequence[float], sizes_LP: np.ndarray, ratio: float) -
     return np.minimum(counts, sizes_LP.reshape(-1)).reshape(sizes_LP.shape)
 
 
+@pruning_method
 def owl(
     cfg: LlamaConfig,
     params: Params,
-    tokens_NL: np.ndarray,
-    *,
-    ratio: float | None = None,
-    pattern: tuple[int, int] | None = None,
-    target: Any = None,
-    batch_size: int = 8,
-    mesh: Mesh | None = None,
+    tokens_NL: np.ndarray | None,
+    req: Request,
     owl_m: float = DEFAULT_M,
     owl_lambda: float = DEFAULT_LAMBDA,
 ) -> PruneResult:
     """OWL: Wanda with each layer's ratio set by its share of outlier scores (module doc)."""
+    ratio, target, pattern, batch_size, mesh = req.ratio, req.target, req.pattern, req.batch_size, req.mesh
     check_owl(ratio, pattern, owl_m, owl_lambda)
     ratio = check_sparse_request(ratio, target, None)
     _, dense = calibrate.sequential(cfg, params, tokens_NL, ("sq_norm",), batch_size=batch_size, mesh=mesh)

@@ -40,6 +40,7 @@ from prunejax.prune.masks import (
     prune_lowest,
     prune_lowest_host,
 )
+from prunejax.prune.request import Request, pruning_method
 from prunejax.prune.result import PruneResult, sparse_result
 
 Params = dict[str, Any]
@@ -83,18 +84,15 @@ def _prune_layer_with(lp: Params, prune_matrix: Any) -> tuple[Params, Params]:
     return new_lp, masks
 
 
+@pruning_method
 def magnitude(
     cfg: LlamaConfig,
     params: Params,
-    tokens_NL: np.ndarray | None = None,
-    *,
-    ratio: float | None = None,
-    pattern: tuple[int, int] | None = None,
-    target: Any = None,
-    batch_size: int = 8,
-    mesh: Mesh | None = None,
+    tokens_NL: np.ndarray | None,
+    req: Request,
 ) -> PruneResult:
     """Prune the smallest |W| (no calibration data needed, so no use for `tokens_NL`, `batch_size`, `mesh`)."""
+    ratio, target, pattern = req.ratio, req.target, req.pattern
     ratio = check_sparse_request(ratio, target, pattern)
     check_pattern_fits(params, pattern)
 
@@ -174,18 +172,15 @@ def wanda_pass(
     return new_params, {"layers": masks}
 
 
+@pruning_method
 def wanda(
     cfg: LlamaConfig,
     params: Params,
-    tokens_NL: np.ndarray,
-    *,
-    ratio: float | None = None,
-    pattern: tuple[int, int] | None = None,
-    target: Any = None,
-    batch_size: int = 8,
-    mesh: Mesh | None = None,
+    tokens_NL: np.ndarray | None,
+    req: Request,
 ) -> PruneResult:
     """Wanda: layer-sequential, scores compared within each output row (every row loses the same count)."""
+    ratio, target, pattern, batch_size, mesh = req.ratio, req.target, req.pattern, req.batch_size, req.mesh
     ratio = check_sparse_request(ratio, target, pattern)
     check_pattern_fits(params, pattern)
 
@@ -324,20 +319,17 @@ def row_placement(mesh: Mesh, rows: int) -> tuple[NamedSharding, NamedSharding]:
     return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names), None)), everywhere
 
 
+@pruning_method
 def sparsegpt(
     cfg: LlamaConfig,
     params: Params,
-    tokens_NL: np.ndarray,
-    *,
-    ratio: float | None = None,
-    pattern: tuple[int, int] | None = None,
-    target: Any = None,
-    batch_size: int = 8,
-    mesh: Mesh | None = None,
+    tokens_NL: np.ndarray | None,
+    req: Request,
     block_size: int = BLOCK_SIZE,
     damp: float = DAMP,
 ) -> PruneResult:
     """SparseGPT: layer-sequential OBS pruning with error compensation."""
+    ratio, target, pattern, batch_size, mesh = req.ratio, req.target, req.pattern, req.batch_size, req.mesh
     ratio = check_sparse_request(ratio, target, pattern)
     check_pattern_fits(params, pattern)
     masks: Params = {}

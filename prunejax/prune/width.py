@@ -23,8 +23,9 @@ from prunejax import calibrate
 from prunejax.config import LlamaConfig
 from prunejax.prune.keep import shrink, shrink_heads
 from prunejax.prune.masks import PruneError
+from prunejax.prune.request import Request, pruning_method
 from prunejax.prune.result import PruneResult, structured_result
-from prunejax.prune.shapes import Target, apply_target, resolve_target
+from prunejax.prune.shapes import apply_target, resolve_target
 
 Params = dict[str, Any]
 
@@ -48,18 +49,15 @@ def width_importance(
     }
 
 
+@pruning_method
 def minitron_width(
     cfg: LlamaConfig,
     params: Params,
-    tokens_NL: np.ndarray,
-    *,
-    ratio: float | None = None,
-    target: Target | None = None,
-    pattern: Any = None,
-    batch_size: int = 8,
-    mesh: Mesh | None = None,
+    tokens_NL: np.ndarray | None,
+    req: Request,
 ) -> PruneResult:
     """Keep the most active hidden channels, FFN neurons (and kv groups when `heads=` is given)."""
+    ratio, target, pattern, batch_size, mesh = req.ratio, req.target, req.pattern, req.batch_size, req.mesh
     if pattern is not None:
         raise PruneError("minitron-width removes channels; an N:M pattern applies to sparse methods only")
     tgt, how = resolve_target(cfg, "minitron-width", "width", ratio, target)
