@@ -186,15 +186,18 @@ def eval_stage(runner: StudyPaths, stage: Stage) -> None:
     spec = stage.spec
     assert isinstance(spec, EvaluateSpec)
     e = spec.eval
-    evaluate(
+    out = storage.join(runner.out(stage.id), "results.json")
+    results = evaluate(
         runner.model_dir(stage.deps[0]),
-        out=storage.join(runner.out(stage.id), "results.json"),
+        out=out,
         data=runner.out("data"),
         seq_len=e.seq_len,
         batch_size=e.batch_size,
         max_tokens=e.max_tokens or None,  # 0: the whole validation split
         overwrite=True,
     )
+    v = results["validation"]
+    print(f"wrote {out}: validation loss {v['nll']:.4f} ({v['scored_tokens']:,} tokens)")  # the stage's log
 
 
 def _train(runner: StudyPaths, stage: Stage, *, offset: int, tokens: int, **source: Any) -> None:
