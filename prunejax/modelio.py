@@ -4,7 +4,7 @@
 masks included (`masks.safetensors`, applied to the weights: a Model's pruned weights are zero). `save`
 writes a MODEL_DIR with its masks and tokenizer files, and refuses a model that is sparse but carries no
 masks, which would be written dense and regrown by a retrain. `hf` and `gguf_import` are the two format
-readers underneath; every verb (convert, prune, train, eval) and the Python API read models through `load`.
+readers underneath; convert, prune, eval and the Python API read models through `load`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from prunejax.prune.masks import projection_leaves
 from prunejax.tree import apply_masks, get_path, leaf_paths, sparsity
 
 # The largest fraction of exact zeros in the projection weights that a model without masks may have and
-# still be saved as dense: trained and structurally pruned weights have next to none, a sparse model >= 5%.
+# still be saved as dense: trained and structurally pruned weights have next to none, a pruned sparse model
+# the fraction it was pruned at.
 DENSE_ZERO_LIMIT = 0.01
 RECORDED_ON_WRITE = ("format", "software", "sparsity")
 
