@@ -50,7 +50,7 @@ def eval_tokens(data_dir: str, windows: int, seq_len: int):
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
     from prunejax import calibrate, load
-    from prunejax.prune import prune
+    from prunejax.prune.registry import prune
 
     model = load(args.model)
     cfg, params = model.cfg, model.params

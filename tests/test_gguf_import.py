@@ -152,3 +152,16 @@ def test_smollm2_gguf_matches_transformers_and_reads_english(smollm2_dir):
     logp = jax.nn.log_softmax(ours[0, :-1])
     ppl = float(np.exp(-np.take_along_axis(np.asarray(logp), ids[0, 1:, None], 1).mean()))
     assert 10 <= ppl <= 20, ppl  # measured 12.4 on Psalm 23 (KJV); a broken import gives hundreds
+
+
+def test_train_init_reads_a_gguf_through_the_one_loader(make_hf_model, tmp_path):
+    from prunejax.train.run import model_plan
+
+    _, ref = make_hf_model()
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, ref.config, ref.state_dict())
+    cfg, masks, _, params = model_plan(str(path), None, reinit=False, seed=0)
+    expected_cfg, expected = load_gguf(str(path))
+    assert cfg == expected_cfg and masks is None
+    for a, b in zip(jax.tree.leaves(params()), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(a, b)

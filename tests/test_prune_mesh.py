@@ -7,7 +7,7 @@ import pytest
 
 from prunejax import calibrate
 from prunejax.config import TINY
-from prunejax.prune import prune
+from prunejax.prune.registry import prune
 from prunejax.sharding import make_mesh
 
 CFG = TINY  # 4 layers

@@ -12,9 +12,10 @@ from prunejax.cli import main
 from prunejax.config import TINY
 from prunejax.data.store import write_data_dir
 from prunejax.model import init_params
-from prunejax.prune import PruneError, prune
+from prunejax.prune import PruneError
 from prunejax.prune.masks import PROJECTIONS, as_rows
 from prunejax.prune.owl import layer_ratios, matrix_counts, outlier_ratio
+from prunejax.prune.registry import prune
 from prunejax.prune.sparse import wanda_mask
 from prunejax.sharding import make_mesh
 

@@ -7,7 +7,7 @@ import pytest
 from prunejax import calibrate
 from prunejax.config import TINY
 from prunejax.model import rms_norm
-from prunejax.prune import PruneError, prune, sparse
+from prunejax.prune import PruneError, sparse
 from prunejax.prune.masks import (
     PROJECTIONS,
     as_rows,
@@ -21,6 +21,7 @@ from prunejax.prune.masks import (
     prune_lowest_host,
     row_mask,
 )
+from prunejax.prune.registry import prune
 from prunejax.prune.sparse import sparsegpt_matrix, wanda_scores
 from prunejax.sharding import make_mesh
 

@@ -11,7 +11,8 @@ import transformers
 from prunejax import hf
 from prunejax.config import LLAMA_3_1_8B, SMOLLM2_135M, TINY
 from prunejax.model import embed, forward, head, init_params, layer_forward
-from prunejax.prune import PruneError, Target, keep, parse_target, prune, shrink, shrink_heads
+from prunejax.prune import PruneError, Target, keep, parse_target, shrink, shrink_heads
+from prunejax.prune.registry import prune
 from prunejax.prune.shapes import apply_target, linear_ratio, resolve_target, width_target
 
 CFG = TINY.replace(num_hidden_layers=4)

@@ -28,7 +28,7 @@ import grain
 import jax
 import numpy as np
 
-from prunejax import distributed, hf, locks, sharding, storage
+from prunejax import distributed, hf, locks, modelio, sharding, storage
 from prunejax.config import PRESETS, ConfigError, LlamaConfig
 from prunejax.data.pipeline import BatchSpec, WindowSource, eval_dataset, train_dataset, train_iterator
 from prunejax.data.store import DataError, TokenStore
@@ -68,10 +68,10 @@ def model_plan(
     tok = src if src and os.path.exists(os.path.join(src, "tokenizer.json")) else None
     key = jax.random.key(seed)
     params = None
-    if init is not None:
-        cfg, params = hf.load(init)
+    if init is not None:  # any model source (MODEL_DIR, HF dir, RUN_DIR, .gguf): the one loader
+        model = modelio.read(init)
+        cfg, params, masks = model.cfg, model.params, model.masks
         hf.check_finite(params, init)  # else the first step's NaN loss would blame the learning rate
-        masks = hf.load_masks(init, cfg)
     elif scratch in PRESETS:
         cfg, masks = PRESETS[scratch], None
     elif os.path.isdir(scratch):
@@ -325,7 +325,8 @@ def train(
 
     teacher_params, teacher_cfg = None, None
     if teacher is not None:
-        teacher_cfg, teacher_params = hf.load(teacher, place=sharding.placer(mesh))
+        teacher_model = modelio.load(teacher, place=sharding.placer(mesh))
+        teacher_cfg, teacher_params = teacher_model.cfg, teacher_model.params
         if teacher_cfg.vocab_size != cfg.vocab_size:
             raise ConfigError(
                 f"teacher vocab_size {teacher_cfg.vocab_size} differs from the student's {cfg.vocab_size}"
