@@ -10,9 +10,12 @@ emulator ignores: this checks it, under one lock with the write itself. Then it 
     python tests/gcs_emulator.py start --host 127.0.0.1 --port N --in-memory --default-bucket B
 """
 
+import http.server
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http import HTTPStatus
@@ -70,6 +73,16 @@ _replace = {
     objects.delete: precondition(objects.delete, lambda request: request.params["object_id"]),
 }
 objects.download, objects.insert, objects.delete = (_replace[f] for f in (_download, objects.insert, objects.delete))
+
+
+class _Server(http.server.HTTPServer):
+    """The emulator serves one request at a time; a deeper accept queue than socketserver's 5 keeps the
+    connections of two training processes' parallel checkpoint writes waiting instead of dropped."""
+
+    request_queue_size = 256
+
+
+http.server.HTTPServer = _Server  # this process only: the emulator's, which builds its HTTPServer at start
 server.HANDLERS = tuple(
     (regex, {method: _replace.get(handler, handler) for method, handler in handlers.items()})
     for regex, handlers in server.HANDLERS
@@ -78,12 +91,14 @@ server.HANDLERS = tuple(
 
 def start(bucket: str) -> tuple[subprocess.Popen, str]:
     """This emulator in a child process on a free local port, serving `bucket` in memory, once it accepts
-    connections: (the process, its STORAGE_EMULATOR_HOST)."""
+    connections: (the process, its STORAGE_EMULATOR_HOST). Its log is `log_path(port)`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, __file__, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
-    server = subprocess.Popen([*cmd, "--default-bucket", bucket], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    log = open(log_path(port), "wb")  # noqa: SIM115 (the child's stdout)
+    server = subprocess.Popen([*cmd, "--default-bucket", bucket], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     deadline = time.time() + 30
     while True:
         try:
@@ -94,6 +109,19 @@ def start(bucket: str) -> tuple[subprocess.Popen, str]:
                 server.kill()
                 raise RuntimeError("the GCS emulator did not start") from None
             time.sleep(0.2)
+
+
+def log_path(port: int) -> str:
+    return os.path.join(tempfile.gettempdir(), f"gcs-emulator-{port}.log")
+
+
+def check_alive(server: subprocess.Popen, host: str) -> None:
+    """Fail naming the emulator's exit code and its log's tail when it died while a test used it."""
+    if server.poll() is not None:
+        path = log_path(int(host.rsplit(":", 1)[1]))
+        with open(path, errors="replace") as f:
+            tail = f.read()[-3000:]
+        raise AssertionError(f"the GCS emulator exited {server.returncode} mid-test; its log {path} ends:\n{tail}")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ prunejax is given nothing but STORAGE_EMULATOR_HOST (the variable Google's clien
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 
+import gcs_emulator
 import jax
 import numpy as np
 import pytest
@@ -27,31 +25,19 @@ CFG = MP_CFG.replace(num_hidden_layers=2)
 
 @pytest.fixture(scope="module")
 def gcs():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launcher = os.path.join(os.path.dirname(__file__), "gcs_emulator.py")  # adds x-goog-generation for tensorstore
-    cmd = [sys.executable, launcher, "start", "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(
-        [*cmd, "--in-memory", "--default-bucket", BUCKET], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline and server.poll() is None, "the GCS emulator did not start"
-            time.sleep(0.2)
+    server, host = gcs_emulator.start(BUCKET)  # adds x-goog-generation for tensorstore
     old = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    os.environ["STORAGE_EMULATOR_HOST"] = host
     yield f"gs://{BUCKET}"
-    server.terminate()
-    server.wait(10)
-    if old is None:
-        os.environ.pop("STORAGE_EMULATOR_HOST")
-    else:
-        os.environ["STORAGE_EMULATOR_HOST"] = old
+    try:
+        gcs_emulator.check_alive(server, host)
+    finally:
+        server.terminate()
+        server.wait(10)
+        if old is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST")
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = old
 
 
 @pytest.fixture(scope="module")

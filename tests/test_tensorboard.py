@@ -45,8 +45,11 @@ def gcs(monkeypatch, tmp_path):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the staging dirs, here not in ~/.cache
     yield f"gs://{BUCKET}"
-    server.kill()
-    server.wait(10)
+    try:
+        gcs_emulator.check_alive(server, host)
+    finally:
+        server.kill()
+        server.wait(10)
 
 
 def events(tb_dir: str) -> dict[str, list[tuple[int, float]]]:
