@@ -91,7 +91,11 @@ server.HANDLERS = tuple(
 
 def start(bucket: str) -> tuple[subprocess.Popen, str]:
     """This emulator in a child process on a free local port, serving `bucket` in memory, once it accepts
-    connections: (the process, its STORAGE_EMULATOR_HOST). Its log is `log_path(port)`."""
+    connections: (the process, its STORAGE_EMULATOR_HOST). Its log is `log_path(port)`.
+
+    A fixture sets STORAGE_EMULATOR_HOST and clears TENSORSTORE_GCS_HTTP_URL: `storage.prepare_tensorstore`
+    derives the latter from the former in the process that checkpoints, and one left in the test process by
+    an earlier module's emulator would send the next module's training processes' tensorstore to a dead port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -33,6 +33,7 @@ with locks.hold(sys.argv[1], "holder"):
 def gcs(monkeypatch):
     server, host = gcs_emulator.start(BUCKET)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
+    monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL", raising=False)  # derived from the above (gcs_emulator.py)
     yield server
     os.kill(server.pid, signal.SIGCONT)
     server.kill()
