@@ -3,12 +3,14 @@
 The gs:// cases run against their own emulator (tests/gcs_emulator.py), which one test freezes with SIGSTOP.
 """
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import gcs_emulator
 import jax
@@ -19,6 +21,7 @@ from multiproc import CFG, launch, start, wait
 from prunejax import hf, locks, storage
 from prunejax.data.store import write_data_dir
 from prunejax.model import init_params
+from prunejax.train import checkpoint
 
 BUCKET = "prunejax-locks"
 HOLD = """import sys, time
@@ -138,6 +141,32 @@ def test_a_frozen_storage_ends_train_with_one_message_within_its_deadline(gcs, i
     errors = [line for line in lines if line.startswith("prunejax train: error:")]
     assert len(errors) == 1 and f"bucket '{BUCKET}'" in errors[0] and "did not answer" in errors[0], out.outputs
     assert lines[-1] == errors[0] and "Traceback" not in out.outputs[0], out.outputs
+
+
+def test_only_tensorstore_callbacks_into_a_finished_loop_are_dropped_as_unraisable():
+    """The noise the frozen-store run printed: tensorstore (C++, no Python caller) calling
+    `call_soon_threadsafe` on Orbax's closed save loop, reported as unraisable. The same error raised under a
+    Python caller, or any other exception, still reaches the previous hook."""
+    seen = []
+    hook = checkpoint._drop_late_loop_callbacks(lambda u: seen.append(u.exc_value))
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        closed = e
+    from_c = closed.__traceback__.tb_next  # as tensorstore's C++ reports it: the first frame is asyncio's
+    assert from_c.tb_frame.f_code.co_name == "call_soon_threadsafe"
+
+    def unraisable(exc, tb):
+        return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=tb, err_msg=None, object=None)
+
+    hook(unraisable(closed, from_c))
+    assert seen == []
+    hook(unraisable(closed, closed.__traceback__))  # raised under a Python caller: a real bug, shown
+    other = ValueError("Event loop is closed")
+    hook(unraisable(other, from_c))
+    assert seen == [closed, other]
 
 
 def test_a_bucket_name_gcs_rejects_fails_the_up_front_check(inputs):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import jax
@@ -41,12 +42,41 @@ class _OrbaxThreadFailures(logging.Filter):
 _THREAD_FAILURES = _OrbaxThreadFailures()
 
 
+def _is_late_loop_callback(exc: BaseException | None, tb: Any) -> bool:
+    """A tensorstore write that completes after the asyncio loop awaiting it has ended (Orbax runs each save
+    in its own loop, which a failing save closes while its other writes are still in flight) calls
+    `loop.call_soon_threadsafe` from C++ and reports the resulting `RuntimeError('Event loop is closed')` as
+    unraisable, once per write: a frozen store printed 37 such tracebacks around the one message."""
+    if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+        return False
+    return tb is not None and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"  # no Python caller
+
+
+def _drop_late_loop_callbacks(previous: Any) -> Any:
+    """`previous` (sys.unraisablehook's signature) without `_is_late_loop_callback`'s noise."""
+
+    def hook(unraisable: Any) -> None:
+        if not _is_late_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
+            previous(unraisable)
+
+    hook.prunejax_drops_late_loop_callbacks = True
+    return hook
+
+
+def quiet_late_loop_callbacks() -> None:
+    """Install the unraisable hook that drops `_is_late_loop_callback`'s noise (once; anything else goes to
+    the hook that was there before)."""
+    if not getattr(sys.unraisablehook, "prunejax_drops_late_loop_callbacks", False):
+        sys.unraisablehook = _drop_late_loop_callbacks(sys.unraisablehook)
+
+
 class Checkpointer:
     """Periodic/final saves of (state, data state) under `run_dir/checkpoints`, keeping the newest `keep`."""
 
     def __init__(self, run_dir: str, *, keep: int = 3, use_async: bool = False):
         if storage.is_remote(run_dir):  # Orbax writes gs:// natively (tensorstore for arrays, commits per step)
             storage.prepare_tensorstore()
+            quiet_late_loop_callbacks()
             self.directory = storage.join(run_dir, "checkpoints")
         else:
             self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
