@@ -17,8 +17,9 @@ writes half its files to the emulator and half to Google.
 Storage that stops answering is an error, not a hang: every call here has a deadline, PRUNEJAX_STORAGE_TIMEOUT
 seconds (default 180) for the whole call, its retries included (gcsfs retries a failed request a bounded number
 of times; a request that receives nothing for a quarter of the deadline counts as failed), and fails with one
-StorageError naming the bucket and the operation. Tensorstore's requests (Orbax checkpoints) get the same stall
-limit. A transfer's deadline grows by one second per MB moved.
+StorageError naming the bucket and the operation. So does each request of the gcsfs file systems that other
+libraries open through fsspec (Orbax's JSON and metadata), through `bound_gcsfs`. Tensorstore's requests
+(Orbax's arrays) get the same stall limit. A transfer's deadline grows by one second per MB moved.
 """
 
 from __future__ import annotations
@@ -94,9 +95,50 @@ def filesystem(path: str) -> Any:
         # gcsfs logs each failed retry with a traceback; the StorageError raised here says it once
         logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     try:
+        if is_remote(path):
+            bound_gcsfs()
         return fsspec.filesystem(str(path).split("://", 1)[0])
     except ImportError as e:
         raise StorageError(f"{path}: gs:// needs gcsfs: pip install -e '.[gcs]' ({e})") from e
+
+
+def no_answer(bucket: str, operation: str, deadline: float) -> str:
+    return (
+        f"bucket {bucket!r} did not answer ({operation}) within {deadline:g} s ({TIMEOUT_ENV}); "
+        "is the storage service reachable?"
+    )
+
+
+def bound_gcsfs() -> None:
+    """Make fsspec's `gs`/`gcs` file system, once per process, gcsfs's with a deadline on every request, its
+    retries included: `timeout_s()` plus a second per MB sent, then a StorageError naming the bucket. The
+    calls made here pass deadlines of their own, but the file systems other libraries open do not (Orbax
+    writes its JSON and metadata through etils' epath), and gcsfs retries a request that gets no answer six
+    times, 1 + 2 + 4 + 8 + 16 s apart: a frozen store held a train run's save for minutes, call after call."""
+    import fsspec
+    import gcsfs
+
+    if getattr(fsspec.get_filesystem_class("gs"), "prunejax_deadline", False):
+        return
+
+    class DeadlineGCSFileSystem(gcsfs.GCSFileSystem):
+        prunejax_deadline = True
+
+        async def _call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+            import asyncio
+
+            data = kwargs.get("data")
+            sent = data.getbuffer().nbytes if hasattr(data, "getbuffer") else len(data) if data is not None else 0
+            deadline = timeout_s() + sent / 1e6
+            try:
+                return await asyncio.wait_for(super()._call(method, path, *args, **kwargs), deadline)
+            except TimeoutError:  # wait_for's, or aiohttp's after gcsfs's last retry
+                url = self._format_path(path, args)
+                bucket = m.group(1) if (m := re.search(r"/b/([^/?]+)", url)) else "?"
+                raise StorageError(no_answer(bucket, f"{method} {url}", deadline)) from None
+
+    for protocol in ("gs", "gcs"):
+        fsspec.register_implementation(protocol, DeadlineGCSFileSystem, clobber=True)
 
 
 def call(operation: str, path: str, method: str, *args: Any, nbytes: int = 0, **kwargs: Any) -> Any:
@@ -112,10 +154,7 @@ def call(operation: str, path: str, method: str, *args: Any, nbytes: int = 0, **
     except (FileNotFoundError, FileExistsError, StorageError):
         raise
     except (FSTimeoutError, TimeoutError) as e:
-        raise StorageError(
-            f"bucket {bucket_of(path)!r} did not answer ({operation} {path}) within {deadline:g} s "
-            f"({TIMEOUT_ENV}); is the storage service reachable?"
-        ) from e
+        raise StorageError(no_answer(bucket_of(path), f"{operation} {path}", deadline)) from e
     except Exception as e:  # noqa: BLE001 - network, auth, server errors: one message naming the bucket
         reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise StorageError(
@@ -342,6 +381,7 @@ def prepare_tensorstore() -> None:
     """Give tensorstore's HTTP requests (Orbax's gs:// checkpoints) the storage stall limit, and point its GCS
     driver at the emulator gcsfs uses (STORAGE_EMULATOR_HOST), unless told otherwise (the TENSORSTORE_*
     variables). Must run before tensorstore's first gs:// request: it reads the variables once."""
+    bound_gcsfs()  # Orbax's JSON and metadata go through gcsfs, before its first gs:// file system
     stall = max(round(timeout_s() / 4), 1)
     os.environ.setdefault("TENSORSTORE_CURL_CONNECT_TIMEOUT_SECONDS", str(stall))
     os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(stall))  # below 1 byte/s for that long

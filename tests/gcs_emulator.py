@@ -10,14 +10,17 @@ emulator ignores: this checks it, under one lock with the write itself. Then it 
     python tests/gcs_emulator.py start --host 127.0.0.1 --port N --in-memory --default-bucket B
 """
 
+import contextlib
 import http.server
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from http import HTTPStatus
 
 from gcp_storage_emulator import __main__ as emulator
@@ -93,7 +96,7 @@ def start(bucket: str) -> tuple[subprocess.Popen, str]:
     """This emulator in a child process on a free local port, serving `bucket` in memory, once it accepts
     connections: (the process, its STORAGE_EMULATOR_HOST). Its log is `log_path(port)`.
 
-    A fixture sets STORAGE_EMULATOR_HOST and clears TENSORSTORE_GCS_HTTP_URL: `storage.prepare_tensorstore`
+    `serving` sets STORAGE_EMULATOR_HOST and clears TENSORSTORE_GCS_HTTP_URL: `storage.prepare_tensorstore`
     derives the latter from the former in the process that checkpoints, and one left in the test process by
     an earlier module's emulator would send the next module's training processes' tensorstore to a dead port."""
     with socket.socket() as s:
@@ -126,6 +129,32 @@ def check_alive(server: subprocess.Popen, host: str) -> None:
         with open(path, errors="replace") as f:
             tail = f.read()[-3000:]
         raise AssertionError(f"the GCS emulator exited {server.returncode} mid-test; its log {path} ends:\n{tail}")
+
+
+@contextlib.contextmanager
+def serving(bucket: str) -> Iterator[subprocess.Popen]:
+    """This emulator for one test or module: STORAGE_EMULATOR_HOST points at it and TENSORSTORE_GCS_HTTP_URL is
+    cleared (see `start`), both restored after; on the way out it is woken (a test may have frozen it with
+    SIGSTOP), checked to be still alive (`check_alive`) and stopped."""
+    server, host = start(bucket)
+    old = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    os.environ.pop("TENSORSTORE_GCS_HTTP_URL", None)
+    try:
+        yield server
+    finally:
+        try:
+            if server.poll() is None:
+                os.kill(server.pid, signal.SIGCONT)
+            check_alive(server, host)
+        finally:
+            server.kill()
+            server.wait(10)
+            os.environ.pop("TENSORSTORE_GCS_HTTP_URL", None)  # in-process gs:// checkpoints set it to this emulator
+            if old is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = old
 
 
 if __name__ == "__main__":

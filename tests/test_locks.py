@@ -12,6 +12,7 @@ import sys
 import time
 import types
 
+import fsspec
 import gcs_emulator
 import jax
 import numpy as np
@@ -33,14 +34,9 @@ with locks.hold(sys.argv[1], "holder"):
 
 
 @pytest.fixture()
-def gcs(monkeypatch):
-    server, host = gcs_emulator.start(BUCKET)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
-    monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL", raising=False)  # derived from the above (gcs_emulator.py)
-    yield server
-    os.kill(server.pid, signal.SIGCONT)
-    server.kill()
-    server.wait(10)
+def gcs():
+    with gcs_emulator.serving(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +137,22 @@ def test_a_frozen_storage_ends_train_with_one_message_within_its_deadline(gcs, i
     errors = [line for line in lines if line.startswith("prunejax train: error:")]
     assert len(errors) == 1 and f"bucket '{BUCKET}'" in errors[0] and "did not answer" in errors[0], out.outputs
     assert lines[-1] == errors[0] and "Traceback" not in out.outputs[0], out.outputs
+
+
+def test_a_frozen_store_fails_the_gcsfs_calls_of_other_libraries_within_the_deadline(gcs, monkeypatch):
+    """Orbax writes its JSON through a gcsfs file system that etils' epath opens with no deadline; gcsfs alone
+    retries a request that gets no answer for over 30 s. prunejax registers gcsfs with the storage deadline
+    on every request: such a write ends in about that deadline with a StorageError naming the bucket."""
+    monkeypatch.setenv(storage.TIMEOUT_ENV, "2")
+    storage.exists(f"gs://{BUCKET}/anything")  # prunejax's first gs:// call registers it
+    fs = fsspec.filesystem("gs", finalize_on_close=True)  # as epath opens it
+    fs.pipe(f"{BUCKET}/before.json", b"{}")
+    os.kill(gcs.pid, signal.SIGSTOP)
+    t0 = time.time()
+    with pytest.raises(storage.StorageError, match=f"bucket '{BUCKET}' did not answer .* within 2 s"):
+        with fs.open(f"{BUCKET}/after.json", "wb") as f:
+            f.write(b"{}")
+    assert time.time() - t0 < 10
 
 
 def test_only_tensorstore_callbacks_into_a_finished_loop_are_dropped_as_unraisable():

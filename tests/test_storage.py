@@ -25,21 +25,8 @@ CFG = MP_CFG.replace(num_hidden_layers=2)
 
 @pytest.fixture(scope="module")
 def gcs():
-    server, host = gcs_emulator.start(BUCKET)  # adds x-goog-generation for tensorstore
-    old = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = host
-    os.environ.pop("TENSORSTORE_GCS_HTTP_URL", None)  # derived from the above (gcs_emulator.py)
-    yield f"gs://{BUCKET}"
-    try:
-        gcs_emulator.check_alive(server, host)
-    finally:
-        server.terminate()
-        server.wait(10)
-        os.environ.pop("TENSORSTORE_GCS_HTTP_URL", None)  # in-process gs:// checkpoints set it to this emulator
-        if old is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST")
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = old
+    with gcs_emulator.serving(BUCKET):  # adds x-goog-generation for tensorstore
+        yield f"gs://{BUCKET}"
 
 
 @pytest.fixture(scope="module")

@@ -41,16 +41,9 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture
 def gcs(monkeypatch, tmp_path):
-    server, host = gcs_emulator.start(BUCKET)
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
-    monkeypatch.delenv("TENSORSTORE_GCS_HTTP_URL", raising=False)  # derived from the above (gcs_emulator.py)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the staging dirs, here not in ~/.cache
-    yield f"gs://{BUCKET}"
-    try:
-        gcs_emulator.check_alive(server, host)
-    finally:
-        server.kill()
-        server.wait(10)
+    with gcs_emulator.serving(BUCKET):
+        yield f"gs://{BUCKET}"
 
 
 def events(tb_dir: str) -> dict[str, list[tuple[int, float]]]:
