@@ -109,6 +109,20 @@ def no_answer(bucket: str, operation: str, deadline: float) -> str:
     )
 
 
+def _nbytes(data: Any) -> int:
+    """The size of a request body as gcsfs passes it: bytes-like, a BytesIO, a str, or none."""
+    if data is None:
+        return 0
+    if isinstance(data, str):
+        return len(data.encode())
+    if hasattr(data, "getbuffer"):
+        return data.getbuffer().nbytes
+    try:
+        return memoryview(data).nbytes
+    except TypeError:  # a stream of unknown length: the base deadline
+        return 0
+
+
 def bound_gcsfs() -> None:
     """Make fsspec's `gs`/`gcs` file system, once per process, gcsfs's with a deadline on every request, its
     retries included: `timeout_s()` plus a second per MB sent, then a StorageError naming the bucket. The
@@ -127,9 +141,7 @@ def bound_gcsfs() -> None:
         async def _call(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
             import asyncio
 
-            data = kwargs.get("data")
-            sent = data.getbuffer().nbytes if hasattr(data, "getbuffer") else len(data) if data is not None else 0
-            deadline = timeout_s() + sent / 1e6
+            deadline = timeout_s() + _nbytes(kwargs.get("data")) / 1e6
             try:
                 return await asyncio.wait_for(super()._call(method, path, *args, **kwargs), deadline)
             except TimeoutError:  # wait_for's, or aiohttp's after gcsfs's last retry

@@ -4,6 +4,7 @@ The gs:// cases run against their own emulator (tests/gcs_emulator.py), which on
 """
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -153,6 +154,14 @@ def test_a_frozen_store_fails_the_gcsfs_calls_of_other_libraries_within_the_dead
         with fs.open(f"{BUCKET}/after.json", "wb") as f:
             f.write(b"{}")
     assert time.time() - t0 < 10
+
+
+def test_the_request_bodies_gcsfs_sends_are_measured_for_their_deadline():
+    """A second per MB sent is added to a request's deadline; gcsfs sends bytes, memoryviews (of any item
+    size), BytesIO, str or nothing."""
+    assert storage._nbytes(None) == 0 and storage._nbytes(b"abc") == 3 and storage._nbytes("\u00e9") == 2
+    assert storage._nbytes(io.BytesIO(b"12345")) == 5 and storage._nbytes(memoryview(np.zeros(4, np.float32))) == 16
+    assert storage._nbytes(iter([b"x"])) == 0  # a stream of unknown length: the base deadline
 
 
 def test_only_tensorstore_callbacks_into_a_finished_loop_are_dropped_as_unraisable():
