@@ -54,7 +54,6 @@ PRUNES = {
     "sparsegpt-2of4": ["--method", "sparsegpt", "--ratio", "0.5", "--pattern", "2:4"],
     "minitron-depth": ["--method", "minitron-depth", "--ratio", "0.5"],
     "minitron-width": ["--method", "minitron-width", "--ratio", "0.5"],
-    "owl": ["--method", "owl", "--ratio", "0.7", "--owl-m", "2"],  # M = 2: a random init has few 5x outliers
 }
 
 

@@ -54,6 +54,18 @@ def test_layer_ratios_equal_the_papers_when_the_mean_is_midway_and_stay_within_l
     )
 
 
+def test_the_range_map_is_the_papers_on_equal_layers_and_keeps_the_total_on_unequal_ones():
+    # D = 1, 2, 3, 6 at t = 0.6, λ = 0.08: r = 0.16·(D - 1)/5 = 0, 0.032, 0.064, 0.16, mean 0.064
+    s = layer_ratios([1, 2, 3, 6], [1, 1, 1, 1], 0.6, 0.08, "range")
+    np.testing.assert_allclose(s, [0.664, 0.632, 0.6, 0.504], atol=1e-15)
+    np.testing.assert_allclose(s, paper_ratios([1, 2, 3, 6], 0.6, 0.08), atol=1e-15)
+    # sizes 3 and 1, D = 0, 4: r = 0, 0.12; its size-weighted mean 0.03; s = 0.5 + 0.03, 0.5 - 0.09
+    s = layer_ratios([0.0, 0.04], [3, 1], 0.5, 0.06, "range")
+    np.testing.assert_allclose(s, [0.53, 0.41], atol=1e-15)
+    assert (3 * s[0] + s[1]) / 4 == pytest.approx(0.5, abs=1e-15)
+    np.testing.assert_array_equal(layer_ratios([0.02, 0.02], [1, 2], 0.7, 0.08, "range"), [0.7, 0.7])
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_layer_ratios_bounds_mean_and_order(seed):
     rng = np.random.default_rng(seed)
@@ -136,8 +148,12 @@ def test_lambda_zero_is_wanda(params, tokens, ratio):
 def test_refusals(params, tokens):
     with pytest.raises(PruneError, match="--method owl does not take an N:M pattern: 2:4 fixes every layer"):
         prune(CFG, params, "owl", tokens, ratio=0.5, pattern=(2, 4))
-    with pytest.raises(PruneError, match="--owl-lambda must be at least 0, at most the ratio and below 1 - ratio"):
+    with pytest.raises(PruneError, match=r"--owl-lambda must be at least 0 and keep every layer's ratio t ± λ in"):
         prune(CFG, params, "owl", tokens, ratio=0.95)
+    with pytest.raises(PruneError, match=r"t ± 2λ in \[0, 1\) \(--owl-map range\); at --ratio 0.9 it is 0.08"):
+        prune(CFG, params, "owl", tokens, ratio=0.9, owl_map="range")  # 0.9 + 0.08 < 1, but 0.9 + 0.16 is not
+    with pytest.raises(PruneError, match="--owl-map must be one of bounded, range, got 'paper'"):
+        prune(CFG, params, "owl", tokens, ratio=0.5, owl_map="paper")
     with pytest.raises(PruneError, match="at --ratio 0.05 it is 0.08"):
         prune(CFG, params, "owl", tokens, ratio=0.05)
     with pytest.raises(PruneError, match="--owl-m must be positive"):
@@ -184,7 +200,17 @@ def test_cli_writes_a_sparse_model_dir(dirs, capsys):
     assert run(dirs, "--method", "owl", "--ratio", "0.7", out="owl-defaults") == 0
     defaults = hf.load_provenance(str(dirs / "owl-defaults"))
     assert defaults["options"]["owl_m"] == 5.0 and defaults["options"]["owl_lambda"] == 0.08
+    assert defaults["options"]["owl_map"] == defaults["report"]["owl_map"] == "bounded"
     assert defaults["report"]["layer_ratios"] == prov["report"]["layer_ratios"]
+    # the OWL authors' map: the same outlier ratios, their layer ratios
+    assert run(dirs, "--method", "owl", "--ratio", "0.7", "--owl-map", "range", out="owl-range") == 0
+    ranged = hf.load_provenance(str(dirs / "owl-range"))
+    assert ranged["options"]["owl_map"] == "range"
+    assert ranged["report"]["outlier_ratios"] == prov["report"]["outlier_ratios"]
+    keys = sorted(ranged["report"]["layer_ratios"], key=int)
+    expected = paper_ratios([ranged["report"]["outlier_ratios"][k] for k in keys], 0.7, 0.08)  # equal layers
+    np.testing.assert_allclose([ranged["report"]["layer_ratios"][k] for k in keys], expected, atol=1e-12)
+    assert ranged["realized_ratio"] == prov["realized_ratio"]
 
 
 @pytest.mark.parametrize(
@@ -192,7 +218,8 @@ def test_cli_writes_a_sparse_model_dir(dirs, capsys):
     [
         (["--method", "owl", "--ratio", "0.5", "--pattern", "2:4"], "--method owl does not take an N:M pattern"),
         (["--method", "owl", "--ratio", "0.95"], "--owl-lambda must be at least 0"),
-        (["--method", "wanda", "--ratio", "0.5", "--owl-m", "3"], "--owl-m/--owl-lambda apply to owl only"),
+        (["--method", "wanda", "--ratio", "0.5", "--owl-m", "3"], "--owl-m/--owl-lambda/--owl-map apply to owl only"),
+        (["--method", "owl", "--ratio", "0.9", "--owl-map", "range"], "t ± 2λ in [0, 1) (--owl-map range)"),
     ],
 )
 def test_cli_refuses_before_any_work(dirs, capsys, args, message):

@@ -2,7 +2,7 @@
 
   prunejax prune --model SRC --method M (--ratio R | --target hidden=..,ffn=..,layers=..,heads=..)
                  [--pattern N:M] --calib DATA_DIR [--calib-samples N] [--calib-seq-len L]
-                 [--owl-m M] [--owl-lambda L]
+                 [--owl-m M] [--owl-lambda L] [--owl-map bounded|range]
                  [--mesh data=N,fsdp=M,tp=K] --out MODEL_DIR [--overwrite]
   sheared trains its masks instead: --data DATA_DIR --prune-tokens N [--sheared-config YAML] [--run-dir DIR]
                  [--seed S]; with --run-dir it resumes, and SIGINT/SIGTERM save a checkpoint and exit
@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--owl-lambda",
         type=float,
         help=f"owl: the largest deviation of a layer's ratio from --ratio (default {owl.DEFAULT_LAMBDA:g})",
+    )
+    p.add_argument(
+        "--owl-map",
+        choices=owl.MAPS,
+        help=f"owl: outlier ratios to layer ratios: bounded (every layer within ±λ) or range (the OWL authors' "
+        f"and llm-compressor's, up to ±2λ) (default {owl.DEFAULT_MAP})",
     )
     p.add_argument("--calib", help="DATA_DIR whose train split calibrates (not needed by magnitude)")
     p.add_argument("--calib-samples", type=int, default=calibrate.DEFAULT_SAMPLES, help="calibration sequences")
@@ -98,6 +104,7 @@ def run(args: argparse.Namespace) -> str:
         seed=args.seed,
         owl_m=args.owl_m,
         owl_lambda=args.owl_lambda,
+        owl_map=args.owl_map,
         overwrite=args.overwrite,
     )
 

@@ -25,7 +25,9 @@ The allocation is host-side numpy in float64 from gathered statistics: the same 
 
 Differences from the authors' code and llm-compressor (`owl_m`, `owl_lmbda` on its Wanda and
 SparseGPT modifiers), which both map D linearly onto [0, 2λ] by (D - min)/(max - min)·2λ and
-subtract that minus its plain mean from t:
+subtract that minus its plain mean from t (`owl_map="range"` selects that map here, centred on the
+size-weighted mean so that the total stays exact: the same ratios for Llama's equal layers; every
+layer then within t ± 2λ, which must lie in [0, 1)):
   * their slope is 2λ/(max - min); ours is λ/max|D - D̄|, never larger, and the same when D̄ is
     midway between min and max. Theirs lets a layer go up to 2λ from t (D = [1, 2, 3, 6] at λ =
     0.08: the 6 gets t - 0.096); ours keeps every layer in [t - λ, t + λ], the range the paper states for λ;
@@ -55,10 +57,19 @@ from prunejax.prune.sparse import INPUT_OF, check_sparse_request, wanda_pass
 Params = dict[str, Any]
 DEFAULT_M = 5.0
 DEFAULT_LAMBDA = 0.08
+MAPS = ("bounded", "range")  # step 2's map (module doc), or the authors' and llm-compressor's
+DEFAULT_MAP = "bounded"
 
 
-def check_owl(ratio: float | None, pattern: tuple[int, int] | None, owl_m: float, owl_lambda: float) -> None:
-    """Refuse an N:M pattern, M <= 0, and a λ that would take some layer's ratio t ± λ out of [0, 1)."""
+def check_owl(
+    ratio: float | None,
+    pattern: tuple[int, int] | None,
+    owl_m: float,
+    owl_lambda: float,
+    owl_map: str = DEFAULT_MAP,
+) -> None:
+    """Refuse an N:M pattern, M <= 0, an unknown map, and a λ that would take some layer's ratio out of
+    [0, 1): t ± λ with the bounded map, t ± 2λ with the range map."""
     if pattern is not None:
         raise PruneError(
             f"--method owl does not take an N:M pattern: {pattern[0]}:{pattern[1]} fixes every layer's ratio at "
@@ -66,10 +77,14 @@ def check_owl(ratio: float | None, pattern: tuple[int, int] | None, owl_m: float
         )
     if not owl_m > 0:
         raise PruneError(f"--owl-m must be positive (outliers are scores above M x the layer's mean), got {owl_m}")
-    if ratio is not None and not (0 <= owl_lambda <= ratio and ratio + owl_lambda < 1):
+    if owl_map not in MAPS:
+        raise PruneError(f"--owl-map must be one of {', '.join(MAPS)}, got {owl_map!r}")
+    reach = owl_lambda * (2 if owl_map == "range" else 1)  # the farthest a layer's ratio goes from t
+    if ratio is not None and not (owl_lambda >= 0 and reach <= ratio and ratio + reach < 1):
+        bound = "2λ" if owl_map == "range" else "λ"
         raise PruneError(
-            f"--owl-lambda must be at least 0, at most the ratio and below 1 - ratio (every layer's ratio "
-            f"t ± λ in [0, 1)); at --ratio {ratio:g} it is {owl_lambda:g}"
+            f"--owl-lambda must be at least 0 and keep every layer's ratio t ± {bound} in [0, 1) "
+            f"(--owl-map {owl_map}); at --ratio {ratio:g} it is {owl_lambda:g}"
         )
 
 
@@ -94,10 +109,19 @@ def outlier_ratio(lp: Params, sq_norm: dict[str, Any], owl_m: float) -> float:
     return sum(int(np.count_nonzero(s_OI > threshold)) for s_OI in scores()) / size
 
 
-def layer_ratios(outliers: Sequence[float], sizes: Sequence[int], ratio: float, owl_lambda: float) -> np.ndarray:
-    """s_l = t - λ·(D_l - D̄)/max|D - D̄| with D̄ the size-weighted mean (module doc, step 2)."""
+def layer_ratios(
+    outliers: Sequence[float], sizes: Sequence[int], ratio: float, owl_lambda: float, owl_map: str = DEFAULT_MAP
+) -> np.ndarray:
+    """bounded: s_l = t - λ·(D_l - D̄)/max|D - D̄| with D̄ the size-weighted mean (module doc, step 2).
+    range: s_l = t - (r_l - r̄), r_l = 2λ·(D_l - min D)/(max D - min D), r̄ its size-weighted mean."""
     d = np.asarray(outliers, np.float64)
     w = np.asarray(sizes, np.float64)
+    if owl_map == "range":
+        span = float(np.max(d) - np.min(d))
+        if owl_lambda == 0 or span == 0:
+            return np.full(d.shape, float(ratio))
+        r = 2 * owl_lambda * (d - np.min(d)) / span
+        return ratio - (r - np.sum(w * r) / np.sum(w))
     dev = d - np.sum(w * d) / np.sum(w)
     spread = float(np.max(np.abs(dev)))
     if owl_lambda == 0 or spread == 0:
@@ -126,10 +150,11 @@ def owl(
     req: Request,
     owl_m: float = DEFAULT_M,
     owl_lambda: float = DEFAULT_LAMBDA,
+    owl_map: str = DEFAULT_MAP,
 ) -> PruneResult:
     """OWL: Wanda with each layer's ratio set by its share of outlier scores (module doc)."""
     ratio, target, pattern, batch_size, mesh = req.ratio, req.target, req.pattern, req.batch_size, req.mesh
-    check_owl(ratio, pattern, owl_m, owl_lambda)
+    check_owl(ratio, pattern, owl_m, owl_lambda, owl_map)
     ratio = check_sparse_request(ratio, target, None)
     _, dense = calibrate.sequential(cfg, params, tokens_NL, ("sq_norm",), batch_size=batch_size, mesh=mesh)
     keys = sorted(params["layers"], key=int)
@@ -139,7 +164,7 @@ def owl(
         for k in keys
     ]
     sizes_LP = np.array([[o * i for o, i in row] for row in shapes], np.int64)
-    ratios = layer_ratios(outliers, sizes_LP.sum(axis=1), ratio, owl_lambda)
+    ratios = layer_ratios(outliers, sizes_LP.sum(axis=1), ratio, owl_lambda, owl_map)
     counts = matrix_counts(ratios, sizes_LP, ratio)
     count = {(k, name): int(counts[i, p]) for i, k in enumerate(keys) for p, name in enumerate(PROJECTIONS)}
 
@@ -152,6 +177,7 @@ def owl(
         "comparison": "per output row",
         "owl_m": owl_m,
         "owl_lambda": owl_lambda,
+        "owl_map": owl_map,
         "outlier_ratios": dict(zip(keys, outliers, strict=True)),
         "layer_ratios": {k: float(s) for k, s in zip(keys, ratios, strict=True)},
     }

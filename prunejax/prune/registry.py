@@ -4,7 +4,7 @@ Every method is `fn(cfg, params, tokens_NL, *, ratio=None, target=None, pattern=
 mesh=None) -> PruneResult`; calibration tokens [N, L] may be None for methods that need none
 (magnitude). A `mesh` splits each calibration batch over its (data, fsdp) axes (see
 `prunejax.calibrate`); Sheared trains on it instead of the mesh its config names. OWL also takes
-`owl_m=` and `owl_lambda=` (see `prunejax.prune.owl`).
+`owl_m=`, `owl_lambda=` and `owl_map=` (see `prunejax.prune.owl`).
 """
 
 from __future__ import annotations

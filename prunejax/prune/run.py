@@ -43,7 +43,7 @@ def _options(
     batch_size: int,
     mesh: str | jax.sharding.Mesh | None,
     trained: dict[str, Any],
-    owl_options: dict[str, float | None],
+    owl_options: dict[str, float | str | None],
     overwrite: bool,
 ) -> dict[str, Any]:
     """Validated method options, before anything heavy is loaded."""
@@ -75,12 +75,12 @@ def _options(
         placed = sharding.parse_mesh(DEFAULT_MESH)
     options = {"ratio": ratio, "target": shape, "pattern": n_m, "batch_size": batch_size, "mesh": placed}
     if method == "owl":
-        tuned = {"owl_m": owl.DEFAULT_M, "owl_lambda": owl.DEFAULT_LAMBDA}
+        tuned = {"owl_m": owl.DEFAULT_M, "owl_lambda": owl.DEFAULT_LAMBDA, "owl_map": owl.DEFAULT_MAP}
         tuned.update({k: v for k, v in owl_options.items() if v is not None})
-        owl.check_owl(ratio, n_m, tuned["owl_m"], tuned["owl_lambda"])
+        owl.check_owl(ratio, n_m, tuned["owl_m"], tuned["owl_lambda"], tuned["owl_map"])
         options.update(tuned)
     elif any(v is not None for v in owl_options.values()):
-        raise PruneError(f"--owl-m/--owl-lambda apply to owl only, not {method}")
+        raise PruneError(f"--owl-m/--owl-lambda/--owl-map apply to owl only, not {method}")
     if method in TRAINED:
         if trained["data"] is None or trained["prune_tokens"] is None:
             raise PruneError(f"{method} trains its masks: give --data DATA_DIR and --prune-tokens N")
@@ -148,6 +148,7 @@ def prune_model(
     seed: int | None = None,
     owl_m: float | None = None,
     owl_lambda: float | None = None,
+    owl_map: str | None = None,
     overwrite: bool = False,
 ) -> str:
     """Prune `model` (MODEL_DIR, HF dir, RUN_DIR or .gguf) with `method` at `ratio` or to `target` and write
@@ -165,7 +166,7 @@ def prune_model(
         batch_size=batch_size,
         mesh=mesh,
         trained=trained,
-        owl_options={"owl_m": owl_m, "owl_lambda": owl_lambda},
+        owl_options={"owl_m": owl_m, "owl_lambda": owl_lambda, "owl_map": owl_map},
         overwrite=overwrite,
     )
     src = storage.local_dir(model)  # a gs:// MODEL_DIR: its committed local copy; `model` is recorded
@@ -200,7 +201,7 @@ def prune_model(
             "calib_seq_len": calib_seq_len if tokens is not None else None,
             "batch_size": batch_size,
             "mesh": dict(options["mesh"].shape) if options["mesh"] is not None else None,
-            **{k: options[k] for k in ("owl_m", "owl_lambda") if k in options},
+            **{k: options[k] for k in ("owl_m", "owl_lambda", "owl_map") if k in options},
         },
         "calibration": {"data_dir": storage.absolute(calib), "fingerprint": fingerprint} if calib else None,
         "seconds": round(seconds, 1),
