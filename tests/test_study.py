@@ -124,8 +124,17 @@ def test_owl_cells_carry_their_settings_into_the_prune_stage_and_its_hash(monkey
     assert calls[0][0] == ("/study/parent", "owl") and (calls[0][1]["owl_m"], calls[0][1]["owl_lambda"]) == (5.0, 0.05)
     STAGES["prune"](paths, tuned["prune/wanda/r0.5/s0"])
     assert "owl_m" not in calls[1][1]
+    # the map: absent from the hash unless given (studies run before it was an option keep their stages)
+    assert "owl_map" not in plan.spec_dict(owl) and calls[0][1]["owl_map"] is None
+    ranged, ranged_hashes = prune_stages("wanda", {"name": "owl", "owl_map": "range"})
+    assert ranged["prune/owl-range/r0.5/s0"].spec.owl_map == "range"
+    assert ranged_hashes["prune/owl-range/r0.5/s0"] != hashes["prune/owl/r0.5/s0"]
+    STAGES["prune"](paths, ranged["prune/owl-range/r0.5/s0"])
+    assert calls[2][1]["owl_map"] == "range" and calls[2][1]["owl_lambda"] == 0.08
     for bad, message in (
-        ({"name": "wanda", "owl_m": 3}, "methods[0]: owl_m and owl_lambda apply to owl only, not wanda"),
+        ({"name": "wanda", "owl_m": 3}, "methods[0]: owl_m, owl_lambda and owl_map apply to owl only, not wanda"),
+        ({"name": "wanda", "owl_map": "range"}, "methods[0]: owl_m, owl_lambda and owl_map apply to owl only"),
+        ({"name": "owl", "owl_map": "paper"}, "methods[0]: --owl-map must be one of bounded, range, got 'paper'"),
         ({"name": "owl", "owl_lambda": 0.6}, "methods[0]: "),
         ({"name": "owl", "pattern": "2:4"}, "methods[0]: "),
     ):

@@ -81,18 +81,22 @@ class MethodSpec:
     ratios: tuple[float, ...] | None = None  # None = the study's ratios
     owl_m: float | None = None  # owl only: outlier threshold M and largest deviation lambda (None: its defaults)
     owl_lambda: float | None = None
+    owl_map: str | None = None  # owl only: bounded (its default) or range (the OWL authors' map)
 
     @property
     def label(self) -> str:
         if self.pattern:
             return f"{self.name}-{self.pattern.replace(':', 'of')}"
+        label = self.name
         if self.owl_m is not None or self.owl_lambda is not None:  # two OWL settings in one study differ by name
-            return f"{self.name}-M{self.owl_settings['owl_m']:g}-L{self.owl_settings['owl_lambda']:g}"
-        return self.name
+            label += f"-M{self.owl_settings['owl_m']:g}-L{self.owl_settings['owl_lambda']:g}"
+        return label + (f"-{self.owl_map}" if self.owl_map is not None else "")
 
     @property
-    def owl_settings(self) -> dict[str, float]:
-        """OWL's M and lambda with its defaults filled in (what a stage's hash records); {} for other methods."""
+    def owl_settings(self) -> dict[str, Any]:
+        """OWL's M and lambda with its defaults filled in, and its map when given (what a stage's hash records:
+        a study that leaves the map out keeps the hashes it had before the map was an option); {} for other
+        methods."""
         if self.name != "owl":
             return {}
         from prunejax.prune import owl
@@ -100,6 +104,7 @@ class MethodSpec:
         return {
             "owl_m": owl.DEFAULT_M if self.owl_m is None else self.owl_m,
             "owl_lambda": owl.DEFAULT_LAMBDA if self.owl_lambda is None else self.owl_lambda,
+            **({"owl_map": self.owl_map} if self.owl_map is not None else {}),
         }
 
     @property
@@ -205,8 +210,8 @@ def validate(cfg: StudyConfig) -> None:
             raise ConfigError(f"{key}.name: unknown method {m.name!r}; valid methods: {', '.join(valid)}")
         if m.pattern and m.name not in SPARSE:
             raise ConfigError(f"{key}.pattern: {m.name} takes no N:M pattern")
-        if m.name != "owl" and (m.owl_m is not None or m.owl_lambda is not None):
-            raise ConfigError(f"{key}: owl_m and owl_lambda apply to owl only, not {m.name}")
+        if m.name != "owl" and (m.owl_m is not None or m.owl_lambda is not None or m.owl_map is not None):
+            raise ConfigError(f"{key}: owl_m, owl_lambda and owl_map apply to owl only, not {m.name}")
         try:
             pattern = parse_pattern(m.pattern)
         except PruneError as e:
@@ -218,7 +223,7 @@ def validate(cfg: StudyConfig) -> None:
                 from prunejax.prune import owl
 
                 try:
-                    owl.check_owl(r, pattern, m.owl_settings["owl_m"], m.owl_settings["owl_lambda"])
+                    owl.check_owl(r, pattern, **m.owl_settings)
                 except PruneError as e:
                     raise ConfigError(f"{key}: {e}") from None
             if pattern and abs((1 - pattern[0] / pattern[1]) - r) > 1e-9:

@@ -82,6 +82,7 @@ class PruneSpec:
     sheared_resolved: dict[str, Any] | None
     owl_m: float | None = None  # owl only (None elsewhere, and then not part of the hash: see spec_dict)
     owl_lambda: float | None = None
+    owl_map: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +213,7 @@ def spec_dict(spec: Spec) -> dict[str, Any]:
     }
 
 
-LATER_KEYS = ("owl_m", "owl_lambda")
+LATER_KEYS = ("owl_m", "owl_lambda", "owl_map")
 
 
 def stage_hash(stage: Stage, dep_hashes: dict[str, str]) -> str:

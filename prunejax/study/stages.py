@@ -117,7 +117,7 @@ def prune_stage(runner: StudyPaths, stage: Stage) -> None:
         cal = s.calibration
         how = {"calib": data, "calib_samples": cal.samples, "calib_seq_len": cal.seq_len, "batch_size": cal.batch_size}
         if s.method == "owl":
-            how.update(owl_m=s.owl_m, owl_lambda=s.owl_lambda)
+            how.update(owl_m=s.owl_m, owl_lambda=s.owl_lambda, owl_map=s.owl_map)
     model = runner.model_dir("parent")
     prune_model(model, s.method, ratio=s.ratio, pattern=s.pattern, **how, out=runner.out(stage.id), overwrite=True)
 
