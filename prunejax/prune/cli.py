@@ -2,7 +2,7 @@
 
   prunejax prune --model SRC --method M (--ratio R | --target hidden=..,ffn=..,layers=..,heads=..)
                  [--pattern N:M] --calib DATA_DIR [--calib-samples N] [--calib-seq-len L]
-                 [--owl-m M] [--owl-lambda L] [--owl-map bounded|range]
+                 [--owl-m M] [--owl-lambda L] [--owl-map MAP]
                  [--mesh data=N,fsdp=M,tp=K] --out MODEL_DIR [--overwrite]
   sheared trains its masks instead: --data DATA_DIR --prune-tokens N [--sheared-config YAML] [--run-dir DIR]
                  [--seed S]; with --run-dir it resumes, and SIGINT/SIGTERM save a checkpoint and exit
