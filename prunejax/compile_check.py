@@ -180,7 +180,8 @@ def check_train(
     mesh = sharding.make_mesh(tcfg.mesh_data, tcfg.mesh_fsdp, tcfg.mesh_tp, devices=devices)
     check_micro_batch(tcfg, mesh)  # as `train` refuses it, before compiling
     opt = optim.optimizer(tcfg, 1000)
-    abstract = state.abstract_state(cfg, None, opt, 0, mesh)  # what `train` compiles ahead, on its mesh
+    stacked = state.scans_layers(cfg, None, tcfg.attention, mesh)
+    abstract = state.abstract_state(cfg, None, opt, 0, mesh, stacked)  # what `train` compiles ahead, on its mesh
     fn = state.jit_train_step(step.make_train_step(cfg, tcfg, opt, 1000), mesh, abstract)
     batch = state.abstract_batch(mesh, (tcfg.grad_accum, tcfg.global_batch // tcfg.grad_accum, tcfg.seq_len))
     with jax.set_mesh(mesh):  # activations follow the batch axes; kernels by the devices' platform

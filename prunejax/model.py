@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from prunejax.config import LlamaConfig
@@ -282,6 +283,51 @@ def _uniform(layers: list[Params]) -> bool:
     return all(s == shapes[0] for s in shapes[1:])
 
 
+# ---- the stacked layout --------------------------------------------------------------------------
+# A train state that scans its layers holds them stacked: params["layers"] is then one layer's dict of
+# [n_layers, ...] arrays ({"self_attn": {"q_proj": [n_layers, D, N, H], ...}, ...}) instead of a dict of
+# layers "0".."n-1". The step then updates one array per weight kind, not one per layer and kind. Every
+# function here takes either layout; checkpoints, MODEL_DIRs and the Python API see per-layer dicts only.
+def is_stacked(params: Params) -> bool:
+    """Whether `params` (or a params-shaped tree: masks, optimizer moments) holds its layers stacked."""
+    layers = params.get("layers")
+    return isinstance(layers, dict) and bool(layers) and not all(str(k).isdigit() for k in layers)
+
+
+def stacked_path(keys: tuple[str, ...]) -> bool:
+    """Whether the leaf at `keys` holds stacked layers: under "layers" without a layer index
+    (("layers", "mlp", "up_proj") in a stacked tree, ("layers", "3", "mlp", "up_proj") in a per-layer one)."""
+    return "layers" in keys[:-1] and not keys[keys.index("layers") + 1].isdigit()
+
+
+def stackable(layers: list[Params]) -> bool:
+    """Whether per-layer dicts can stack: the same leaves with the same shapes and dtypes in every layer."""
+    return bool(layers) and _uniform(layers)
+
+
+def stack_layers(params: Params) -> Params:
+    """`params` with its layers "0".."n-1" stacked into one dict of [n_layers, ...] arrays (numpy arrays
+    stack on the host, others where JAX puts them); refuses layers of different shapes or leaves."""
+    if is_stacked(params) or "layers" not in params:
+        return params
+    layers = [params["layers"][str(i)] for i in range(len(params["layers"]))]
+    if not stackable(layers):
+        raise ValueError("layers of different shapes or leaves do not stack")
+
+    def stack(*ws: Any) -> Any:
+        return np.stack(ws) if all(isinstance(w, np.ndarray) for w in ws) else jnp.stack(ws)
+
+    return {**params, "layers": jax.tree.map(stack, *layers)}
+
+
+def unstack_layers(params: Params) -> Params:
+    """`stack_layers`' inverse: the layers as "0".."n-1" again (slices of the stacked arrays)."""
+    if not is_stacked(params):
+        return params
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    return {**params, "layers": {str(i): jax.tree.map(lambda w, i=i: w[i], params["layers"]) for i in range(n)}}
+
+
 def hidden_states(
     cfg: LlamaConfig,
     params: Params,
@@ -297,13 +343,14 @@ def hidden_states(
     (the module docstring's). With `remat` each layer keeps only its input for the backward pass. Layers of
     one shape run as one `lax.scan` over their weights stacked in the compute dtype (and their rows of the
     gates): one layer body to compile and schedule, weights gathered layer by layer on a mesh; the CPU
-    lowering keeps the unrolled loop it was measured with (docs/design.md)."""
+    lowering keeps the unrolled loop it was measured with (docs/design.md). `params` may hold its layers
+    stacked (`stack_layers`, a scanning train state's layout): they are scanned as they are."""
     cos_LH, sin_LH = rope_tables(cfg, jnp.arange(tokens_BL.shape[1]))
     x_BLD = embed(cfg, params, tokens_BL, dtype)
     if gates is not None:
         x_BLD = x_BLD * gates["hidden"].astype(dtype)
     x_BLD = constrain_batch(x_BLD)
-    layers = [params["layers"][str(i)] for i in range(cfg.num_hidden_layers)]
+    stacked = params["layers"] if is_stacked(params) else None  # a stacked train state's
     rows = None if gates is None else {g: gates[g] for g in _PER_LAYER_GATES}  # [n_layers, ...] each
 
     def layer(x_BLD: jax.Array, lp: Params, row: Gates | None) -> jax.Array:
@@ -313,11 +360,18 @@ def hidden_states(
 
     if remat:
         layer = jax.checkpoint(layer)  # saves nothing inside the layer: its inputs only
-    if attention_kernels.lowering(attention) == "cpu" or not _uniform(layers):
-        for i, lp in enumerate(layers):
-            x_BLD = layer(x_BLD, lp, None if rows is None else {g: z[i] for g, z in rows.items()})
-        return x_BLD
-    stacked = constrain_stacked(jax.tree.map(lambda *ws: jnp.stack([w.astype(dtype) for w in ws]), *layers))
+    scan = attention_kernels.lowering(attention) != "cpu"
+    if stacked is None or not scan:
+        per_layer = unstack_layers(params)["layers"]
+        layers = [per_layer[str(i)] for i in range(cfg.num_hidden_layers)]
+        stacked = None
+        if scan and _uniform(layers):
+            stacked = jax.tree.map(lambda *ws: jnp.stack([w.astype(dtype) for w in ws]), *layers)
+        else:
+            for i, lp in enumerate(layers):
+                x_BLD = layer(x_BLD, lp, None if rows is None else {g: z[i] for g, z in rows.items()})
+            return x_BLD
+    stacked = constrain_stacked(jax.tree.map(lambda w: w.astype(dtype), stacked))
     x_BLD, _ = jax.lax.scan(lambda x, xs: (layer(x, *xs), None), x_BLD, (stacked, rows))
     return x_BLD
 

@@ -84,6 +84,11 @@ def sparsity(masks: Params, params: Params | None = None) -> dict[str, Any]:
     return out
 
 
+def dict_keys(path: Path) -> tuple[str, ...]:
+    """The dict keys of a `jax.tree_util` key path (its sequence indices and attributes left out)."""
+    return tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
+
+
 def _key_name(entry: Any) -> str:
     for attr in ("key", "name", "idx"):
         if hasattr(entry, attr):

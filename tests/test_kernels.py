@@ -83,6 +83,12 @@ def test_forward_and_gradients_equal_the_reference(params, impl):
         return jnp.mean(model.token_nll(CFG, p, t, targets, attention=impl, attn_block=block, chunk=32, remat=True))
 
     _close_trees(jax.grad(loss)(params, impl, 32), jax.grad(loss)(params, "xla", None), 1e-6)
+    # a stacked train state's params (`model.stack_layers`) give the same model and the same gradients
+    stacked = model.stack_layers(params)
+    got = model.forward(CFG, stacked, t, attention=impl, attn_block=32)
+    assert np.abs(np.asarray(got - ref)).max() <= 1e-4 * np.abs(np.asarray(ref)).max()
+    grads = model.unstack_layers(jax.grad(loss)(stacked, impl, 32))
+    _close_trees(grads, jax.grad(loss)(params, "xla", None), 1e-6)
 
 
 def test_layers_scan_on_accelerators_and_unroll_under_the_cpu_lowering(params):
@@ -129,10 +135,14 @@ def test_a_masked_train_step_on_the_mesh_equals_the_cpu_lowering(params, impl):
         tcfg = TrainConfig(seq_len=LENGTH, global_batch=8, compute_dtype="float32", remat=True, attention=impl)
         mesh = sharding.make_mesh(*mesh_sizes)
         opt = optim.optimizer(tcfg, 10)
-        st = state_lib.place_state(mesh, state_lib.init_state(p, masks, opt, 0))
+        stacked = state_lib.scans_layers(CFG, masks, impl, mesh)  # as `train` decides
+        assert stacked == (impl != "cpu")  # the scanning implementations train a stacked state
+        st = state_lib.place_state(mesh, state_lib.init_state(p, masks, opt, 0, stacked=stacked))
+        assert state_lib.is_stacked(st) == stacked and model.is_stacked(st["masks"]) == stacked
         fn = state_lib.jit_train_step(make_train_step(CFG, tcfg, opt, 10), mesh, st)
         with jax.set_mesh(mesh):
             new, metrics = fn(st, state_lib.global_batch(mesh, batch))
+        new = state_lib.per_layer(mesh, new)  # the layout checkpoints and MODEL_DIRs hold
         return jax.device_get(new["params"]), float(metrics["loss"])
 
     want, want_loss = one_step("cpu", (-1, 1, 1))

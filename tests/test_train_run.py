@@ -415,3 +415,30 @@ def test_a_run_resumes_across_logging_only_keys_and_not_across_others(tmp_path):
         run_lib.open_run_dir(out, run_lib._resolved(tcfg.replace(peak_lr=1e-3), model="m"))
     with pytest.raises(ConfigError, match="differs in: model"):
         run_lib.open_run_dir(out, run_lib._resolved(tcfg, model="other"))
+
+
+def test_a_scanning_run_trains_stacked_layers_and_checkpoints_them_per_layer(kjv, model_yaml, tmp_path):
+    """`attention: xla` runs the layers as one scan, so the train state holds them stacked (one array per
+    weight kind and moment); its checkpoints and final MODEL_DIR hold them per layer, as every other
+    run's do, and a run resumed from them continues exactly."""
+    over = [*BASE, "attention=xla", "ckpt_every=2"]
+    kw = {"data_dir": kjv, "tokens": 4 * STEP_TOKENS, "scratch": model_yaml, "overrides": over, "progress": False}
+    cfg = LlamaConfig.from_file(model_yaml)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tp"))
+    assert state_lib.scans_layers(cfg, None, "xla", mesh) and not state_lib.scans_layers(cfg, None, "auto", mesh)
+    full = str(tmp_path / "full")
+    train(full, **kw)
+    cut = str(tmp_path / "cut")
+    assert train(cut, stop_after=2, **kw)["status"] == "stopped"
+    meta = json.load(open(os.path.join(cut, "checkpoints", "2", "state", "_METADATA")))
+    names = {k for k in meta["tree_metadata"] if "layers" in k}
+    assert names and all("'layers', '" in k and any(f"'layers', '{i}'" in k for i in range(2)) for k in names)
+    assert any("'opt_state'" in k and "'layers', '1', 'mlp', 'up_proj'" in k for k in names)  # moments too
+    s = train(cut, **kw)
+    assert s["start_step"] == 2 and s["status"] == "done"
+    assert _losses(cut) == _losses(full)
+    _, a = hf.load(os.path.join(full, "final"))
+    _, b = hf.load(os.path.join(cut, "final"))
+    assert sorted(a["layers"]) == ["0", "1"]
+    for (path, x), (_, y) in zip(tree.leaf_paths(a), tree.leaf_paths(b), strict=True):
+        np.testing.assert_array_equal(x, y, err_msg="/".join(path))

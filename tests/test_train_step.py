@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from prunejax import model, sharding
 from prunejax.config import TINY
@@ -37,7 +38,8 @@ def _setup(tcfg: TrainConfig, masks=None, devices=None):
     mesh = sharding.make_mesh(data=-1, devices=devices)
     opt = optim.optimizer(tcfg, TOTAL)
     params = _params0()
-    state = state_lib.place_state(mesh, state_lib.init_state(params, masks, opt, 0))
+    stacked = state_lib.scans_layers(CFG, masks, tcfg.attention, mesh)
+    state = state_lib.place_state(mesh, state_lib.init_state(params, masks, opt, 0, stacked=stacked))
     fn = state_lib.jit_train_step(make_train_step(CFG, tcfg, opt, TOTAL), mesh, state)
     return mesh, state, fn
 
@@ -50,12 +52,16 @@ def test_schedule_warmup_then_cosine_to_ten_percent():
     assert float(lr(52)) == pytest.approx(0.1 + 0.45 * (1 + np.cos(np.pi * 48 / 95)), rel=1e-5)
 
 
-def test_one_step_equals_hand_computed_adamw():
+@pytest.mark.parametrize("attention", ["auto", "xla"])
+def test_one_step_equals_hand_computed_adamw(attention):
+    """Per layer (the CPU lowering) and stacked (`xla` scans the layers: one array per weight kind, where
+    a norm gain is [n_layers, D] and still gets no weight decay)."""
     # eps=1e-3 keeps g/(|g|+eps) well-conditioned: with 1e-8 the first Adam step is sign(g), and
     # gradients of ~1e-9 (equal up to summation order) would flip whole updates
-    tcfg = TrainConfig(seq_len=16, global_batch=8, clip_norm=1e9, weight_decay=0.1, eps=1e-3)
+    tcfg = TrainConfig(seq_len=16, global_batch=8, clip_norm=1e9, weight_decay=0.1, eps=1e-3, attention=attention)
     mesh, state, fn = _setup(tcfg, devices=jax.devices()[:1])
-    p0 = jax.device_get(state["params"])
+    assert state_lib.is_stacked(state) == (attention == "xla")
+    p0 = jax.device_get(state_lib.per_layer(mesh, state)["params"])
     batch = _batch(1, 1, 8)
     loss = jax.jit(lambda p, x, y: cross_entropy(model.forward(CFG, p, x), y))
     grads = jax.grad(loss)(p0, batch["inputs"][0], batch["targets"][0])
@@ -69,9 +75,62 @@ def test_one_step_equals_hand_computed_adamw():
         v_hat = (1 - 0.95) * g * g / (1 - 0.95)
         decay = 0.1 * p if p.ndim >= 2 else 0.0
         expected = p - lr * (m_hat / (np.sqrt(v_hat) + 1e-3) + decay)
-        got = np.asarray(_get(jax.device_get(new_state["params"]), path))
+        got = np.asarray(_get(jax.device_get(state_lib.per_layer(mesh, new_state)["params"]), path))
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7, err_msg="/".join(path))
     assert int(new_state["step"]) == 1
+
+
+def test_layers_stack_and_unstack_literally():
+    params = {
+        "embed_tokens": np.zeros((3, 2)),
+        "layers": {
+            "0": {"mlp": {"up_proj": np.array([[1.0, 2.0]])}, "input_layernorm": np.array([1.0])},
+            "1": {"mlp": {"up_proj": np.array([[3.0, 4.0]])}, "input_layernorm": np.array([2.0])},
+        },
+    }
+    stacked = model.stack_layers(params)
+    assert model.is_stacked(stacked) and not model.is_stacked(params)
+    np.testing.assert_array_equal(stacked["layers"]["mlp"]["up_proj"], [[[1.0, 2.0]], [[3.0, 4.0]]])
+    np.testing.assert_array_equal(stacked["layers"]["input_layernorm"], [[1.0], [2.0]])
+    assert stacked["embed_tokens"] is params["embed_tokens"]
+    back = model.unstack_layers(stacked)
+    assert sorted(back["layers"]) == ["0", "1"]
+    assert sorted(p for p, _ in leaf_paths(back)) == sorted(p for p, _ in leaf_paths(params))
+    for path, b in leaf_paths(params):
+        np.testing.assert_array_equal(_get(back, path), b, err_msg="/".join(path))
+    assert model.stacked_path(("opt_state", "mu", "layers", "mlp", "up_proj"))
+    assert not model.stacked_path(("layers", "1", "mlp", "up_proj")) and not model.stacked_path(("norm",))
+    uneven = {"layers": {"0": params["layers"]["0"], "1": {"mlp": {"up_proj": np.ones((1, 3))}}}}
+    with pytest.raises(ValueError, match="do not stack"):
+        model.stack_layers(uneven)
+    assert optim.decay_mask(stacked) == {
+        "embed_tokens": True,
+        "layers": {"mlp": {"up_proj": True}, "input_layernorm": False},
+    }
+
+
+def test_a_state_stacks_its_layers_only_where_the_step_scans_them():
+    """On CPU the default (`auto`, the CPU lowering) unrolls the layers: the state stays per layer. A
+    scanning implementation stacks them, masks included when every layer masks the same weights; the
+    stacked leaves shard like their layers, with the layer axis whole."""
+    mesh = sharding.make_mesh(data=2, fsdp=2, tp=2)
+    assert not state_lib.scans_layers(CFG, None, "auto", mesh)
+    assert state_lib.scans_layers(CFG, None, "xla", mesh) and state_lib.scans_layers(CFG, None, "splash", mesh)
+    up = {"mlp": {"up_proj": np.ones((CFG.hidden_size, CFG.intermediate_size), bool)}}
+    assert state_lib.scans_layers(CFG, {"layers": {"0": up, "1": up}}, "xla", mesh)
+    assert not state_lib.scans_layers(CFG, {"layers": {"1": up}}, "xla", mesh)  # one layer masked: per layer
+    down = {"mlp": {"down_proj": np.ones((CFG.intermediate_size, CFG.hidden_size), bool)}}
+    assert not state_lib.scans_layers(CFG, {"layers": {"0": up, "1": down}}, "xla", mesh)
+    opt = optim.optimizer(TrainConfig(), TOTAL)
+    abstract = state_lib.abstract_state(CFG, {"layers": {"0": up, "1": up}}, opt, 0, mesh, stacked=True)
+    q = abstract["params"]["layers"]["self_attn"]["q_proj"]
+    assert q.shape == (CFG.num_hidden_layers, CFG.hidden_size, CFG.num_attention_heads, CFG.head_dim)
+    assert q.sharding.spec == P(None, "fsdp", "tp", None)
+    assert abstract["masks"]["layers"]["mlp"]["up_proj"].sharding.spec == P(None, "fsdp", "tp")
+    mu = abstract["opt_state"][1][0].mu["layers"]["input_layernorm"]
+    assert mu.shape == (CFG.num_hidden_layers, CFG.hidden_size) and mu.sharding.spec == P(None, "fsdp")
+    per_layer = state_lib.per_layer_abstract(mesh, abstract)
+    assert per_layer["params"]["layers"]["1"]["self_attn"]["q_proj"].sharding.spec == P("fsdp", "tp", None)
 
 
 def test_clipping_scales_gradients_to_clip_norm():

@@ -41,11 +41,13 @@ def check(name: str) -> str:
     return name
 
 
-def lowering(name: str) -> str:
-    """The implementation `name` stands for in this trace (`auto` resolved by the platform)."""
+def lowering(name: str, platform: str | None = None) -> str:
+    """The implementation `name` stands for in this trace (`auto` resolved by the platform), or on
+    `platform` when given (a program about to be traced for a mesh's devices)."""
     if check(name) != "auto":
         return name
-    return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn", "rocm": "xla", "cpu": "cpu"}.get(trace_platform(), "xla")
+    platform = platform or trace_platform()
+    return {"tpu": "splash", "gpu": "cudnn", "cuda": "cudnn", "rocm": "xla", "cpu": "cpu"}.get(platform, "xla")
 
 
 def cudnn_serves(q_BLKGH: jax.Array, k_BSKH: jax.Array) -> bool:

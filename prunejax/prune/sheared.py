@@ -205,7 +205,7 @@ def train_gates(
     writer = MetricsWriter(run_dir or None, echo=_progress(sc, p, log))
     try:
         if resuming:
-            start, state, data_state = engine.resume(checkpointer, state)
+            start, state, data_state = engine.resume(checkpointer, state, mesh)
             if start:
                 log(f"sheared: resumed {run_dir} at step {start}")
         lc = LoopConfig(

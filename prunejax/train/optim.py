@@ -10,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prunejax import model
 from prunejax.train.config import TrainConfig
+from prunejax.tree import dict_keys
 
 Params = dict[str, Any]
 
@@ -38,8 +40,13 @@ def schedule(tcfg: TrainConfig, total_steps: int) -> Callable[[jax.Array], jax.A
 
 
 def decay_mask(params: Params) -> Params:
-    """Weight decay applies to matrices only (norm gains keep their scale), as in Llama/Lingua recipes."""
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
+    """Weight decay applies to matrices only (norm gains keep their scale), as in Llama/Lingua recipes; in
+    stacked layers (`model.stack_layers`) a norm gain is [n_layers, D] and still no matrix."""
+
+    def matrix(path: tuple[Any, ...], x: Any) -> bool:
+        return x.ndim - model.stacked_path(dict_keys(path)) >= 2
+
+    return jax.tree_util.tree_map_with_path(matrix, params)
 
 
 def optimizer(tcfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:

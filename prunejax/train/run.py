@@ -182,13 +182,18 @@ def is_complete(final_dir: str) -> bool:
     return os.path.exists(os.path.join(final_dir, "config.json"))
 
 
-def resume(checkpointer: ckpt.Checkpointer, state: state_lib.State) -> tuple[int, state_lib.State, Any]:
-    """(step, state, data-iterator state) of the newest readable checkpoint, or (0, `state`, None)."""
-    restored = checkpointer.restore_latest(ckpt.abstract(state))
+def resume(
+    checkpointer: ckpt.Checkpointer, state: state_lib.State, mesh: jax.sharding.Mesh
+) -> tuple[int, state_lib.State, Any]:
+    """(step, state, data-iterator state) of the newest readable checkpoint, or (0, `state`, None). A
+    checkpoint holds its layers per layer (`state_lib.per_layer`); a stacked `state` gets them stacked."""
+    restored = checkpointer.restore_latest(state_lib.per_layer_abstract(mesh, state))
     if restored is None:
         return 0, state, None
-    step, state, extra = restored
-    return step, state, extra["iterator"]
+    step, restored_state, extra = restored
+    if state_lib.is_stacked(state):
+        restored_state = state_lib.restacked(mesh, restored_state)
+    return step, restored_state, extra["iterator"]
 
 
 def fit(
@@ -219,6 +224,7 @@ def fit(
     if checkpointer is not None:
 
         def save(at: int, s: state_lib.State) -> None:
+            s = state_lib.per_layer(mesh, s)  # a checkpoint's layout whatever the step scans
             checkpointer.save(at, s, {"iterator": iterator.get_state(), "step": at})
             sp = ckpt.realized_sparsity(s)
             if sp is not None:
@@ -290,10 +296,11 @@ def train(
     resuming = open_run_dir(out_dir, resolved)
 
     opt = optim.optimizer(tcfg, total_steps)
+    stacked = state_lib.scans_layers(cfg, masks, tcfg.attention, mesh)  # one array per weight kind
     step_fn, eval_fn, ahead = None, None, None
     if teacher is None:  # the step and eval compile on a thread while the weights are drawn and placed
         step_fn = make_train_step(cfg, tcfg, opt, total_steps, None, mesh)
-        abstract = state_lib.abstract_state(cfg, masks, opt, tcfg.seed, mesh)
+        abstract = state_lib.abstract_state(cfg, masks, opt, tcfg.seed, mesh, stacked)
         jitted = state_lib.jit_train_step(step_fn, mesh, abstract)
         batch = state_lib.abstract_batch(mesh, (tcfg.grad_accum, tcfg.micro_batch, tcfg.seq_len))
         calls = [(jitted, (abstract, batch))]
@@ -302,11 +309,11 @@ def train(
             eval_batch = state_lib.abstract_batch(mesh, (tcfg.micro_batch, tcfg.seq_len), accumulated=False)
             calls.append((eval_fn, (abstract["params"], eval_batch)))
         ahead = state_lib.compile_ahead(mesh, *calls)
-    state = state_lib.place_state(mesh, state_lib.init_state(make_params(), masks, opt, tcfg.seed))
+    state = state_lib.place_state(mesh, state_lib.init_state(make_params(), masks, opt, tcfg.seed, stacked=stacked))
     checkpointer = ckpt.Checkpointer(out_dir, keep=tcfg.keep_checkpoints, use_async=tcfg.async_checkpoint)
     start_step, data_state = 0, None
     if resuming:
-        start_step, state, data_state = resume(checkpointer, state)
+        start_step, state, data_state = resume(checkpointer, state, mesh)
         if start_step and jax.process_index() == 0:
             print(f"resuming {out_dir} from step {start_step:,}")
     final_dir = storage.join(out_dir, "final")
@@ -388,11 +395,12 @@ def train(
                 checkpointer.wait()
                 provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
                 provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
+                final = state_lib.per_layer(mesh, state)
                 hf.save(  # every process gathers its shards; process 0 writes, the others wait for it
                     final_dir,
                     cfg,
-                    state["params"],
-                    state["masks"] or None,
+                    final["params"],
+                    final["masks"] or None,
                     tokenizer_dir=store.tokenizer_dir or tok_dir,
                     provenance=provenance,
                     overwrite=True,

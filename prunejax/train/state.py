@@ -16,8 +16,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from prunejax import model, sharding
 from prunejax.config import LlamaConfig
 from prunejax.hf import CheckpointError
+from prunejax.kernels import attention as attention_kernels
 from prunejax.sharding import BATCH_AXES, LOGICAL_AXES
-from prunejax.tree import apply_masks, leaf_paths, set_path
+from prunejax.tree import apply_masks, dict_keys, leaf_paths, set_path
 
 State = dict[str, Any]
 
@@ -66,9 +67,37 @@ def reinit_kept(cfg: LlamaConfig, masks: Any, key: jax.Array) -> Any:
     return apply_masks(random_params(cfg, key), masks)
 
 
-def init_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed: int, extra: Any = None) -> State:
+def scans_layers(cfg: LlamaConfig, masks: Any, attention: str, mesh: Mesh) -> bool:
+    """Whether a train state for `cfg` holds its layers stacked (`model.stack_layers`): when the step runs
+    them as one scan (an `attention` that does not resolve to the CPU lowering on `mesh`'s platform) and
+    they stack (one shape for every layer, and masks on the same leaves of every layer or none)."""
+    platform = mesh.devices.flat[0].platform
+    if attention_kernels.lowering(attention, platform) == "cpu":
+        return False
+    shapes = param_shapes(cfg)["layers"]
+    if not model.stackable([shapes[str(i)] for i in range(cfg.num_hidden_layers)]):
+        return False
+    layer_masks = (masks or {}).get("layers", {})
+    if not layer_masks:
+        return True
+    if set(layer_masks) != set(shapes):
+        return False
+    return model.stackable([layer_masks[str(i)] for i in range(cfg.num_hidden_layers)])
+
+
+def init_state(
+    params: Any,
+    masks: Any,
+    opt: optax.GradientTransformation,
+    seed: int,
+    extra: Any = None,
+    stacked: bool = False,
+) -> State:
     """A step-0 state: params (fp32, masked), fresh optimizer moments, masks, step, RNG; with `extra` (a
-    `step.Objective`'s leaves, fp32) also those, and `opt` then updates {"params", "extra"}."""
+    `step.Objective`'s leaves, fp32) also those, and `opt` then updates {"params", "extra"}. With
+    `stacked` params, masks and moments hold their layers stacked (`scans_layers`)."""
+    if stacked:
+        params, masks = model.stack_layers(params), model.stack_layers(masks or {})
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     masks = jax.tree.map(lambda m: jnp.asarray(m, bool), masks or {})
     check_masks(params, masks)
@@ -85,13 +114,57 @@ def init_state(params: Any, masks: Any, opt: optax.GradientTransformation, seed:
     return state if extra is None else {**state, "extra": extra}
 
 
-def abstract_state(cfg: LlamaConfig, masks: Any, opt: optax.GradientTransformation, seed: int, mesh: Mesh) -> State:
+def abstract_state(
+    cfg: LlamaConfig, masks: Any, opt: optax.GradientTransformation, seed: int, mesh: Mesh, stacked: bool = False
+) -> State:
     """`place_state(mesh, init_state(...))` for `cfg` as shapes, dtypes and shardings (traced, not
     computed): what the step compiles for before any weight exists. The shardings are part of it: JAX
     keys its compiled steps by them, so shapes alone would compile a program no call finds."""
-    shapes = jax.eval_shape(lambda p: init_state(p, masks, opt, seed), param_shapes(cfg))
+    shapes = jax.eval_shape(lambda p, m: init_state(p, m, opt, seed, stacked=stacked), param_shapes(cfg), masks)
+    return _placed_shapes(mesh, shapes)
+
+
+def _placed_shapes(mesh: Mesh, shapes: Any) -> Any:
     placed = state_shardings(mesh, shapes)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, placed)
+
+
+def _map_params_trees(fn: Callable[[Any], Any], state: Any) -> Any:
+    """`fn` applied to every params-shaped dict of `state` (params, masks, each optimizer moment)."""
+    return jax.tree.map(
+        lambda node: fn(node) if isinstance(node, dict) and "layers" in node else node,
+        state,
+        is_leaf=lambda node: isinstance(node, dict) and "layers" in node,
+    )
+
+
+def is_stacked(state: State) -> bool:
+    return model.is_stacked(state["params"])
+
+
+_unstacked = jax.jit(functools.partial(_map_params_trees, model.unstack_layers))
+_restacked = jax.jit(functools.partial(_map_params_trees, model.stack_layers), donate_argnums=0)
+
+
+def per_layer(mesh: Mesh, state: State) -> State:
+    """`state` with its layers per layer again (checkpoints and MODEL_DIRs hold this layout whatever the
+    step scans), on the table's shardings; `state` itself when it is not stacked."""
+    if not is_stacked(state):
+        return state
+    out = _unstacked(state)
+    return jax.device_put(out, state_shardings(mesh, out))  # a no-op where XLA already placed it so
+
+
+def restacked(mesh: Mesh, per_layer_state: State) -> State:
+    """`per_layer`'s inverse (a restored checkpoint back in a stacked step's layout), placed; the
+    per-layer arrays are donated."""
+    out = _restacked(per_layer_state)
+    return jax.device_put(out, state_shardings(mesh, out))
+
+
+def per_layer_abstract(mesh: Mesh, state: State) -> State:
+    """`per_layer(mesh, state)` as shapes, dtypes and shardings (a checkpoint's restore target)."""
+    return _placed_shapes(mesh, jax.eval_shape(_unstacked, state))
 
 
 def compile_ahead(mesh: Mesh, *calls: tuple[Any, tuple[Any, ...]]) -> list[Future]:
@@ -114,17 +187,18 @@ def compile_ahead(mesh: Mesh, *calls: tuple[Any, tuple[Any, ...]]) -> list[Futur
     return futures
 
 
-def _dict_keys(path: tuple[Any, ...]) -> tuple[str, ...]:
-    return tuple(str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey))
-
-
 def state_shardings(mesh: Mesh, state: Any) -> Any:
-    """Params-shaped leaves (params, masks, moments) by the logical-axis table; scalars replicated."""
+    """Params-shaped leaves (params, masks, moments) by the logical-axis table, stacked layers with a
+    leading "layers" axis; scalars replicated."""
 
     def leaf(path: tuple[Any, ...], x: Any) -> NamedSharding:
-        keys = _dict_keys(path)
-        if keys and keys[-1] in LOGICAL_AXES and len(LOGICAL_AXES[keys[-1]]) == np.ndim(x):
-            return sharding.param_sharding(mesh, keys, tuple(np.shape(x)))
+        keys = dict_keys(path)
+        if keys and keys[-1] in LOGICAL_AXES:
+            axes = LOGICAL_AXES[keys[-1]]
+            if model.stacked_path(keys):
+                axes = ("layers", *axes)
+            if len(axes) == np.ndim(x):
+                return NamedSharding(mesh, sharding.partition_spec(axes, tuple(np.shape(x)), mesh))
         return sharding.replicated(mesh)
 
     return jax.tree_util.tree_map_with_path(leaf, state)

@@ -1,7 +1,8 @@
 """One pure train step `(state, batch) -> (state, metrics)` and the matching eval step.
 
 State is a plain dict (checkpointed as it is):
-  params     fp32 master weights (HF-named nested dict)
+  params     fp32 master weights (HF-named nested dict; with the layers stacked, one [n_layers, ...]
+             array per weight kind, where the step scans them: `prunejax.train.state.scans_layers`)
   opt_state  optax AdamW state (moments shaped like params)
   masks      bool masks (True = kept) for sparse leaves; {} when dense
   step       int32 scalar: optimizer updates done
