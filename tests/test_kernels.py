@@ -214,10 +214,11 @@ def test_cudnn_serves_half_precision_and_otherwise_auto_falls_back_to_xla():
 def test_the_tpu_train_step_exports_with_the_splash_kernels():
     """Traced for a TPU (an abstract mesh of TPU devices) and exported for platforms=("tpu",) without
     libtpu: `auto` picks splash, compiled (not interpreted), its forward, dq and dkv kernels inside the
-    scan over layers; the projections are tensordots, not the CPU lowering's custom calls."""
+    scan over layers; the projections are tensordots, not the CPU lowering's custom calls. The state is
+    stacked, as `train` gives a scanning step: the weights arrive as one [n_layers, ...] array per kind."""
     tcfg = TrainConfig(seq_len=LENGTH, global_batch=2, compute_dtype="bfloat16", remat=True)
     opt = optim.optimizer(tcfg, 10)
-    st = jax.eval_shape(lambda p: state_lib.init_state(p, None, opt, 0), state_lib.param_shapes(CFG))
+    st = jax.eval_shape(lambda p: state_lib.init_state(p, None, opt, 0, stacked=True), state_lib.param_shapes(CFG))
     batch = {k: jax.ShapeDtypeStruct((1, 2, LENGTH), jnp.int32) for k in ("inputs", "targets")}
     with jax.sharding.use_abstract_mesh(_abstract_mesh("tpu")):
         exported = jax.export.export(jax.jit(make_train_step(CFG, tcfg, opt, 10)), platforms=("tpu",))(st, batch)
@@ -226,6 +227,9 @@ def test_the_tpu_train_step_exports_with_the_splash_kernels():
     assert {k.split("_")[2] for k in kernels} == {"fwd", "dq", "dkv"}, kernels
     assert all(k.startswith("splash_mha_") for k in kernels)
     assert "stablehlo.while" in text and "prunejax_sgemm" not in text
+    shapes = [a.shape for a in exported.in_avals]
+    q = (CFG.num_hidden_layers, CFG.hidden_size, CFG.num_attention_heads, CFG.head_dim)
+    assert shapes.count(q) == 3 and shapes.count(q[1:]) == 0  # weights and two moments, stacked
 
 
 def test_splash_splits_batch_and_heads_only_where_they_divide():

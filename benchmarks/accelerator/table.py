@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 
 from prunejax import hlo_cost
@@ -91,16 +92,56 @@ def cells(row: dict | None) -> list[str]:
     ]
 
 
-def main() -> int:
+TIMINGS = os.path.join(HERE, "results", "timings.jsonl")
+
+
+def timing(side: str, name: str) -> dict:
+    """One compile's time and host RAM, as its side's JSON has them."""
+    if side == "MaxText":
+        with open(os.path.join(MAXTEXT, f"{name}.json")) as f:
+            record = json.load(f)
+        return {"compile": record.get("xla_compile_s", 0.0), "rss": record.get("peak_rss_bytes", 0)}
+    with open(os.path.join(HERE, "results", f"{name}.json")) as f:
+        fit = json.load(f)["programs"][0]
+    return {"compile": fit["compile_s"], "rss": fit["host_rss_bytes"]}
+
+
+def record(side: str, name: str) -> None:
+    """Append the compile just made to results/timings.jsonl (run.sh empties it at its start)."""
+    with open(TIMINGS, "a") as f:
+        f.write(json.dumps({"config": name, "side": side, **timing(side, name)}) + "\n")
+
+
+def with_medians(row: dict | None, side: str, name: str) -> tuple[dict | None, int]:
+    """`row` with the medians of results/timings.jsonl's compiles of (side, name) when it has some."""
+    if row is None or not os.path.exists(TIMINGS):
+        return row, 1
+    with open(TIMINGS) as f:
+        runs = [r for r in map(json.loads, f) if r["config"] == name and r["side"] == side]
+    if not runs:
+        return row, 1
+    return {**row, **{k: statistics.median(r[k] for r in runs) for k in ("compile", "rss")}}, len(runs)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--record"]:
+        record(*argv[1:3])
+        return 0
     head = ["config", "side", "peak GiB/chip (alloc sum)", "executed/model FLOPs", "HBM bytes", "roofline s"]
     head += ["attention kernels", "XLA compile s", "host RAM GB"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+    lines, counts = [], set()
     for name in CONFIGS:
         for side, row in (("MaxText", maxtext_row(name)), ("prunejax", prunejax_row(name))):
-            print("| " + " | ".join([name, side, *cells(row)]) + " |")
+            row, n = with_medians(row, side, name)
+            counts.add(n)
+            lines.append("| " + " | ".join([name, side, *cells(row)]) + " |")
+    if counts != {1}:
+        print(f"compile s and host RAM: medians of {'/'.join(map(str, sorted(counts)))} compiles per side")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    print("\n".join(lines))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

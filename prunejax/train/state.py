@@ -129,13 +129,15 @@ def _placed_shapes(mesh: Mesh, shapes: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, placed)
 
 
+def _params_tree(node: Any) -> bool:
+    """A params-shaped dict (params, masks, an optimizer moment): its "layers" is a dict of weights (a
+    Sheared gate group named "layers" is an array)."""
+    return isinstance(node, dict) and isinstance(node.get("layers"), dict)
+
+
 def _map_params_trees(fn: Callable[[Any], Any], state: Any) -> Any:
-    """`fn` applied to every params-shaped dict of `state` (params, masks, each optimizer moment)."""
-    return jax.tree.map(
-        lambda node: fn(node) if isinstance(node, dict) and "layers" in node else node,
-        state,
-        is_leaf=lambda node: isinstance(node, dict) and "layers" in node,
-    )
+    """`fn` applied to every params-shaped dict of `state`."""
+    return jax.tree.map(lambda node: fn(node) if _params_tree(node) else node, state, is_leaf=_params_tree)
 
 
 def is_stacked(state: State) -> bool:
@@ -143,7 +145,7 @@ def is_stacked(state: State) -> bool:
 
 
 _unstacked = jax.jit(functools.partial(_map_params_trees, model.unstack_layers))
-_restacked = jax.jit(functools.partial(_map_params_trees, model.stack_layers), donate_argnums=0)
+_restacked = jax.jit(functools.partial(_map_params_trees, model.stack_layers))
 
 
 def per_layer(mesh: Mesh, state: State) -> State:
@@ -156,8 +158,7 @@ def per_layer(mesh: Mesh, state: State) -> State:
 
 
 def restacked(mesh: Mesh, per_layer_state: State) -> State:
-    """`per_layer`'s inverse (a restored checkpoint back in a stacked step's layout), placed; the
-    per-layer arrays are donated."""
+    """`per_layer`'s inverse (a restored checkpoint back in a stacked step's layout), placed."""
     out = _restacked(per_layer_state)
     return jax.device_put(out, state_shardings(mesh, out))
 
