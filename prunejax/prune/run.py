@@ -77,7 +77,7 @@ def _options(
     if method == "owl":
         tuned = {"owl_m": owl.DEFAULT_M, "owl_lambda": owl.DEFAULT_LAMBDA, "owl_map": owl.DEFAULT_MAP}
         tuned.update({k: v for k, v in owl_options.items() if v is not None})
-        owl.check_owl(ratio, n_m, tuned["owl_m"], tuned["owl_lambda"], tuned["owl_map"])
+        owl.check_owl(ratio, n_m, **tuned)
         options.update(tuned)
     elif any(v is not None for v in owl_options.values()):
         raise PruneError(f"--owl-m/--owl-lambda/--owl-map apply to owl only, not {method}")

@@ -1,4 +1,8 @@
-"""Building the train state, its shardings, and the step jitted once with them (and buffer donation)."""
+"""Building the train state, its shardings, and the step jitted once with them (and buffer donation).
+
+A state holds its layers per layer (the HF-named dict) or, where the step scans them, stacked: one
+[n_layers, ...] array per weight kind for params, masks and moments (`scans_layers`). Checkpoints and
+MODEL_DIRs hold the per-layer layout whatever the step trains (`per_layer`, `restacked`)."""
 
 from __future__ import annotations
 
