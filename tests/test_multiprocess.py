@@ -162,12 +162,17 @@ def test_a_killed_process_ends_the_other_with_a_message_in_bounded_time(inputs, 
     assert "resuming" in resumed.outputs[0] and (out / "final" / "model.safetensors").exists(), resumed.outputs[0]
 
 
-def test_ordered_gradient_reduction_trains_the_same_bits(inputs):
+@pytest.mark.parametrize("attention", ["auto", "xla"])
+def test_ordered_gradient_reduction_trains_the_same_bits(inputs, attention):
+    """`xla` scans the layers, so its state holds them stacked, and its final MODEL_DIR is gathered from
+    the per-layer layout `per_layer` makes on every process: the same bytes either way."""
+
     def argv(out):
         args = ["train", "--scratch", inputs["model"], "--data", inputs["data"], "--tokens", "2560", "--out", out]
-        return args + ["--no-progress", "seq_len=32", "global_batch=8", "val_batches=1", "grad_reduce=ordered"]
+        args += ["--no-progress", "seq_len=32", "global_batch=8", "val_batches=1", "grad_reduce=ordered"]
+        return [*args, f"attention={attention}"]
 
-    one, two = both(argv, inputs["root"], "train-ordered")
+    one, two = both(argv, inputs["root"], f"train-ordered-{attention}")
     assert_same_tree(Path(one) / "final", Path(two) / "final")
     assert (Path(one) / "metrics.jsonl").read_bytes().count(b"val_loss") == 1
     losses = [[json.loads(line).get("loss") for line in open(Path(d) / "metrics.jsonl")] for d in (one, two)]
