@@ -278,11 +278,6 @@ def init_params(cfg: LlamaConfig, key: jax.Array, dtype: Any = jnp.float32) -> P
     return _to_pure(nnx.to_pure_dict(nnx.split(model)[1]))
 
 
-def _uniform(layers: list[Params]) -> bool:
-    shapes = [jax.tree.map(lambda w: (w.shape, w.dtype), lp) for lp in layers]
-    return all(s == shapes[0] for s in shapes[1:])
-
-
 # ---- the stacked layout --------------------------------------------------------------------------
 # A train state that scans its layers holds them stacked: params["layers"] is then one layer's dict of
 # [n_layers, ...] arrays ({"self_attn": {"q_proj": [n_layers, D, N, H], ...}, ...}) instead of a dict of
@@ -302,7 +297,8 @@ def stacked_path(keys: tuple[str, ...]) -> bool:
 
 def stackable(layers: list[Params]) -> bool:
     """Whether per-layer dicts can stack: the same leaves with the same shapes and dtypes in every layer."""
-    return bool(layers) and _uniform(layers)
+    shapes = [jax.tree.map(lambda w: (w.shape, w.dtype), lp) for lp in layers]
+    return bool(shapes) and all(s == shapes[0] for s in shapes[1:])
 
 
 def stack_layers(params: Params) -> Params:
@@ -364,13 +360,11 @@ def hidden_states(
     if stacked is None or not scan:
         per_layer = unstack_layers(params)["layers"]
         layers = [per_layer[str(i)] for i in range(cfg.num_hidden_layers)]
-        stacked = None
-        if scan and _uniform(layers):
-            stacked = jax.tree.map(lambda *ws: jnp.stack([w.astype(dtype) for w in ws]), *layers)
-        else:
+        if not (scan and stackable(layers)):
             for i, lp in enumerate(layers):
                 x_BLD = layer(x_BLD, lp, None if rows is None else {g: z[i] for g, z in rows.items()})
             return x_BLD
+        stacked = jax.tree.map(lambda *ws: jnp.stack([w.astype(dtype) for w in ws]), *layers)
     stacked = constrain_stacked(jax.tree.map(lambda w: w.astype(dtype), stacked))
     x_BLD, _ = jax.lax.scan(lambda x, xs: (layer(x, *xs), None), x_BLD, (stacked, rows))
     return x_BLD

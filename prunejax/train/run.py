@@ -395,7 +395,7 @@ def train(
                 checkpointer.wait()
                 provenance = {"stage": "train", **{k: resolved[k] for k in ("model", "data", "tokens", "steps")}}
                 provenance["model"] = {k: v for k, v in provenance["model"].items() if k != "config"}
-                final = state_lib.per_layer(mesh, state)
+                final = state_lib.per_layer(mesh, {"params": state["params"], "masks": state["masks"]})
                 hf.save(  # every process gathers its shards; process 0 writes, the others wait for it
                     final_dir,
                     cfg,
